@@ -1,0 +1,21 @@
+"""mambabook: the library behind "Mamba vs Transformer".
+
+Modules are named after what they compute: rnn, attention, ssm, selective, scan, models,
+tasks; `bench` is the one timing harness; `widgets` are thin views over pure functions.
+Submodules are imported lazily so that `import mambabook` stays cheap.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_SUBMODULES = {
+    "attention", "bench", "checks", "models", "plotting", "rnn", "scan", "selective",
+    "ssm", "tasks", "widgets", "kernels", "suites",
+}
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'mambabook' has no attribute {name!r}")

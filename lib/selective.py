@@ -1,0 +1,98 @@
+"""Selection (S6): the selective scan and the layer that computes its inputs (chapter 5).
+
+`selective_scan_ref` follows the conventions of mamba_ssm's `selective_scan_fn` (Gu & Dao,
+2023, Algorithm 2), so results can be compared with it: ZOH for A (Ab = exp(delta A)) and
+Euler for B (Bb u = delta B u). It is the plain-PyTorch twin of
+`mambabook.kernels.selective_scan`: it materialises (B, D, L, N) tensors, on purpose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_same_device, check_tensor
+
+
+def check_selective_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+    """Validate selective-scan inputs; returns (batch, dim, L, N, groups or 0 if B is (D, N)).
+
+    u, delta, z: (B, D, L); A: (D, N) real; B, C: (B, N, L), (B, G, N, L) with G dividing
+    D, or (D, N); D, delta_bias: (D,).
+    """
+    check_tensor("u", u, 3, dims="(B, D, L)")
+    bsz, dim, length = u.shape
+    check_tensor("delta", delta, 3, shape=(bsz, dim, length), dims="(B, D, L)")
+    check_tensor("A", A, 2, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                 dims="(D, N)")
+    if A.shape[0] != dim:
+        raise ValueError(f"A must have shape (D, N) with D = {dim} (from u), got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    groups = {}
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(name, t, (2, 3, 4), dims="(B, N, L), (B, G, N, L) or (D, N)")
+        if t.dim() == 2 and tuple(t.shape) != (dim, dstate):
+            raise ValueError(f"{name} must have shape (D, N) = {(dim, dstate)}, got shape {tuple(t.shape)}")
+        if t.dim() == 3 and tuple(t.shape) != (bsz, dstate, length):
+            raise ValueError(f"{name} must have shape (B, N, L) = {(bsz, dstate, length)}, got shape {tuple(t.shape)}")
+        if t.dim() == 4:
+            g = t.shape[1]
+            if (t.shape[0], t.shape[2], t.shape[3]) != (bsz, dstate, length) or g == 0 or dim % g:
+                raise ValueError(
+                    f"{name} must have shape (B, G, N, L) = ({bsz}, G, {dstate}, {length}) with G "
+                    f"dividing D = {dim}, got shape {tuple(t.shape)}")
+        groups[name] = t.shape[1] if t.dim() == 4 else (1 if t.dim() == 3 else 0)
+    if (groups["B"] == 0) != (groups["C"] == 0):
+        raise ValueError("B and C must both be time-varying ((B, N, L) / (B, G, N, L)) or both (D, N)")
+    if D is not None:
+        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, 1, shape=(dim,), dims="(D,)")
+    if z is not None:
+        check_tensor("z", z, 3, shape=(bsz, dim, length), dims="(B, D, L)")
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    if length == 0:
+        raise ValueError("u must have shape (B, D, L) with L >= 1, got L = 0")
+    return bsz, dim, length, dstate, max(groups["B"], groups["C"])
+
+
+def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B, N, L) or (B, G, N, L) -> (B, D, N, L); group g serves channels g*D/G ... ."""
+    if M.dim() == 3:
+        return M[:, None].expand(M.shape[0], dim, *M.shape[1:])
+    return M.repeat_interleave(dim // M.shape[1], dim=1)
+
+
+def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                       delta_softplus=False, return_last_state=False):
+    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z).
+
+    u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L), (B, G, N, L) or (D, N);
+    D, delta_bias: (D,). Returns out (B, D, L) in u's dtype, and with return_last_state the
+    state h_L: (B, D, N) in float32. Computed in float32 by a loop over L.
+    """
+    _, dim, length, _, _ = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    u, delta, A = u.float(), delta.float(), A.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (B, D, L, N)
+    if B.dim() == 2:
+        deltaB_u = torch.einsum("bdl,dn,bdl->bdln", delta, B.float(), u)  # (B, D, L, N)
+    else:
+        deltaB_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, _expand_groups(B.float(), dim), u)
+    Cf = C.float() if C.dim() == 2 else _expand_groups(C.float(), dim)  # (D, N) or (B, D, N, L)
+    h = u.new_zeros(u.shape[0], dim, A.shape[1])  # (B, D, N)
+    ys = []
+    for t in range(length):
+        h = deltaA[:, :, t] * h + deltaB_u[:, :, t]  # (B, D, N)
+        C_t = Cf if Cf.dim() == 2 else Cf[..., t]  # (D, N) or (B, D, N)
+        ys.append((h * C_t).sum(-1))  # (B, D)
+    y = torch.stack(ys, dim=2)  # (B, D, L)
+    out = y if D is None else y + u * D.float()[:, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    out = out.to(dtype_in)
+    return (out, h) if return_last_state else out
