@@ -96,3 +96,46 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         out = out * F.silu(z.float())
     out = out.to(dtype_in)
     return (out, h) if return_last_state else out
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+    """One decoding step of the selective SSM; `state` is updated in place.
+
+    state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N);
+    D, dt_bias: (D,). h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z).
+    Returns out: (B, D) in x's dtype. The twin of mambabook.kernels.selective_state_update.
+    """
+    check_tensor("state", state, 3, dims="(B, D, N)")
+    bsz, dim, dstate = state.shape
+    check_tensor("x", x, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("dt", dt, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("A", A, 2, shape=(dim, dstate), dims="(D, N)")
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(name, t, (2, 3), dims="(B, N) or (B, G, N)")
+        if t.shape[0] != bsz or t.shape[-1] != dstate or (t.dim() == 3 and dim % t.shape[1]):
+            raise ValueError(f"{name} must have shape (B, N) = {(bsz, dstate)} or (B, G, N) with G "
+                             f"dividing D = {dim}, got shape {tuple(t.shape)}")
+    if D is not None:
+        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
+    if z is not None:
+        check_tensor("z", z, 2, shape=(bsz, dim), dims="(B, D)")
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    Bf = B.float() if B.dim() == 2 else B.float().repeat_interleave(dim // B.shape[1], dim=1)
+    Cf = C.float() if C.dim() == 2 else C.float().repeat_interleave(dim // C.shape[1], dim=1)
+    if Bf.dim() == 2:
+        Bf, Cf = Bf[:, None], Cf[:, None]  # (B, 1, N): shared by every channel
+    dA = torch.exp(dt[..., None] * A.float())  # (B, D, N)
+    new = dA * state.float() + dt[..., None] * Bf * x.float()[..., None]  # (B, D, N)
+    state.copy_(new)
+    out = (new * Cf).sum(-1)  # (B, D)
+    if D is not None:
+        out = out + x.float() * D.float()
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(x.dtype)
