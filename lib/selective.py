@@ -8,8 +8,11 @@ Euler for B (Bb u = delta B u). It is the plain-PyTorch twin of
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .checks import check_same_device, check_tensor
 
@@ -139,3 +142,73 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     if z is not None:
         out = out * F.silu(z.float())
     return out.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- the S6 layer
+def dt_bias_init(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4) -> torch.Tensor:
+    """Mamba's delta bias: softplus(bias) ~ log-uniform in [dt_min, dt_max] -> (D,).
+
+    bias = dt + log(1 - exp(-dt)) is the inverse of softplus at dt.
+    """
+    dt = torch.exp(torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)  # (D,)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def _selective_scan_fn(x: torch.Tensor):
+    """The Triton kernel on CUDA when it is importable, else the reference."""
+    if x.is_cuda:
+        try:
+            from mambabook.kernels import selective_scan
+            return selective_scan
+        except (ImportError, AttributeError):
+            pass
+    return selective_scan_ref
+
+
+class S6(nn.Module):
+    """Selective SSM (Mamba's S6): delta, B and C are functions of the input.
+
+    x: (B, D, L) -> y: (B, D, L).  delta_t = softplus(W_dt (W_x x_t)_dt + dt_bias),
+    B_t, C_t = (W_x x_t)_B, (W_x x_t)_C, A = -exp(A_log) (S4D-Real init, A_n = -(n+1)),
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t h_t + D x_t  (Gu & Dao 2023, Alg. 2).
+    """
+
+    def __init__(self, d_inner: int, d_state: int = 16, dt_rank: int | None = None,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_scale: float = 1.0):
+        super().__init__()
+        self.d_inner, self.d_state = d_inner, d_state
+        self.dt_rank = dt_rank or math.ceil(d_inner / 16)
+        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
+        std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max))
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # (D, N)
+        self.A_log = nn.Parameter(torch.log(A))  # A = -exp(A_log) = -(n+1)
+        self.D = nn.Parameter(torch.ones(d_inner))
+
+    @property
+    def A(self) -> torch.Tensor:
+        return -torch.exp(self.A_log.float())  # (D, N)
+
+    def ssm_params(self, x: torch.Tensor):
+        """x: (B, D, L) -> delta (B, D, L) after softplus, B_t, C_t: (B, N, L)."""
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, D, L)
+        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                return_last_state: bool = False):
+        check_tensor("x", x, 3, shape=(None, self.d_inner, None), dims="(B, D, L)")
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D, L), bias added in the scan
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, N, L)
+        scan = _selective_scan_fn(x)
+        return scan(x, delta.contiguous(), self.A, B, C, self.D.float(), z=z,
+                    delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                    return_last_state=return_last_state)
