@@ -1,0 +1,449 @@
+"""The selective scan (S6) as fused Triton kernels, forward and backward (chapter 7).
+
+h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z):
+the semantics of `mambabook.selective.selective_scan_ref` (and mamba_ssm's
+`selective_scan_fn`). One program owns (batch, block of channels) and walks L in chunks:
+inside a chunk the recurrence is a `tl.associative_scan` over time, the state (BLOCK_D, N)
+is carried in registers from chunk to chunk, so nothing of size (B, D, L, N) ever reaches
+memory. The backward recomputes the states from per-chunk checkpoints (B, D, L/CHUNK, N).
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import triton
+import triton.language as tl
+
+from mambabook.selective import check_selective_scan_args
+
+MAX_DSTATE = 64  # largest N the kernels support (registers hold BLOCK_D x N x CHUNK)
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _combine_fwd(a_l, b_l, a_r, b_r):
+    """(a, b) o (a', b') = (a a', a' b + b'): apply the left step, then the right one."""
+    return a_l * a_r, a_r * b_l + b_r
+
+
+@triton.jit
+def _combine_bwd(fa_r, pe_r, v_r, fa_l, pe_l, v_l):
+    """Reverse scan for g_t = c_t + a_{t+1} g_{t+1}; a segment is (its first a, the product
+    of its other a's, its g with no carry). tl.associative_scan(reverse=True) passes the
+    right (later) segment first."""
+    w = pe_l * fa_r
+    return fa_l, w * pe_r, v_l + w * v_r
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus with threshold 20
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def _selective_scan_fwd_kernel(
+    # pointers
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    # dimensions
+    L, dim, dstate, dpg, nblk,
+    # strides (the last dimension of u, delta, z, out, B, C is contiguous)
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_LAST: tl.constexpr, SAVE_CKPT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    mask_d = d_in_grp < dpg
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_t = tl.arange(0, CHUNK)  # time inside a chunk, (CHUNK,)
+
+    # A in base-2 units: exp(delta A) = exp2(delta * A log2 e), (BLOCK_D, BLOCK_N)
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if not VARYING_BC:
+        Bc = tl.load(B_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+        Cc = tl.load(C_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+
+    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1) pointers
+    dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
+    if HAS_Z:
+        z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    if VARYING_BC:
+        B_base = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n  # (BLOCK_N, 1)
+        C_base = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
+    n_chunks = tl.cdiv(L, CHUNK)
+    ck_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state, carried across chunks
+    for c in range(0, n_chunks):
+        t = c * CHUNK + offs_t  # absolute time, (CHUNK,)
+        mask_t = t < L
+        mask_dt = mask_d[:, None] & mask_t[None, :]  # (BLOCK_D, CHUNK)
+        u = tl.load(u_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt = tl.load(dt_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask_dt, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
+        if SAVE_CKPT:
+            tl.store(ck_base + c * dstate, h, mask=mask_dn)
+        if VARYING_BC:
+            mask_nt = mask_n[:, None] & mask_t[None, :]
+            Bt = tl.load(B_base + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)  # (BLOCK_N, CHUNK)
+            Ct = tl.load(C_base + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+            dBu = (dt * u)[:, None, :] * Bt[None, :, :]  # (BLOCK_D, BLOCK_N, CHUNK)
+        else:
+            dBu = (dt * u)[:, None, :] * Bc[:, :, None]
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, CHUNK)
+        aa, bb = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine_fwd)
+        hs = aa * h[:, :, None] + bb  # h_t for every t of the chunk, (BLOCK_D, BLOCK_N, CHUNK)
+        if VARYING_BC:
+            y = tl.sum(hs * Ct[None, :, :], axis=1)  # (BLOCK_D, CHUNK)
+        else:
+            y = tl.sum(hs * Cc[:, :, None], axis=1)
+        h = tl.sum(tl.where((offs_t == CHUNK - 1)[None, None, :], hs, 0.0), axis=2)  # last step
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            y *= zz * tl.sigmoid(zz)
+        tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+    if SAVE_LAST:
+        tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], h, mask=mask_dn)
+
+
+@triton.jit
+def _selective_scan_bwd_kernel(
+    # pointers: inputs
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
+    # pointers: gradients (dA_part, dD_part, dbias_part: per batch row, summed by the wrapper;
+    # dB, dC: float32 accumulated with atomics when time-varying, per batch row otherwise)
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    # dimensions
+    L, dim, dstate, dpg, nblk,
+    # strides (last dimensions contiguous; du, ddelta, dz share u's layout)
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_grp < dpg
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    offs_t = tl.arange(0, CHUNK)
+    dn_offs = offs_d[:, None] * dstate + offs_n[None, :]  # (BLOCK_D, BLOCK_N) into (D, N)
+
+    A = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if not VARYING_BC:
+        Bc = tl.load(B_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        Cc = tl.load(C_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+
+    row_u = pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1): u, du, ddelta (u's layout)
+    row_dt = pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    row_do = pid_b * s_do_b + offs_d[:, None] * s_do_d
+    if HAS_Z:
+        row_z = pid_b * s_z_b + offs_d[:, None] * s_z_d  # z and dz
+    if VARYING_BC:
+        row_B = pid_b * s_B_b + grp * s_B_g + offs_n[:, None] * s_B_n  # (BLOCK_N, 1)
+        row_C = pid_b * s_C_b + grp * s_C_g + offs_n[:, None] * s_C_n
+        row_dB = pid_b * s_dB_b + grp * s_dB_g + offs_n[:, None] * s_dB_n  # dB and dC
+    n_chunks = tl.cdiv(L, CHUNK)
+    ck_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # a_{t+1} g_{t+1} from the chunk after
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci  # chunks in reverse order
+        t = c * CHUNK + offs_t
+        mask_t = t < L
+        mask_dt = mask_d[:, None] & mask_t[None, :]
+        u = tl.load(u_ptr + row_u + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt_raw = tl.load(delta_ptr + row_dt + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + row_do + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw += bias[:, None]
+        if SOFTPLUS:
+            dt = tl.where(mask_dt, _softplus(dt_raw), 0.0)
+        else:
+            dt = tl.where(mask_dt, dt_raw, 0.0)
+        h0 = tl.load(ck_base + c * dstate, mask=mask_dn, other=0.0)  # state before the chunk
+        if VARYING_BC:
+            mask_nt = mask_n[:, None] & mask_t[None, :]
+            Bt = tl.load(B_ptr + row_B + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + row_C + t[None, :], mask=mask_nt, other=0.0).to(tl.float32)
+            Bx = Bt[None, :, :]  # (1, BLOCK_N, CHUNK)
+            Cx = Ct[None, :, :]
+        else:
+            Bx = Bc[:, :, None]  # (BLOCK_D, BLOCK_N, 1)
+            Cx = Cc[:, :, None]
+        # recompute the states of the chunk
+        dA = tl.exp2(dt[:, None, :] * A2[:, :, None])  # (BLOCK_D, BLOCK_N, CHUNK)
+        dBu = (dt * u)[:, None, :] * Bx
+        aa, bb = tl.associative_scan((dA, dBu), axis=2, combine_fn=_combine_fwd)
+        hs = aa * h0[:, :, None] + bb  # h_t, (BLOCK_D, BLOCK_N, CHUNK)
+        # through out = (y + D u) * silu(z)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row_z + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            y = tl.sum(hs * Cx, axis=1)
+            if HAS_D:
+                y += Dv[:, None] * u
+            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + row_z + t[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask_dt)
+            dy = dout * zz * sz
+        else:
+            dy = dout
+        dy = tl.where(mask_dt, dy, 0.0)  # (BLOCK_D, CHUNK)
+        du = tl.zeros((BLOCK_D, CHUNK), dtype=tl.float32)
+        if HAS_D:
+            dD_acc += tl.sum(dy * u, axis=1)
+            du += dy * Dv[:, None]
+        # C: y_t = sum_n C_t[n] h_t[n]
+        if VARYING_BC:
+            dCt = tl.sum(dy[:, None, :] * hs, axis=0)  # (BLOCK_N, CHUNK)
+            tl.atomic_add(dC_ptr + row_dB + t[None, :], dCt, mask=mask_n[:, None] & mask_t[None, :], sem="relaxed")
+        else:
+            dC_acc += tl.sum(dy[:, None, :] * hs, axis=2)
+        # g_t = dL/dh_t = C_t dy_t + a_{t+1} g_{t+1}: a reverse scan with the carry at the end
+        cv = dy[:, None, :] * Cx + tl.where((offs_t == CHUNK - 1)[None, None, :], carry[:, :, None], 0.0)
+        ones = tl.full((BLOCK_D, BLOCK_N, CHUNK), 1.0, tl.float32)
+        _, _, g = tl.associative_scan((dA, ones, cv), axis=2, combine_fn=_combine_bwd, reverse=True)
+        carry = tl.sum(tl.where((offs_t == 0)[None, None, :], dA * g, 0.0), axis=2)
+        # a_t h_{t-1} = h_t - b_t; da_t/d delta_t = A a_t; db_t/d delta_t = B_t u_t
+        gh = g * (hs - dBu)  # (BLOCK_D, BLOCK_N, CHUNK)
+        dA_acc += tl.sum(gh * dt[:, None, :], axis=2)
+        gB = tl.sum(g * Bx, axis=1)  # (BLOCK_D, CHUNK)
+        ddt = tl.sum(gh * A[:, :, None], axis=1) + gB * u
+        du += gB * dt
+        if VARYING_BC:
+            dBt = tl.sum(g * (dt * u)[:, None, :], axis=0)  # (BLOCK_N, CHUNK)
+            tl.atomic_add(dB_ptr + row_dB + t[None, :], dBt, mask=mask_n[:, None] & mask_t[None, :], sem="relaxed")
+        else:
+            dB_acc += tl.sum(g * (dt * u)[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(dt_raw)
+        ddt = tl.where(mask_dt, ddt, 0.0)
+        if HAS_BIAS:
+            dbias_acc += tl.sum(ddt, axis=1)
+        tl.store(du_ptr + row_u + t[None, :], du.to(du_ptr.dtype.element_ty), mask=mask_dt)
+        tl.store(ddelta_ptr + row_u + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty), mask=mask_dt)
+    part_dn = (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :]  # into (B, D, N)
+    tl.store(dA_ptr + part_dn, dA_acc, mask=mask_dn)
+    if not VARYING_BC:
+        tl.store(dB_ptr + part_dn, dB_acc, mask=mask_dn)
+        tl.store(dC_ptr + part_dn, dC_acc, mask=mask_dn)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
+
+
+# ----------------------------------------------------------------------------- wrapper
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _config(dstate: int, backward: bool) -> dict:
+    """Block sizes and warps: BLOCK_D x BLOCK_N x CHUNK values live in registers."""
+    block_n = triton.next_power_of_2(dstate)
+    if backward:
+        chunk = max(16, 512 // block_n)
+        return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
+    chunk = max(16, 1024 // block_n)
+    return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
+
+
+def _check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
+    """Checks beyond check_selective_scan_args: dtypes, contiguity, N the kernel supports."""
+    bsz, dim, length, dstate, groups = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is None:
+            continue
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.stride(-1) != 1 and t.shape[-1] > 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got "
+                             f"strides {tuple(t.stride())} for shape {tuple(t.shape)}")
+    if dstate > MAX_DSTATE:
+        raise ValueError(f"A must have shape (D, N) with N <= {MAX_DSTATE} for this kernel, "
+                         f"got N = {dstate}")
+    return bsz, dim, length, dstate, groups
+
+
+def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
+    """(batch, group, state) strides of a time-varying B or C; (B, N, L) is one group."""
+    if M.dim() == 3:
+        return M.stride(0), 0, M.stride(1)
+    return M.stride(0), M.stride(1), M.stride(2)
+
+
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt):
+    bsz, dim, length, dstate, groups = _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    varying = groups > 0
+    groups = max(groups, 1)
+    cfg = _config(dstate, backward=False)
+    if save_ckpt:  # the backward's chunk sets the checkpoint interval
+        cfg["CHUNK"] = _config(dstate, backward=True)["CHUNK"]
+    dpg = dim // groups
+    nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
+    A = A.float().contiguous()
+    Df = D.float().contiguous() if D is not None else None
+    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    if not varying:
+        B, C = B.contiguous(), C.contiguous()
+    out = torch.empty_like(u)
+    last = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+    n_chunks = triton.cdiv(length, cfg["CHUNK"])
+    ckpt = (u.new_empty(bsz, dim, n_chunks, dstate, dtype=torch.float32) if save_ckpt
+            else last)
+    sB = _bc_strides(B) if varying else (0, 0, 0)
+    sC = _bc_strides(C) if varying else (0, 0, 0)
+    zz = z if z is not None else u
+    grid = (groups * nblk, bsz)
+    _selective_scan_fwd_kernel[grid](
+        u, delta, A, B, C, Df if Df is not None else A, zz, bias if bias is not None else A,
+        out, last, ckpt,
+        length, dim, dstate, dpg, nblk,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+        out.stride(0), out.stride(1), *sB, *sC,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(softplus), VARYING_BC=varying, SAVE_LAST=True, SAVE_CKPT=save_ckpt,
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], CHUNK=cfg["CHUNK"],
+        num_warps=cfg["num_warps"],
+    )
+    return out, last, (ckpt if save_ckpt else None)
+
+
+def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    varying = B.dim() > 2
+    groups = B.shape[1] if B.dim() == 4 else 1
+    cfg = _config(dstate, backward=True)
+    dpg = dim // groups
+    nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
+    dout = dout.contiguous()
+    Af = A.float().contiguous()
+    Df = D.float().contiguous() if D is not None else None
+    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(u, dtype=delta.dtype)
+    dz = torch.empty_like(u, dtype=z.dtype) if z is not None else None
+    dA_part = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+    if varying:
+        dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+        dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        sdB = _bc_strides(dB)
+    else:
+        B, C = B.contiguous(), C.contiguous()
+        dB = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+        dC = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+        sdB = (0, 0, 0)
+    dD_part = u.new_empty(bsz, dim, dtype=torch.float32) if D is not None else None
+    dbias_part = u.new_empty(bsz, dim, dtype=torch.float32) if delta_bias is not None else None
+    sB = _bc_strides(B) if varying else (0, 0, 0)
+    sC = _bc_strides(C) if varying else (0, 0, 0)
+    zz = z if z is not None else u
+    dzz = dz if dz is not None else du
+    grid = (groups * nblk, bsz)
+    _selective_scan_bwd_kernel[grid](
+        u, delta, Af, B, C, Df if Df is not None else Af, zz, bias if bias is not None else Af,
+        ckpt, dout,
+        du, ddelta, dzz, dA_part, dB, dC,
+        dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part,
+        length, dim, dstate, dpg, nblk,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+        dout.stride(0), dout.stride(1), *sB, *sC, *sdB,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(softplus), VARYING_BC=varying,
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], CHUNK=cfg["CHUNK"],
+        num_warps=cfg["num_warps"],
+    )
+    dA = dA_part.sum(0).to(A.dtype)
+    if varying:
+        dB, dC = dB.to(B.dtype), dC.to(C.dtype)
+    else:
+        dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    """Forward saves only the inputs and per-chunk states; backward recomputes the rest."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        needs_grad = any(ctx.needs_input_grad[:8])
+        out, last, ckpt = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                    save_ckpt=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.delta_softplus = delta_softplus
+        ctx.mark_non_differentiable(last)
+        return out, last
+
+    @staticmethod
+    def backward(ctx, dout, dlast):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        grads = _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, ckpt)
+        return (*grads, None, None)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False):
+    """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z).
+
+    u, delta, z: (B, D, L) float32/float16/bfloat16 with contiguous last dimension; A: (D, N)
+    with N <= 64; B, C: (B, N, L), (B, G, N, L) or (D, N); D, delta_bias: (D,). Returns out
+    (B, D, L) in u's dtype, and with return_last_state the state h_L: (B, D, N) in float32.
+    Same semantics as mambabook.selective.selective_scan_ref; differentiable in every input.
+    """
+    _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                      return_last_state)
+    return (out, last) if return_last_state else out
+
+
+class _CallableModule(types.ModuleType):
+    """`mambabook.kernels.selective_scan` names both this module and its function: the
+    package's lazy loader leaves the module bound to that name, so calling it calls the
+    function."""
+
+    def __call__(self, *args, **kwargs):
+        return selective_scan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
