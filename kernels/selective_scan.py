@@ -16,7 +16,6 @@ import types
 import torch
 import triton
 import triton.language as tl
-
 from mambabook.selective import check_selective_scan_args
 
 MAX_DSTATE = 64  # largest N the kernels support (registers hold BLOCK_D x N x CHUNK)

@@ -1,0 +1,137 @@
+"""One decoding step of the selective SSM as a Triton kernel (chapter 7).
+
+h <- exp(dt A) h + dt B x,  out = (C h + D x) * silu(z), with the state (B, D, N) updated in
+place: the conventions of `mambabook.selective.selective_state_update_ref` and mamba_ssm's
+`selective_state_update`. The step is memory-bound: the state is read and written once.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import torch
+import triton
+import triton.language as tl
+from mambabook.checks import check_same_device, check_tensor
+
+MAX_DSTATE = 256  # largest N the kernel supports
+
+
+@triton.jit
+def _selective_state_update_kernel(
+    # pointers
+    state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    # dimensions
+    dim, dstate, dpg,
+    # strides
+    s_h_b, s_h_d, s_h_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d = tl.program_id(0)  # block of channels
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel indices, (BLOCK_D,)
+    mask_d = offs_d < dim
+    offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    grp = offs_d // dpg  # group of each channel, (BLOCK_D,)
+
+    h_ptrs = state_ptr + pid_b * s_h_b + offs_d[:, None] * s_h_d + offs_n[None, :] * s_h_n
+    h = tl.load(h_ptrs, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    Bv = tl.load(B_ptr + pid_b * s_B_b + grp[:, None] * s_B_g + offs_n[None, :] * s_B_n,
+                 mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    Cv = tl.load(C_ptr + pid_b * s_C_b + grp[:, None] * s_C_g + offs_n[None, :] * s_C_n,
+                 mask=mask_dn, other=0.0).to(tl.float32)
+    dA = tl.exp2(dt[:, None] * A.to(tl.float32) * 1.4426950408889634)
+    h = dA * h + (dt * x)[:, None] * Bv
+    tl.store(h_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    out = tl.sum(h * Cv, axis=1)  # (BLOCK_D,)
+    if HAS_D:
+        out += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
+        out *= z * tl.sigmoid(z)
+    tl.store(out_ptr + pid_b * s_o_b + offs_d * s_o_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
+def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
+    """Validate the step's inputs; returns (batch, dim, N, groups) with groups 1 for (B, N)."""
+    check_tensor("state", state, 3, dims="(B, D, N)")
+    bsz, dim, dstate = state.shape
+    check_tensor("x", x, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("dt", dt, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("A", A, 2, shape=(dim, dstate), dims="(D, N)")
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(name, t, (2, 3), dims="(B, N) or (B, G, N)")
+        if t.shape[0] != bsz or t.shape[-1] != dstate or (t.dim() == 3 and dim % t.shape[1]):
+            raise ValueError(f"{name} must have shape (B, N) = {(bsz, dstate)} or (B, G, N) with G "
+                             f"dividing D = {dim}, got shape {tuple(t.shape)}")
+    if B.dim() != C.dim() or (B.dim() == 3 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
+    if D is not None:
+        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
+    if z is not None:
+        check_tensor("z", z, 2, shape=(bsz, dim), dims="(B, D)")
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
+                    ("D", D), ("z", z), ("dt_bias", dt_bias)):
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if dstate > MAX_DSTATE:
+        raise ValueError(f"state must have shape (B, D, N) with N <= {MAX_DSTATE} for this "
+                         f"kernel, got N = {dstate}")
+    return bsz, dim, dstate, (B.shape[1] if B.dim() == 3 else 1)
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                           dt_softplus=False):
+    """One decoding step; `state` (B, D, N) is updated in place.
+
+    x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N); D, dt_bias: (D,).
+    h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z). Returns out: (B, D) in x's
+    dtype. Same semantics as mambabook.selective.selective_state_update_ref.
+    """
+    bsz, dim, dstate, groups = _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+    out = torch.empty_like(x)
+    block_n = triton.next_power_of_2(dstate)
+    block_d = max(1, min(32, 2048 // block_n))
+    sB = (B.stride(0), B.stride(1), B.stride(2)) if B.dim() == 3 else (B.stride(0), 0, B.stride(1))
+    sC = (C.stride(0), C.stride(1), C.stride(2)) if C.dim() == 3 else (C.stride(0), 0, C.stride(1))
+    zz = z if z is not None else x
+    grid = (triton.cdiv(dim, block_d), bsz)
+    _selective_state_update_kernel[grid](
+        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
+        dim, dstate, dim // groups,
+        state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1),
+        dt.stride(0), dt.stride(1), A.stride(0), A.stride(1), *sB, *sC,
+        zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
+        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
+
+
+class _CallableModule(types.ModuleType):
+    """`mambabook.kernels.selective_state_update` names both this module and its function:
+    the package's lazy loader leaves the module bound to that name, so calling it calls the
+    function."""
+
+    def __call__(self, *args, **kwargs):
+        return selective_state_update(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
