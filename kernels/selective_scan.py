@@ -270,6 +270,61 @@ def _selective_scan_bwd_kernel(
         tl.store(dbias_ptr + pid_b * dim + offs_d, dbias_acc, mask=mask_d)
 
 
+@triton.jit
+def _selective_scan_fwd_sequential_kernel(
+    # pointers
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+    # dimensions
+    L, dstate, dpg, nblk,
+    # strides
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    # meta-parameters
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The plain version (chapter 7, step 2): one time step per loop iteration, forward only,
+    time-varying B and C. Same program grid and state in registers as the chunked kernel."""
+    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_grp < dpg
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_n = offs_n < dstate
+    mask_dn = mask_d[:, None] & mask_n[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d  # (BLOCK_D,) pointers at t = 0
+    dt_p = delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d
+    z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
+    o_p = out_ptr + pid_b * s_o_b + offs_d * s_o_d
+    B_p = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n * s_B_n  # (BLOCK_N,) pointers at t = 0
+    C_p = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n * s_C_n
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for t in range(0, L):
+        u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
+        dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        Bt = tl.load(B_p + t, mask=mask_n, other=0.0).to(tl.float32)  # (BLOCK_N,)
+        Ct = tl.load(C_p + t, mask=mask_n, other=0.0).to(tl.float32)
+        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]  # (BLOCK_D, BLOCK_N)
+        y = tl.sum(h * Ct[None, :], axis=1)  # (BLOCK_D,)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
+            y *= zz * tl.sigmoid(zz)
+        tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+
 # ----------------------------------------------------------------------------- wrapper
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -398,6 +453,33 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
     dD = dD_part.sum(0).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                              delta_softplus=False, block_d=16, num_warps=4):
+    """Forward only, one time step per loop iteration (the chapter's step 2): same semantics
+    as `selective_scan` for time-varying B and C; kept to measure what chunking buys."""
+    bsz, dim, length, dstate, groups = _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    if groups == 0:
+        raise ValueError("B and C must be time-varying ((B, N, L) or (B, G, N, L)) for "
+                         f"selective_scan_sequential, got B of shape {tuple(B.shape)}")
+    dpg = dim // groups
+    nblk = triton.cdiv(dpg, block_d)
+    A = A.float().contiguous()
+    Df = D.float().contiguous() if D is not None else A
+    bias = delta_bias.float().contiguous() if delta_bias is not None else A
+    out = torch.empty_like(u)
+    zz = z if z is not None else u
+    _selective_scan_fwd_sequential_kernel[(groups * nblk, bsz)](
+        u, delta, A, B, C, Df, zz, bias, out,
+        length, dstate, dpg, nblk,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+        out.stride(0), out.stride(1), *_bc_strides(B), *_bc_strides(C),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d,
+        BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
+    )
+    return out
 
 
 class SelectiveScanFn(torch.autograd.Function):

@@ -1,0 +1,191 @@
+"""mambabook.kernels.selective_scan against selective_scan_ref: outputs, last state, gradients.
+
+On CPU the kernels run under TRITON_INTERPRET=1 at small sizes (small chunks force several
+chunks, so the carried state and the backward's carried gradient are exercised); the
+`gpu` tests repeat the checks at real sizes and run L = 1,000,000.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mambabook.kernels  # noqa: E402
+import mambabook.kernels.selective_scan as ss  # noqa: E402
+import pytest  # noqa: E402
+import triton  # noqa: E402
+from conftest import tol  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from mambabook.selective import selective_scan_ref  # noqa: E402
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(bsz, dim, length, dstate, layout="BNL", groups=1, has_D=True, has_z=True,
+                has_bias=True, dtype=torch.float32, device="cpu"):
+    """Random inputs in the ranges Mamba uses: delta > 0 small, A < 0."""
+    u = torch.randn(bsz, dim, length, device=device).to(dtype)
+    delta = (0.5 * torch.rand(bsz, dim, length, device=device) - 0.2).to(dtype)
+    A = -(0.5 + torch.rand(dim, dstate, device=device))
+    if layout == "DN":
+        B, C = torch.randn(dim, dstate, device=device), torch.randn(dim, dstate, device=device)
+    elif layout == "BNL":
+        B = torch.randn(bsz, dstate, length, device=device).to(dtype)
+        C = torch.randn(bsz, dstate, length, device=device).to(dtype)
+    else:
+        B = torch.randn(bsz, groups, dstate, length, device=device).to(dtype)
+        C = torch.randn(bsz, groups, dstate, length, device=device).to(dtype)
+    D = torch.randn(dim, device=device) if has_D else None
+    z = torch.randn(bsz, dim, length, device=device).to(dtype) if has_z else None
+    bias = 0.3 * torch.randn(dim, device=device) if has_bias else None
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
+
+
+def small_chunks(chunk):
+    """A _config replacement that forces CHUNK (so short sequences span several chunks)."""
+    def config(dstate, backward):
+        return dict(BLOCK_D=4, BLOCK_N=triton.next_power_of_2(dstate), CHUNK=chunk, num_warps=4)
+    return config
+
+
+def check_against_ref(inputs, softplus, dtype, grads=True):
+    """Kernel vs ref: out, last state, and the gradient of every input given."""
+    leaves = {k: (v.detach().clone().requires_grad_(grads) if v is not None else None)
+              for k, v in inputs.items()}
+    leaves_ref = {k: (v.detach().clone().requires_grad_(grads) if v is not None else None)
+                  for k, v in inputs.items()}
+    out, last = ss.selective_scan(**leaves, delta_softplus=softplus, return_last_state=True)
+    out_ref, last_ref = selective_scan_ref(**leaves_ref, delta_softplus=softplus,
+                                           return_last_state=True)
+    assert out.dtype == out_ref.dtype and last.dtype == torch.float32
+    torch.testing.assert_close(out, out_ref, **tol(dtype))
+    torch.testing.assert_close(last, last_ref, **tol(dtype))
+    if not grads:
+        return
+    dout = torch.randn_like(out)
+    names = [k for k in NAMES if leaves[k] is not None]
+    got = torch.autograd.grad(out, [leaves[k] for k in names], dout)
+    want = torch.autograd.grad(out_ref, [leaves_ref[k] for k in names], dout)
+    for name, g, w in zip(names, got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        torch.testing.assert_close(g, w, **tol(dtype), msg=lambda m, n=name: f"d{n}: {m}")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    bsz=st.integers(1, 2),
+    dim=st.integers(1, 7),
+    length=st.one_of(st.just(1), st.integers(2, 40)),
+    dstate=st.integers(1, 6),
+    layout=st.sampled_from(["BNL", "BGNL", "DN"]),
+    has_D=st.booleans(), has_z=st.booleans(), has_bias=st.booleans(), softplus=st.booleans(),
+    chunk=st.sampled_from([4, 8, 16]),
+)
+def test_selective_scan_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z, has_bias,
+                                    softplus, chunk):
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(chunk))
+        check_against_ref(inputs, softplus, torch.float32)
+
+
+def test_selective_scan_default_config_forward_only():
+    """The library's own block sizes, without autograd (no checkpoints), D not a multiple of
+    the block and L not a multiple of the chunk."""
+    inputs = make_inputs(2, 5, 23, 16)
+    check_against_ref(inputs, True, torch.float32, grads=False)
+
+
+def test_selective_scan_default_config_with_grad():
+    inputs = make_inputs(1, 6, 9, 3, layout="BGNL", groups=2)
+    check_against_ref(inputs, True, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_half_inputs(dtype):
+    inputs = make_inputs(2, 5, 19, 4, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(8))
+        check_against_ref(inputs, True, dtype)
+
+
+def test_selective_scan_sequential_matches_ref():
+    for layout in ("BNL", "BGNL"):
+        inputs = make_inputs(2, 6, 13, 5, layout=layout, groups=3)
+        out = ss.selective_scan_sequential(**inputs, delta_softplus=True, block_d=4)
+        torch.testing.assert_close(out, selective_scan_ref(**inputs, delta_softplus=True),
+                                   **tol(torch.float32))
+
+
+def test_selective_scan_package_attribute_is_callable():
+    inputs = make_inputs(1, 3, 5, 2)
+    out = mambabook.kernels.selective_scan(**inputs)
+    torch.testing.assert_close(out, selective_scan_ref(**inputs), **tol(torch.float32))
+
+
+def test_selective_scan_bad_inputs():
+    good = make_inputs(1, 4, 6, 3)
+    with pytest.raises(ValueError, match="u"):  # not contiguous along L
+        ss.selective_scan(**{**good, "u": torch.randn(1, 6, 4).transpose(1, 2)})
+    with pytest.raises(ValueError, match="B"):  # not contiguous along L
+        ss.selective_scan(**{**good, "B": torch.randn(1, 6, 3).transpose(1, 2)})
+    with pytest.raises(ValueError, match="N <= 64"):
+        ss.selective_scan(**{**good, "A": -torch.rand(4, 65), "B": torch.randn(1, 65, 6),
+                             "C": torch.randn(1, 65, 6)})
+    with pytest.raises(ValueError, match="delta"):  # L mismatch
+        ss.selective_scan(**{**good, "delta": torch.rand(1, 4, 7)})
+    with pytest.raises(ValueError, match="C"):  # N mismatch
+        ss.selective_scan(**{**good, "C": torch.randn(1, 2, 6)})
+    with pytest.raises(ValueError, match="A"):  # D mismatch
+        ss.selective_scan(**{**good, "A": -torch.rand(5, 3)})
+    with pytest.raises(ValueError, match="u"):  # wrong rank
+        ss.selective_scan(**{**good, "u": torch.randn(4, 6)})
+    with pytest.raises(TypeError, match="u"):  # float64 is not a kernel dtype
+        ss.selective_scan(**{**good, "u": good["u"].double()})
+    with pytest.raises(ValueError, match="device"):
+        ss.selective_scan(**{**good, "D": torch.randn(4, device="meta")})
+
+
+# ----------------------------------------------------------------------------- GPU, real sizes
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
+def test_selective_scan_gpu_fp32(layout):
+    inputs = make_inputs(2, 768, 2053, 16, layout=layout, groups=4, device="cuda")
+    check_against_ref(inputs, True, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_gpu_half(dtype):
+    inputs = make_inputs(2, 512, 4096, 16, dtype=dtype, device="cuda")
+    check_against_ref(inputs, True, dtype)
+
+
+@pytest.mark.gpu
+def test_selective_scan_gpu_no_dsz_odd_sizes():
+    inputs = make_inputs(3, 97, 1001, 7, has_D=False, has_z=False, has_bias=False, device="cuda")
+    check_against_ref(inputs, False, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_scan_gpu_one_million_steps(dtype):
+    """L = 1,000,000: finite outputs, state and gradients; the first 4096 outputs equal those
+    of the kernel run on the first 4096 steps alone (causality)."""
+    length = 1_000_000
+    inputs = make_inputs(1, 128, length, 16, dtype=dtype, device="cuda")
+    leaves = {k: v.requires_grad_() if v is not None else None for k, v in inputs.items()}
+    out, last = ss.selective_scan(**leaves, delta_softplus=True, return_last_state=True)
+    assert torch.isfinite(out).all() and torch.isfinite(last).all()
+    grads = torch.autograd.grad(out.float().square().mean(), list(leaves.values()))
+    for name, g in zip(leaves, grads):
+        assert torch.isfinite(g).all(), name
+    with torch.no_grad():
+        prefix = {k: (v[..., :4096].contiguous() if v.dim() >= 3 else v).detach()
+                  for k, v in leaves.items()}
+        head = ss.selective_scan(**prefix, delta_softplus=True)
+    torch.testing.assert_close(out[..., :4096].detach(), head, **tol(dtype))

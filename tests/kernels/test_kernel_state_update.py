@@ -1,0 +1,103 @@
+"""mambabook.kernels.selective_state_update against selective_state_update_ref: the output
+and the state updated in place; and a run of steps equals the selective scan."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mambabook.kernels  # noqa: E402
+import pytest  # noqa: E402
+from conftest import tol  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from mambabook.kernels.selective_state_update import selective_state_update  # noqa: E402
+from mambabook.selective import selective_scan_ref, selective_state_update_ref  # noqa: E402
+
+
+def make_step(bsz, dim, dstate, groups=None, has_D=True, has_z=True, has_bias=True,
+              dtype=torch.float32, state_dtype=torch.float32, device="cpu"):
+    state = torch.randn(bsz, dim, dstate, device=device).to(state_dtype)
+    x = torch.randn(bsz, dim, device=device).to(dtype)
+    dt = (0.5 * torch.rand(bsz, dim, device=device) - 0.2).to(dtype)
+    A = -(0.5 + torch.rand(dim, dstate, device=device))
+    shape = (bsz, dstate) if groups is None else (bsz, groups, dstate)
+    B = torch.randn(shape, device=device).to(dtype)
+    C = torch.randn(shape, device=device).to(dtype)
+    D = torch.randn(dim, device=device) if has_D else None
+    z = torch.randn(bsz, dim, device=device).to(dtype) if has_z else None
+    dt_bias = 0.3 * torch.randn(dim, device=device) if has_bias else None
+    return dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+def check_step(inputs, softplus, dtype):
+    ours = {**inputs, "state": inputs["state"].clone()}
+    ref = {**inputs, "state": inputs["state"].clone()}
+    out = selective_state_update(**ours, dt_softplus=softplus)
+    out_ref = selective_state_update_ref(**ref, dt_softplus=softplus)
+    assert out.dtype == out_ref.dtype == inputs["x"].dtype
+    torch.testing.assert_close(out, out_ref, **tol(dtype))
+    torch.testing.assert_close(ours["state"], ref["state"], **tol(dtype))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    bsz=st.integers(1, 3), dim=st.integers(1, 40), dstate=st.integers(1, 20),
+    grouped=st.booleans(), has_D=st.booleans(), has_z=st.booleans(), has_bias=st.booleans(),
+    softplus=st.booleans(),
+)
+def test_state_update_matches_ref(bsz, dim, dstate, grouped, has_D, has_z, has_bias, softplus):
+    groups = next(g for g in (4, 3, 2, 1) if dim % g == 0) if grouped else None
+    inputs = make_step(bsz, dim, dstate, groups, has_D, has_z, has_bias)
+    check_step(inputs, softplus, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_state_update_half_inputs(dtype):
+    check_step(make_step(2, 37, 16, dtype=dtype), True, dtype)
+    check_step(make_step(2, 37, 16, dtype=dtype, state_dtype=dtype), True, dtype)
+
+
+def test_state_update_steps_equal_the_scan():
+    """L steps from a zero state give selective_scan_ref's outputs and last state."""
+    bsz, dim, dstate, length = 2, 9, 5, 6
+    u, delta = torch.randn(bsz, dim, length), torch.rand(bsz, dim, length)
+    A, D, bias = -torch.rand(dim, dstate) - 0.5, torch.randn(dim), torch.randn(dim)
+    B, C, z = torch.randn(bsz, dstate, length), torch.randn(bsz, dstate, length), torch.randn(bsz, dim, length)
+    state = torch.zeros(bsz, dim, dstate)
+    outs = [mambabook.kernels.selective_state_update(
+        state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t], bias, True)
+        for t in range(length)]
+    out_ref, last_ref = selective_scan_ref(u, delta, A, B, C, D, z, bias, True, True)
+    torch.testing.assert_close(torch.stack(outs, -1), out_ref, **tol(torch.float32))
+    torch.testing.assert_close(state, last_ref, **tol(torch.float32))
+
+
+def test_state_update_bad_inputs():
+    good = make_step(2, 8, 4)
+    with pytest.raises(ValueError, match="x"):
+        selective_state_update(**{**good, "x": torch.randn(2, 7)})
+    with pytest.raises(ValueError, match="B"):
+        selective_state_update(**{**good, "B": torch.randn(2, 5)})
+    with pytest.raises(ValueError, match="C"):
+        selective_state_update(**{**good, "C": torch.randn(2, 3, 4)})  # 3 does not divide 8
+    with pytest.raises(ValueError, match="A"):
+        selective_state_update(**{**good, "A": torch.randn(8, 5)})
+    with pytest.raises(ValueError, match="state"):
+        selective_state_update(**{**good, "state": torch.randn(2, 8)})
+    with pytest.raises(ValueError, match="N <= 256"):
+        big = make_step(1, 2, 257)
+        selective_state_update(**big)
+    with pytest.raises(TypeError, match="x"):
+        selective_state_update(**{**good, "x": good["x"].double()})
+    with pytest.raises(ValueError, match="device"):
+        selective_state_update(**{**good, "z": torch.randn(2, 8, device="meta")})
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_update_gpu_decoding_size(dtype):
+    check_step(make_step(128, 5120, 16, dtype=dtype, device="cuda"), True, dtype)
+    check_step(make_step(16, 1536, 16, groups=4, dtype=dtype, device="cuda"), True, dtype)
