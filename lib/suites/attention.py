@@ -1,0 +1,92 @@
+"""Attention and RNN scaling suites (chapters 1 and 2).
+
+attention_scaling: causal attention forward time and peak memory against L, the naive
+two-matmul form (stores L x L scores) vs torch SDPA (fused; flash attention on the GPU).
+rnn_loop: the step-by-step Elman RNN against L: time per token constant, total linear.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import softmax_attention
+from ..bench import Record, suite, sweep
+from ..rnn import elman_rnn
+
+
+def attention_providers(B: int, H: int, P: int, dtype: torch.dtype, device):
+    """{"naive": ..., "sdpa": ...}: make(L) -> a zero-argument causal forward call."""
+
+    def inputs(L):
+        return [torch.randn(B, H, L, P, dtype=dtype, device=device) for _ in range(3)]
+
+    def naive(L):
+        q, k, v = inputs(L)
+        return lambda: softmax_attention(q, k, v, causal=True)
+
+    def sdpa(L):
+        q, k, v = inputs(L)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return {"naive": naive, "sdpa": sdpa}
+
+
+def attention_sizes(quick: bool, device) -> tuple[dict, list[dict]]:
+    """(shape, sizes): B=1, H=12, P=64, bf16, L = 512 ... 131072 on a GPU; else B=1, H=2, P=64,
+    float32, L = 256 ... 4096 (under 30 s on a 2-core CPU)."""
+    if torch.device(device).type == "cuda" and not quick:
+        shape = dict(B=1, H=12, P=64, dtype=torch.bfloat16)
+        lengths = [512 * 2 ** i for i in range(9)]  # 512 ... 131072
+    else:
+        shape = dict(B=1, H=2, P=64, dtype=torch.float32)
+        lengths = [256 * 2 ** i for i in range(5)]  # 256 ... 4096
+    return shape, [{"L": L} for L in lengths]
+
+
+@suite("attention_scaling")
+def attention_scaling(quick: bool, device, progress: bool = False) -> list[Record]:
+    shape, sizes = attention_sizes(quick, device)
+    providers = attention_providers(device=device, **shape)
+    records = sweep("attention_scaling", providers, sizes, device=device,
+                    min_run_time=0.05 if quick else 0.2, progress=progress)
+    for r in records:
+        r.extra.update({k: str(v) for k, v in shape.items()})
+    return records
+
+
+def rnn_providers(B: int, D: int, device):
+    """{"rnn_loop": mambabook.rnn.elman_rnn, "torch.nn.RNN": the fused library loop}."""
+
+    def weights():
+        W_ih = torch.randn(D, D, device=device) / D ** 0.5
+        W_hh = torch.randn(D, D, device=device) / D ** 0.5
+        return W_ih, W_hh, torch.zeros(D, device=device)
+
+    def loop(L, B=B):
+        x = torch.randn(B, L, D, device=device)
+        W_ih, W_hh, b = weights()
+        return torch.no_grad()(lambda: elman_rnn(x, W_ih, W_hh, b, b))
+
+    def library(L, B=B):
+        x = torch.randn(B, L, D, device=device)
+        net = torch.nn.RNN(D, D, batch_first=True).to(device)
+        return torch.no_grad()(lambda: net(x))
+
+    return {"rnn_loop": loop, "torch.nn.RNN": library}
+
+
+@suite("rnn_loop")
+def rnn_loop(quick: bool, device, progress: bool = False) -> list[Record]:
+    """Elman RNN forward (no grad), B=8 D=64 (CPU) or B=64 D=256 (GPU), against L."""
+    gpu = torch.device(device).type == "cuda" and not quick
+    B, D = (64, 256) if gpu else (8, 64)
+    lengths = [256 * 2 ** i for i in range(6)] if gpu else [64 * 2 ** i for i in range(5)]
+    records = sweep("rnn_loop", rnn_providers(B, D, device), [{"L": L} for L in lengths],
+                    device=device, measure_memory=False, min_run_time=0.1 if quick else 0.2,
+                    progress=progress)
+    for r in records:
+        r.extra.update(B=B, D=D)
+        if r.status == "ok":
+            r.extra["us_per_token"] = 1e3 * r.ms / r.size["L"]
+    return records
