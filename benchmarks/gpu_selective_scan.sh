@@ -1,0 +1,26 @@
+#!/bin/bash
+# The H200 run of issue 5's kernels: GPU tests, (optionally) a block-size sweep, the suites.
+# Usage on the device machine, from the repository root: TUNE=1 bash benchmarks/gpu_selective_scan.sh
+# Writes logs and JSON under $OUT (default /tmp/out).
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+# the package without pip install -e: mambabook -> lib, mambabook.kernels -> kernels
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r lib /tmp/pkg/mambabook \
+  && rm -rf /tmp/pkg/mambabook/kernels && cp -r kernels /tmp/pkg/mambabook/kernels
+export PYTHONPATH=/tmp/pkg
+if ! python3 -c "import pytest, hypothesis" 2>/dev/null && [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/pkg:/tmp/site
+fi
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a "$OUT/gpu.txt"
+if [ "${TUNE:-0}" = 1 ]; then
+  timeout 200 python3 benchmarks/tune_selective_scan.py --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log"
+fi
+timeout 200 python3 -m pytest -m gpu tests/kernels -q -p no:cacheprovider -x --durations=10 2>&1 \
+  | tee "$OUT/pytest_gpu.log"
+mkdir -p "$OUT/results"
+MAMBABOOK_RESULTS="$OUT/results" timeout 300 python3 -m mambabook.bench --suite selective_scan \
+  --suite selective_state_update --out "$OUT/results" 2>&1 | tee "$OUT/bench.log"
