@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .checks import check_positive_int, check_same_device, check_tensor
 
@@ -27,7 +28,7 @@ __all__ = [
     "ScanStats", "ScanStep", "combine", "check_scan_args",
     "scan_sequential_ref", "scan_hillis_steele", "scan_blelloch", "scan_chunked", "scan_logspace",
     "sequential_stats", "hillis_steele_stats", "blelloch_stats", "chunked_stats",
-    "default_chunk", "logspace_max_decay", "SCANS",
+    "default_chunk", "count_combines", "logspace_max_decay", "SCANS",
     "scan_schedule", "run_schedule", "combine_segments",
 ]
 
@@ -106,6 +107,38 @@ def chunked_stats(L: int, chunk: int | None = None) -> ScanStats:
     carries = hillis_steele_stats(C)
     return ScanStats("chunked", L, (T - 1) * C + carries.work + T * C,
                      (T - 1) + carries.depth + T)
+
+
+class _CombineCounter(TorchDispatchMode):
+    """Counts the b-updates a' b + b' (aten add / addcmul, out of place) run inside it."""
+
+    COUNTED = ("aten.add.Tensor", "aten.addcmul.default", "aten.addcmul.out")
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if str(func) in self.COUNTED:
+            self.calls += 1
+            self.elements += out.numel()
+        return out
+
+
+def count_combines(scan: Callable[..., torch.Tensor], a, b, **kwargs) -> ScanStats:
+    """Run scan(a, b, **kwargs) and count its combines as it runs (no h0: folding it is extra).
+
+    Every combine updates b with one add (a' * b + b') or one addcmul, so counting those
+    tensor ops gives the depth (how many vectorised steps) and, divided by the number of
+    independent recurrences, the work. The formulas of `*_stats` are checked against this.
+    """
+    with _CombineCounter() as counter:
+        h = scan(a, b, **kwargs)
+    lanes = h.numel() // h.shape[-1]  # independent recurrences: the size of (...)
+    return ScanStats(getattr(scan, "__name__", "scan"), h.shape[-1],
+                     counter.elements // lanes, counter.calls)
 
 
 # ----------------------------------------------------------------------------- validation
