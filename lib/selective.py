@@ -3,7 +3,7 @@
 `selective_scan_ref` follows the conventions of mamba_ssm's `selective_scan_fn` (Gu & Dao,
 2023, Algorithm 2), so results can be compared with it: ZOH for A (Ab = exp(delta A)) and
 Euler for B (Bb u = delta B u). It is the plain-PyTorch twin of
-`mambabook.kernels.selective_scan`: it materialises (B, D, L, N) tensors, on purpose.
+`mambabook.kernels.selective_scan`: it materialises (L, B, D, N) tensors, on purpose.
 """
 
 from __future__ import annotations
@@ -81,18 +81,27 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta = delta + delta_bias.float()[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    deltaA = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))  # (B, D, L, N)
+    # (L, B, D, N) layouts: the loop below reads one contiguous (B, D, N) slab per step
+    deltaA = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A)).contiguous()  # (L, B, D, N)
     if B.dim() == 2:
-        deltaB_u = torch.einsum("bdl,dn,bdl->bdln", delta, B.float(), u)  # (B, D, L, N)
+        deltaB_u = torch.einsum("bdl,dn,bdl->lbdn", delta, B.float(), u)  # (L, B, D, N)
     else:
-        deltaB_u = torch.einsum("bdl,bdnl,bdl->bdln", delta, _expand_groups(B.float(), dim), u)
-    Cf = C.float() if C.dim() == 2 else _expand_groups(C.float(), dim)  # (D, N) or (B, D, N, L)
-    h = u.new_zeros(u.shape[0], dim, A.shape[1])  # (B, D, N)
+        deltaB_u = torch.einsum("bdl,bdnl,bdl->lbdn", delta, _expand_groups(B.float(), dim), u)
+    deltaB_u = deltaB_u.contiguous()
+    bsz, dstate = u.shape[0], A.shape[1]
+    if C.dim() == 2:
+        Cf = C.float()  # (D, N)
+    else:  # (B, L, G, 1, N): contiguous per step; channel d reads group d // (D / G)
+        Cf = (C if C.dim() == 4 else C[:, None]).float().permute(0, 3, 1, 2).contiguous()[:, :, :, None]
+    h = u.new_zeros(bsz, dim, dstate)  # (B, D, N)
     ys = []
     for t in range(length):
-        h = deltaA[:, :, t] * h + deltaB_u[:, :, t]  # (B, D, N)
-        C_t = Cf if Cf.dim() == 2 else Cf[..., t]  # (D, N) or (B, D, N)
-        ys.append((h * C_t).sum(-1))  # (B, D)
+        h = deltaA[t] * h + deltaB_u[t]  # (B, D, N)
+        if Cf.dim() == 2:
+            ys.append((h * Cf).sum(-1))  # (B, D)
+        else:
+            hg = h.view(bsz, Cf.shape[2], -1, dstate)  # (B, G, D/G, N)
+            ys.append((hg * Cf[:, t]).sum(-1).reshape(bsz, dim))  # (B, D)
     y = torch.stack(ys, dim=2)  # (B, D, L)
     out = y if D is None else y + u * D.float()[:, None]
     if z is not None:
