@@ -29,7 +29,7 @@ notebooks: $(STAMP)
 	for f in $(CHAPTERS); do $(VENV)/bin/jupytext --quiet --to ipynb -o $(SCRATCH)/notebooks/$$(basename $${f%.md}).ipynb $$f || exit 1; done
 
 book: $(STAMP) widget-js
-	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+	$(VENV)/bin/jupyter-book build . --all --warningiserror --keep-going
 	@echo "website: _build/html/index.html  (make serve: http://127.0.0.1:$(PORT))"
 
 serve:
@@ -40,7 +40,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=chapters
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check lib kernels tests tools benchmarks
+	$(VENV)/bin/ruff check lib kernels tests tools benchmarks _ext
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests --ignore=tests/browser -n 2 -q -p no:cacheprovider

@@ -1,4 +1,4 @@
-"""Sphinx extension: offer each chapter as an executed .ipynb on its page.
+"""Sphinx extension: offer each chapter as an executed .ipynb on its page (and tidy scripts).
 
 myst-nb writes every executed chapter to _build/jupyter_execute/<doc>.ipynb; this copies
 them into the site as _notebooks/<doc>.ipynb and adds an ".ipynb" entry to the page's
@@ -27,6 +27,19 @@ def add_button(app, pagename, templatename, context, doctree):
             })
 
 
+def dedupe_scripts(app, pagename, templatename, context, doctree):
+    """Drop repeated script tags (sphinx-thebe registers its inline config twice under
+    Jupyter Book 1, and a repeated `const` declaration is a JavaScript error)."""
+    seen, kept = set(), []
+    for js in context.get("script_files", []):
+        attrs = getattr(js, "attributes", {}) or {}
+        key = (getattr(js, "filename", None) or "", tuple(sorted(attrs.items())))
+        if key not in seen:
+            seen.add(key)
+            kept.append(js)
+    context["script_files"] = kept
+
+
 def copy_notebooks(app, exception):
     if exception is not None or app.builder.name != "html":
         return
@@ -39,5 +52,6 @@ def copy_notebooks(app, exception):
 
 def setup(app):
     app.connect("html-page-context", add_button, priority=900)
+    app.connect("html-page-context", dedupe_scripts, priority=899)
     app.connect("build-finished", copy_notebooks)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -89,6 +89,7 @@ class FramesWidget(W.VBox):
         self.controls = list(controls)
         self.inputs = {c.name: c.widget() for c in self.controls}
         self._frames: dict[tuple, W.Widget] = {}
+        self.links: list = []  # the jslinks from controls to stacks (what the static page runs)
         grid = list(itertools.product(*[list(c.values) for c in self.controls]))
         bar = None
         if progress and len(grid) > 4:
@@ -120,7 +121,7 @@ class FramesWidget(W.VBox):
         else:
             kids = [self._build_stack(depth + 1, prefix + (v,)) for v in ctrl.values]
         stack = W.Stack(kids, selected_index=w.index)
-        W.jslink((w, "index"), (stack, "selected_index"))  # client-side: works with no kernel
+        self.links.append(W.jslink((w, "index"), (stack, "selected_index")))  # client-side, no kernel
         return stack
 
     def current(self) -> dict:
