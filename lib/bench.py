@@ -42,6 +42,12 @@ def device_name(device: torch.device | str | None = None) -> str:
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -89,7 +95,8 @@ def provenance(device: torch.device | str | None = None) -> dict:
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        # on a machine without the repository's .git (a copied tree), the caller passes it
+        "commit": os.environ.get("MAMBABOOK_COMMIT") or _git_commit(),
     }
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
