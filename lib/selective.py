@@ -95,13 +95,17 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         Cf = (C if C.dim() == 4 else C[:, None]).float().permute(0, 3, 1, 2).contiguous()[:, :, :, None]
     h = u.new_zeros(bsz, dim, dstate)  # (B, D, N)
     ys = []
+    # unbind, not indexing: its backward stacks the L gradients once (indexing would
+    # allocate and add a full (L, B, D, N) gradient at every step: O(L^2) in backward)
+    dA_t, dBu_t = deltaA.unbind(0), deltaB_u.unbind(0)  # L x (B, D, N)
+    C_t = Cf.unbind(1) if Cf.dim() > 2 else None  # L x (B, G, 1, N)
     for t in range(length):
-        h = deltaA[t] * h + deltaB_u[t]  # (B, D, N)
-        if Cf.dim() == 2:
+        h = dA_t[t] * h + dBu_t[t]  # (B, D, N)
+        if C_t is None:
             ys.append((h * Cf).sum(-1))  # (B, D)
         else:
             hg = h.view(bsz, Cf.shape[2], -1, dstate)  # (B, G, D/G, N)
-            ys.append((hg * Cf[:, t]).sum(-1).reshape(bsz, dim))  # (B, D)
+            ys.append((hg * C_t[t]).sum(-1).reshape(bsz, dim))  # (B, D)
     y = torch.stack(ys, dim=2)  # (B, D, L)
     out = y if D is None else y + u * D.float()[:, None]
     if z is not None:
