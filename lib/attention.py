@@ -73,6 +73,20 @@ class KVCache:
         self.k = self.v = None  # (B, H, capacity, P) buffers, doubled when full
         self.length = 0  # tokens stored
 
+    def prefill(self, k, v) -> None:
+        """Store a whole prompt's keys and values at once: k, v (B, H, L, P), into an empty cache."""
+        check_tensor("k", k, 4, dims="(B, H, L, P)")
+        check_tensor("v", v, 4, shape=(*k.shape[:3], None), dims="(B, H, L, P)")
+        check_same_device(k=k, v=v)
+        if self.length:
+            raise ValueError(f"prefill needs an empty cache, this one holds {self.length} tokens")
+        length = k.shape[2]
+        self.capacity = max(self.capacity, 2 * length)
+        self.k = k.new_empty(*k.shape[:2], self.capacity, k.shape[-1])
+        self.v = v.new_empty(*v.shape[:2], self.capacity, v.shape[-1])
+        self.k[:, :, :length], self.v[:, :, :length] = k, v
+        self.length = length
+
     def step(self, q_t, k_t, v_t, scale: float | None = None) -> torch.Tensor:
         check_tensor("q_t", q_t, 3, dims="(B, H, P)")
         check_tensor("k_t", k_t, 3, shape=q_t.shape, dims="(B, H, P)")

@@ -3,6 +3,8 @@
 attention_scaling: causal attention forward time and peak memory against L, the naive
 two-matmul form (stores L x L scores) vs torch SDPA (fused; flash attention on the GPU).
 rnn_loop: the step-by-step Elman RNN against L: time per token constant, total linear.
+decode_step: time to generate one token after a context of L: a KV cache (grows with L)
+against the fixed-size states of linear attention and RWKV.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention import softmax_attention
+from ..attention import KVCache, linear_attention_step, softmax_attention, wkv_recurrent
 from ..bench import Record, suite, sweep
 from ..rnn import elman_rnn
 
@@ -56,7 +58,7 @@ def attention_scaling(quick: bool, device, progress: bool = False) -> list[Recor
 
 
 def rnn_providers(B: int, D: int, device):
-    """{"rnn_loop": mambabook.rnn.elman_rnn, "torch.nn.RNN": the fused library loop}."""
+    """{"mambabook.rnn": the Python loop of elman_rnn, "torch.nn.RNN": torch's C++ loop}."""
 
     def weights():
         W_ih = torch.randn(D, D, device=device) / D ** 0.5
@@ -73,7 +75,7 @@ def rnn_providers(B: int, D: int, device):
         net = torch.nn.RNN(D, D, batch_first=True).to(device)
         return torch.no_grad()(lambda: net(x))
 
-    return {"rnn_loop": loop, "torch.nn.RNN": library}
+    return {"mambabook.rnn": loop, "torch.nn.RNN": library}
 
 
 @suite("rnn_loop")
@@ -81,7 +83,7 @@ def rnn_loop(quick: bool, device, progress: bool = False) -> list[Record]:
     """Elman RNN forward (no grad), B=8 D=64 (CPU) or B=64 D=256 (GPU), against L."""
     gpu = torch.device(device).type == "cuda" and not quick
     B, D = (64, 256) if gpu else (8, 64)
-    lengths = [256 * 2 ** i for i in range(6)] if gpu else [64 * 2 ** i for i in range(5)]
+    lengths = [256 * 2 ** i for i in range(6)] if gpu else [128 * 2 ** i for i in range(5)]
     records = sweep("rnn_loop", rnn_providers(B, D, device), [{"L": L} for L in lengths],
                     device=device, measure_memory=False, min_run_time=0.1 if quick else 0.2,
                     progress=progress)
@@ -89,4 +91,44 @@ def rnn_loop(quick: bool, device, progress: bool = False) -> list[Record]:
         r.extra.update(B=B, D=D)
         if r.status == "ok":
             r.extra["us_per_token"] = 1e3 * r.ms / r.size["L"]
+    return records
+
+
+def decode_providers(B: int, H: int, P: int, dtype: torch.dtype, device):
+    """One decoding step after a context of L tokens, for three kinds of memory."""
+
+    def token():
+        return [torch.randn(B, H, P, dtype=dtype, device=device) for _ in range(3)]
+
+    def kv_cache(L):
+        cache = KVCache(capacity=L + 8192)  # room for the steps the timer adds
+        cache.prefill(*[torch.randn(B, H, L, P, dtype=dtype, device=device) for _ in range(2)])
+        q, k, v = token()
+        return lambda: cache.step(q, k, v)
+
+    def linear_state(L):  # the state after L tokens has the same size for every L
+        S = torch.randn(B, H, P, P, dtype=dtype, device=device).abs()
+        z = torch.rand(B, H, P, dtype=dtype, device=device) * L
+        q, k, v = token()
+        return lambda: linear_attention_step(S, z, q, k, v)
+
+    def rwkv_state(L):
+        w, u = (torch.rand(H * P, dtype=dtype, device=device) for _ in range(2))
+        k, v = (torch.randn(B, 1, H * P, dtype=dtype, device=device) for _ in range(2))
+        return lambda: wkv_recurrent(w, u, k, v)
+
+    return {"kv_cache": kv_cache, "linear_attention": linear_state, "rwkv": rwkv_state}
+
+
+@suite("decode_step")
+def decode_step(quick: bool, device, progress: bool = False) -> list[Record]:
+    """Per-token decode time vs context L: B=1, H=12, P=64 (bf16 on GPU, float32 on CPU)."""
+    gpu = torch.device(device).type == "cuda" and not quick
+    shape = dict(B=1, H=12, P=64, dtype=torch.bfloat16 if gpu else torch.float32)
+    lengths = [1024 * 2 ** i for i in range(8)] if gpu else [256 * 2 ** i for i in range(6)]
+    records = sweep("decode_step", decode_providers(device=device, **shape),
+                    [{"L": L} for L in lengths], device=device, measure_memory=False,
+                    min_run_time=0.05 if quick else 0.2, progress=progress)
+    for r in records:
+        r.extra.update({k: str(v) for k, v in shape.items()})
     return records

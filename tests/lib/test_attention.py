@@ -59,6 +59,17 @@ def test_kv_cache_grows_one_pair_per_token():
         assert cache.nbytes == (t + 1) * 2 * (1 * 2 * 4) * 4
 
 
+def test_kv_cache_prefill_then_step_equals_full_attention():
+    q, k, v = qkv(2, 3, 10, 4)
+    cache = A.KVCache(capacity=1)
+    cache.prefill(k[:, :, :6], v[:, :, :6])
+    outs = [cache.step(q[:, :, t], k[:, :, t], v[:, :, t]) for t in range(6, 10)]
+    torch.testing.assert_close(torch.stack(outs, 2), A.softmax_attention(q, k, v)[:, :, 6:],
+                               **tol(torch.float64))
+    with pytest.raises(ValueError, match="prefill"):
+        cache.prefill(k, v)
+
+
 # ----------------------------------------------------------------------------- linear attention
 @settings(max_examples=10, deadline=None)
 @given(Pv=st.integers(1, 5), **shapes)
