@@ -1,0 +1,514 @@
+"""Two small language models of equal size: Mamba (Gu & Dao, 2023, section 3.4) and a Transformer.
+
+`MambaBlock` merges H3's SSM block and the Transformer's gated MLP into one block: in_proj to
+two branches, a causal depthwise conv and the selective scan (S6) on one, SiLU(z) on the
+other, their product through out_proj. Both LMs decode token by token (Mamba with a
+constant-size state, the Transformer with a preallocated KV cache). Used in chapter 08.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checks import check_positive_int
+from .selective import selective_scan_ref, selective_state_update_ref
+
+
+# ----------------------------------------------------------------------------- configs
+@dataclass
+class MambaConfig:
+    vocab_size: int = 256  # tokens (bytes here)
+    d_model: int = 128  # residual stream width
+    n_layer: int = 4  # Mamba blocks (two per Transformer layer for equal size)
+    d_state: int = 16  # N: SSM state per channel
+    d_conv: int = 4  # K: width of the causal depthwise convolution
+    expand: int = 2  # D = expand * d_model channels inside the block
+    dt_rank: int | None = None  # rank of the delta projection; None = ceil(d_model / 16)
+    dt_min: float = 0.001  # delta is initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # smallest initial delta
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    use_kernels: bool = True  # mambabook.kernels on CUDA when importable, else the *_ref twins
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand"):
+            check_positive_int(name, getattr(self, name))
+        if self.dt_rank is None:
+            self.dt_rank = math.ceil(self.d_model / 16)
+        check_positive_int("dt_rank", self.dt_rank)
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"dt_min, dt_max must satisfy 0 < dt_min <= dt_max, got "
+                             f"{self.dt_min}, {self.dt_max}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int = 256  # tokens (bytes here)
+    d_model: int = 128  # residual stream width
+    n_layer: int = 2  # decoder layers (attention + MLP each)
+    n_head: int = 4  # H: attention heads; head dim P = d_model / n_head
+    d_ff: int = 512  # hidden width of the MLP
+    positions: str = "rotary"  # "rotary" (RoPE on q, k) or "learned" (absolute embeddings)
+    max_seq_len: int = 4096  # longest sequence for learned positions (rotary has no limit)
+    rope_base: float = 10000.0  # RoPE frequency base
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "max_seq_len"):
+            check_positive_int(name, getattr(self, name))
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model must be n_head times an even head dim, got d_model = "
+                             f"{self.d_model}, n_head = {self.n_head}")
+        if self.positions not in ("rotary", "learned"):
+            raise ValueError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
+
+
+def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
+                               positions: str = "rotary") -> TransformerConfig:
+    """A Transformer of the same width with n_layer / 2 layers and d_ff chosen so that its
+    parameter count equals the MambaLM's (up to rounding d_ff to a multiple of 8)."""
+    d = cfg.d_model
+    n_head = n_head or max(1, d // 64)
+    n_layer = max(1, cfg.n_layer // 2)
+    mamba_block = _mamba_block_params(cfg)
+    target = cfg.n_layer * mamba_block  # the embeddings are the same in both models
+    # per layer: qkv + out (4 d^2) + fc1, fc2 (2 d d_ff) + 2 norms (2 d)
+    d_ff = (target / n_layer - 4 * d * d - 2 * d) / (2 * d)
+    d_ff = max(8, int(round(d_ff / 8)) * 8)
+    return TransformerConfig(vocab_size=cfg.vocab_size, d_model=d, n_layer=n_layer,
+                             n_head=n_head, d_ff=d_ff, positions=positions)
+
+
+def _mamba_block_params(cfg: MambaConfig) -> int:
+    d, D, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
+    return (d * 2 * D + D * K + D + D * (R + 2 * N) + R * D + D + D * N + D + D * d + d)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters, tied weights counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- kernels
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str):
+    """mambabook.kernels.<name>, or None where it cannot be imported."""
+    try:
+        from . import kernels
+
+        return getattr(kernels, name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _pick(name: str, ref, x: torch.Tensor, use_kernels: bool):
+    fast = _kernel(name) if use_kernels and x.is_cuda else None
+    return fast if fast is not None else ref
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, over the last dimension."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+# ----------------------------------------------------------------------------- Mamba
+@dataclass
+class MambaLayerState:
+    """What one Mamba block carries from token to token: its size does not depend on L."""
+
+    conv: torch.Tensor  # (B, D, K): the last K inputs of the causal conv
+    ssm: torch.Tensor  # (B, D, N): the SSM state h, float32
+
+
+class MambaBlock(nn.Module):
+    """in_proj -> [conv1d -> SiLU -> S6 scan] * SiLU(z) -> out_proj, on (B, L, d_model)."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, D, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
+        self.in_proj = nn.Linear(d, 2 * D, bias=False)  # -> x, z
+        self.conv1d = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=True)  # causal, depthwise
+        self.x_proj = nn.Linear(D, R + 2 * N, bias=False)  # -> delta (low rank), B, C
+        self.dt_proj = nn.Linear(R, D, bias=True)
+        self.A_log = nn.Parameter(torch.empty(D, N))
+        self.D = nn.Parameter(torch.ones(D))  # skip connection y += D x
+        self.out_proj = nn.Linear(D, d, bias=False)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """Mamba's initialisation: S4D-Real A = -(1, 2, ..., N) per channel; delta's bias the
+        inverse softplus of delta ~ log-uniform[dt_min, dt_max]; dt_proj weight ~ U(+-R^-1/2)."""
+        cfg = self.cfg
+        D, N = cfg.d_inner, cfg.d_state
+        A = torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1)  # (D, N)
+        self.A_log.copy_(torch.log(A))
+        std = cfg.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_dt = torch.rand(D) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+        dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)  # (D,)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
+        self.D.fill_(1.0)
+
+    def _ssm_inputs(self, x):
+        """x: (B, D, L) after conv -> delta (B, D, L) without bias, B, C: (B, N, L)."""
+        R, N = self.cfg.dt_rank, self.cfg.d_state
+        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
+        dt, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
+        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D, L)
+        # (B, N, L) views of (B, L, N) memory: N stays contiguous for the scan's per-step C_t h
+        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2)
+
+    def forward(self, hidden, return_state: bool = False):
+        """hidden: (B, L, d_model) -> (B, L, d_model) [, MambaLayerState after the last token]."""
+        L = hidden.shape[1]
+        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2D, L)
+        x, z = xz.chunk(2, dim=1)  # (B, D, L) each
+        x_conv = F.silu(self.conv1d(x)[..., :L])  # (B, D, L): causal, the last K-1 outputs cut
+        delta, Bm, Cm = self._ssm_inputs(x_conv)
+        A = -torch.exp(self.A_log.float())  # (D, N), negative real: S4D-Real
+        scan = _pick("selective_scan", selective_scan_ref, hidden, self.cfg.use_kernels)
+        out = scan(x_conv, delta, A, Bm, Cm, self.D.float(), z=z,
+                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                   return_last_state=return_state)
+        y, h = out if return_state else (out, None)  # y: (B, D, L)
+        y = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        if not return_state:
+            return y
+        K = self.cfg.d_conv
+        conv_state = F.pad(x, (max(K - L, 0), 0))[..., -K:]  # (B, D, K): last K conv inputs
+        return y, MambaLayerState(conv_state.contiguous(), h.float().contiguous())
+
+    def new_state(self, batch: int, device=None, dtype=None) -> MambaLayerState:
+        w = self.in_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        return MambaLayerState(
+            torch.zeros(batch, self.cfg.d_inner, self.cfg.d_conv, device=device, dtype=dtype),
+            torch.zeros(batch, self.cfg.d_inner, self.cfg.d_state, device=device,
+                        dtype=torch.float32))
+
+    def step(self, hidden, state: MambaLayerState):
+        """One token: hidden (B, d_model) -> (B, d_model); state is updated in place."""
+        R, N = self.cfg.dt_rank, self.cfg.d_state
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, D) each
+        state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))  # shift the window left
+        state.conv[:, :, -1] = x
+        w = self.conv1d.weight[:, 0, :]  # (D, K)
+        x = F.silu((state.conv * w).sum(-1) + self.conv1d.bias)  # (B, D)
+        dt, Bm, Cm = torch.split(self.x_proj(x), [R, N, N], dim=-1)  # (B, R), (B, N), (B, N)
+        dt = dt @ self.dt_proj.weight.T  # (B, D)
+        A = -torch.exp(self.A_log.float())  # (D, N)
+        update = _pick("selective_state_update", selective_state_update_ref, hidden,
+                       self.cfg.use_kernels)
+        y = update(state.ssm, x, dt, A, Bm, Cm, self.D.float(), z=z,
+                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)  # (B, D)
+        return self.out_proj(y)
+
+
+class _Residual(nn.Module):
+    """x + mixer(RMSNorm(x)): the pre-norm residual wrapper around a MambaBlock."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = MambaBlock(cfg)
+
+
+def _check_tokens(name: str, tokens, vocab_size: int):
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, L), got {type(tokens).__name__}")
+    if tokens.dim() != 2 or tokens.shape[1] == 0 or tokens.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, L) with B, L >= 1, got shape {tuple(tokens.shape)}")
+    if tokens.dtype not in (torch.int64, torch.int32, torch.uint8):
+        raise TypeError(f"{name} must hold integer token ids, got {tokens.dtype}")
+
+
+class MambaLM(nn.Module):
+    """Embedding -> n_layer x (x + MambaBlock(RMSNorm(x))) -> RMSNorm -> tied head."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(_Residual(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        with torch.no_grad():  # GPT-2 style: residual outputs scaled down with depth
+            for layer in self.layers:
+                layer.mixer.out_proj.weight /= math.sqrt(cfg.n_layer)
+
+    def _head(self, x):
+        return F.linear(self.norm_f(x), self.embedding.weight)  # tied: logits = x E^T
+
+    def forward(self, tokens):
+        """tokens: (B, L) -> logits (B, L, vocab)."""
+        _check_tokens("tokens", tokens, self.cfg.vocab_size)
+        x = self.embedding(tokens.long())  # (B, L, d_model)
+        for layer in self.layers:
+            x = x + layer.mixer(layer.norm(x))
+        return self._head(x)
+
+    def new_cache(self, batch: int, max_len: int | None = None) -> list[MambaLayerState]:
+        """A fresh inference state: (B, D, K) + (B, D, N) per layer, whatever max_len is."""
+        return [layer.mixer.new_state(batch) for layer in self.layers]
+
+    def prefill(self, tokens, max_len: int | None = None, cache=None):
+        """Full forward over the prompt; returns logits (B, L, vocab) and the state after it
+        (copied into `cache` when one is given, e.g. buffers a CUDA graph reads)."""
+        _check_tokens("tokens", tokens, self.cfg.vocab_size)
+        x = self.embedding(tokens.long())
+        states = []
+        for layer in self.layers:
+            y, s = layer.mixer(layer.norm(x), return_state=True)
+            x = x + y
+            states.append(s)
+        if cache is not None:
+            for old, new in zip(cache, states):
+                old.conv.copy_(new.conv)
+                old.ssm.copy_(new.ssm)
+            states = cache
+        return self._head(x), states
+
+    def step(self, token, cache: list[MambaLayerState]):
+        """token: (B,) -> logits (B, vocab); the cache is updated in place."""
+        x = self.embedding(token.long())  # (B, d_model)
+        for layer, state in zip(self.layers, cache):
+            x = x + layer.mixer.step(layer.norm(x), state)
+        return self._head(x)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by an inference cache (Mamba states or a KV cache)."""
+    if isinstance(cache, KVCache):
+        return sum(t.numel() * t.element_size() for t in cache.k + cache.v)
+    return sum(s.conv.numel() * s.conv.element_size() + s.ssm.numel() * s.ssm.element_size()
+               for s in cache)
+
+
+# ----------------------------------------------------------------------------- Transformer
+@dataclass
+class KVCache:
+    """Keys and values of every past token, preallocated to max_len; pos is a device tensor
+    so that one decoding step can be captured in a CUDA graph and replayed."""
+
+    k: list  # per layer (B, H, max_len, P)
+    v: list  # per layer (B, H, max_len, P)
+    pos: torch.Tensor  # () long: tokens already in the cache
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+
+def rotary(x, positions, base: float):
+    """RoPE (rotate-half form): x (B, H, L, P), positions (L,) -> (B, H, L, P)."""
+    P = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, P, 2, device=x.device, dtype=torch.float32) / P)
+    angles = positions.float()[:, None] * inv_freq[None]  # (L, P/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., : P // 2], x[..., P // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class TransformerLayer(nn.Module):
+    """x + Attn(RMSNorm(x)); x + MLP(RMSNorm(x)): a pre-norm decoder layer."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.norm1 = RMSNorm(d, cfg.norm_eps)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.out = nn.Linear(d, d, bias=False)
+        self.norm2 = RMSNorm(d, cfg.norm_eps)
+        self.fc1 = nn.Linear(d, cfg.d_ff, bias=False)
+        self.fc2 = nn.Linear(cfg.d_ff, d, bias=False)
+
+    def _qkv(self, x, positions):
+        B, L, d = x.shape
+        H = self.cfg.n_head
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        if self.cfg.positions == "rotary":  # q, k, v: (B, H, L, P)
+            q, k = rotary(q, positions, self.cfg.rope_base), rotary(k, positions, self.cfg.rope_base)
+        return q, k, v
+
+    def _finish(self, x, att):
+        B, H, L, P = att.shape
+        x = x + self.out(att.transpose(1, 2).reshape(B, L, H * P))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+    def forward(self, x, positions, cache_k=None, cache_v=None):
+        """Full causal pass over x (B, L, d); writes k, v into cache[:, :, :L] when given."""
+        q, k, v = self._qkv(x, positions)
+        if cache_k is not None:
+            cache_k[:, :, : k.shape[2]] = k
+            cache_v[:, :, : v.shape[2]] = v
+        return self._finish(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+    def step(self, x, pos, cache_k, cache_v):
+        """x (B, 1, d) at position pos (a () tensor); attends to cache[:, :, :pos + 1]."""
+        q, k, v = self._qkv(x, pos.view(1))
+        cache_k.index_copy_(2, pos.view(1), k)
+        cache_v.index_copy_(2, pos.view(1), v)
+        mask = torch.arange(cache_k.shape[2], device=x.device) <= pos  # (max_len,)
+        att = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask[None, None, None])
+        return self._finish(x, att)
+
+
+class TransformerLM(nn.Module):
+    """Embedding (+ learned positions) -> n_layer pre-norm decoder layers -> RMSNorm -> tied head."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embedding = (nn.Embedding(cfg.max_seq_len, cfg.d_model)
+                              if cfg.positions == "learned" else None)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+        if self.pos_embedding is not None:
+            nn.init.normal_(self.pos_embedding.weight, std=0.02)
+        with torch.no_grad():
+            for layer in self.layers:
+                layer.out.weight /= math.sqrt(2 * cfg.n_layer)
+                layer.fc2.weight /= math.sqrt(2 * cfg.n_layer)
+
+    def _embed(self, tokens, positions):
+        x = self.embedding(tokens.long())
+        if self.pos_embedding is not None:
+            x = x + self.pos_embedding(positions)
+        return x
+
+    def _head(self, x):
+        return F.linear(self.norm_f(x), self.embedding.weight)
+
+    def _check_len(self, L: int):
+        if self.pos_embedding is not None and L > self.cfg.max_seq_len:
+            raise ValueError(f"tokens must have L <= max_seq_len = {self.cfg.max_seq_len} with "
+                             f"learned positions, got L = {L}")
+
+    def forward(self, tokens):
+        """tokens: (B, L) -> logits (B, L, vocab)."""
+        _check_tokens("tokens", tokens, self.cfg.vocab_size)
+        self._check_len(tokens.shape[1])
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self._embed(tokens, positions)  # (B, L, d_model)
+        for layer in self.layers:
+            x = layer(x, positions)
+        return self._head(x)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for max_len tokens: 2 x (B, H, max_len, P) per layer."""
+        check_positive_int("max_len", max_len)
+        self._check_len(max_len)
+        w = self.embedding.weight
+        H, P = self.cfg.n_head, self.cfg.d_model // self.cfg.n_head
+        shape = (batch, H, max_len, P)
+        return KVCache([torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in self.layers],
+                       [torch.zeros(shape, device=w.device, dtype=w.dtype) for _ in self.layers],
+                       torch.zeros((), device=w.device, dtype=torch.long))
+
+    def prefill(self, tokens, max_len: int, cache: KVCache | None = None):
+        """Full forward over the prompt; returns logits (B, L, vocab) and a cache for max_len
+        (or `cache`, filled in place: e.g. buffers a CUDA graph reads)."""
+        _check_tokens("tokens", tokens, self.cfg.vocab_size)
+        B, L = tokens.shape
+        if max_len < L:
+            raise ValueError(f"max_len must be >= the prompt length {L}, got {max_len}")
+        cache = cache if cache is not None else self.new_cache(B, max_len)
+        positions = torch.arange(L, device=tokens.device)
+        x = self._embed(tokens, positions)
+        for layer, ck, cv in zip(self.layers, cache.k, cache.v):
+            x = layer(x, positions, ck, cv)
+        cache.pos.fill_(L)
+        return self._head(x), cache
+
+    def step(self, token, cache: KVCache):
+        """token: (B,) -> logits (B, vocab); writes its k, v at cache.pos, then pos += 1.
+
+        Positions past max_len are not checked here (that would need a host sync)."""
+        x = self._embed(token[:, None], cache.pos.view(1))  # (B, 1, d_model)
+        for layer, ck, cv in zip(self.layers, cache.k, cache.v):
+            x = layer.step(x, cache.pos, ck, cv)
+        cache.pos.add_(1)
+        return self._head(x)[:, 0]
+
+
+# ----------------------------------------------------------------------------- generation
+def sample_next(logits, temperature: float = 1.0, top_k: int | None = None, generator=None):
+    """logits (B, V) -> tokens (B,): greedy at temperature 0, else softmax(logits / T) over the
+    top_k largest logits."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, prompt, n_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+             seed: int | None = None):
+    """Prefill the prompt (B, L), then decode n_tokens one at a time -> (B, L + n_tokens).
+
+    Works for MambaLM (constant-size state) and TransformerLM (KV cache of L + n_tokens).
+    seed makes sampling reproducible (a torch.Generator on the prompt's device).
+    """
+    if not isinstance(model, (MambaLM, TransformerLM)):
+        raise TypeError(f"model must be a MambaLM or TransformerLM, got {type(model).__name__}")
+    _check_tokens("prompt", prompt, model.cfg.vocab_size)
+    check_positive_int("n_tokens", n_tokens)
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+    device = model.embedding.weight.device
+    if prompt.device != device:
+        raise ValueError(f"prompt must be on the model's device {device}, got {prompt.device}")
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    B, L = prompt.shape
+    out = torch.empty(B, L + n_tokens, dtype=torch.long, device=device)
+    out[:, :L] = prompt
+    logits, cache = model.prefill(prompt, max_len=L + n_tokens)
+    token = sample_next(logits[:, -1], temperature, top_k, gen)
+    for t in range(n_tokens):
+        out[:, L + t] = token
+        if t + 1 < n_tokens:
+            token = sample_next(model.step(token, cache), temperature, top_k, gen)
+    model.train(was_training)
+    return out
+
+
+def step_logits(model, tokens):
+    """Logits (B, L, vocab) computed one token at a time from an empty cache: the decoding
+    path, to compare with model(tokens)."""
+    _check_tokens("tokens", tokens, model.cfg.vocab_size)
+    B, L = tokens.shape
+    cache = model.new_cache(B, L)
+    return torch.stack([model.step(tokens[:, t], cache) for t in range(L)], dim=1)
