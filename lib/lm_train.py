@@ -22,8 +22,14 @@ import torch.nn.functional as F
 from . import bench
 from .checks import check_positive_int
 from .corpus import load_corpus, sample_batch
-from .models import (MambaConfig, MambaLM, TransformerConfig, TransformerLM, count_parameters,
-                     matched_transformer_config)
+from .models import (
+    MambaConfig,
+    MambaLM,
+    TransformerConfig,
+    TransformerLM,
+    count_parameters,
+    matched_transformer_config,
+)
 
 
 @dataclass

@@ -100,7 +100,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- kernels
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(name: str):
     """mambabook.kernels.<name>, or None where it cannot be imported."""
     try:

@@ -16,8 +16,14 @@ import torch
 
 from .. import bench
 from ..bench import Record, suite
-from ..models import (MambaConfig, MambaLM, TransformerLM, cache_bytes, count_parameters,
-                      matched_transformer_config)
+from ..models import (
+    MambaConfig,
+    MambaLM,
+    TransformerLM,
+    cache_bytes,
+    count_parameters,
+    matched_transformer_config,
+)
 
 
 def _dtype(device: torch.device) -> torch.dtype:
