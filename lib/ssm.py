@@ -335,3 +335,85 @@ def damped_oscillator(omega: float = 2 * math.pi, zeta: float = 0.15, dtype=torc
     B = torch.tensor([[0.0], [1.0]], dtype=dtype)
     C = torch.tensor([[omega ** 2, 0.0]], dtype=dtype)  # unit DC gain
     return A, B, C
+
+
+# ----------------------------------------------------------------------------- S4D layer
+class S4D(torch.nn.Module):
+    """A time-invariant diagonal SSM layer (S4D, Gu et al. 2022) computed as a convolution.
+
+    u: (B, D, L) -> y: (B, D, L). Per channel: A = -exp(A_log) (S4D-Real init), a learned step
+    delta = exp(log_delta) (one per channel, not per token), ZOH, K = ssm_kernel_diag, y = K * u + D u.
+    """
+
+    def __init__(self, d_inner: int, d_state: int = 16, dt_min: float = 1e-3, dt_max: float = 0.1):
+        super().__init__()
+        self.d_inner, self.d_state = d_inner, d_state
+        log_delta = torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_delta = torch.nn.Parameter(log_delta)  # (D,)
+        self.A_log = torch.nn.Parameter(torch.log(-s4d_real_init(d_inner, d_state)))  # (D, N)
+        self.B = torch.nn.Parameter(torch.ones(d_inner, d_state))  # (D, N)
+        self.C = torch.nn.Parameter(torch.randn(d_inner, d_state) * d_state ** -0.5)  # (D, N)
+        self.D = torch.nn.Parameter(torch.ones(d_inner))  # (D,)
+
+    def kernel(self, L: int) -> torch.Tensor:
+        """K[d, k] = sum_n C Bb exp(k delta A): (D, L)."""
+        A = -torch.exp(self.A_log)  # (D, N)
+        dA = torch.exp(self.log_delta)[:, None] * A  # (D, N)
+        Bb = torch.expm1(dA) / A * self.B  # (D, N)  ZOH
+        powers = torch.exp(dA[:, :, None] * torch.arange(L, device=A.device))  # (D, N, L)
+        return torch.einsum("dn,dnl->dl", self.C * Bb, powers)  # (D, L)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        check_tensor("u", u, 3, shape=(None, self.d_inner, None), dims="(B, D, L)")
+        return ssm_convolution(self.kernel(u.shape[-1]), u) + self.D[:, None] * u
+
+
+# ----------------------------------------------------------------------------- chapter views
+def compare_discretizations(A, B, C, delta: float, T: float = 3.0) -> dict:
+    """Everything the chapter-04 delta widget draws, for one delta.
+
+    -> {"t": (L,) sample times, "impulse"/"step": {method: (L,)} discrete responses
+    (impulse scaled by 1/delta), "impulse_exact"/"step_exact": (L,) the continuous ones at the
+    same times, "eig": {method: (N,) complex eigenvalues of Ab}, "error": {method: max error of
+    the step response}}. SISO: B (N, 1), C (1, N).
+    """
+    _check_dense(A, B)
+    L = max(2, int(round(T / delta)))
+    t = torch.arange(1, L + 1, dtype=A.dtype) * delta  # y_k sits at time (k+1) delta
+    out = {"t": t, "impulse": {}, "step": {}, "eig": {}, "error": {}}
+    out["step_exact"] = step_response_exact(A, B, C, t)[:, 0, 0]
+    out["impulse_exact"] = impulse_response_exact(A, B, C, t - delta)[:, 0, 0]
+    for m in METHODS:
+        Ab, Bb = discretize(A, B, delta, m)
+        out["impulse"][m] = ssm_kernel(Ab, Bb, C, L)[0, 0] / delta  # (L,)
+        out["step"][m] = torch.cumsum(out["impulse"][m], 0) * delta  # step = running sum
+        out["eig"][m] = torch.linalg.eigvals(Ab)
+        out["error"][m] = (out["step"][m] - out["step_exact"]).abs().max().item()
+    return out
+
+
+def views_suite(quick: bool, device) -> list:
+    """Benchmark: the recurrent view (a loop over L) vs the convolution view (FFT) of S4D.
+
+    D = 64 channels, N = 16; L doubles. Register as a suite with
+    `bench.suite("ssm_views")(views_suite)`.
+    """
+    from . import bench
+
+    D, N = 64, 16
+    Ls = [64, 128, 256, 512] if quick else [256, 1024, 4096, 16384]
+    A = s4d_real_init(D, N).to(device)
+    B = torch.ones(D, N, device=device)
+    C = torch.randn(D, N, device=device)
+    Ab, Bb = discretize_diag(A, B, torch.full((D,), 0.05, device=device), "zoh")
+
+    def recurrent(L):
+        u = torch.randn(1, D, L, device=device)
+        return lambda: ssm_recurrent_diag(Ab, Bb, C, u)
+
+    def convolution(L):
+        u = torch.randn(1, D, L, device=device)
+        return lambda: ssm_convolution(ssm_kernel_diag(Ab, Bb, C, L), u)
+
+    return bench.sweep("ssm_views", {"recurrent": recurrent, "convolution (FFT)": convolution},
+                       [{"L": L} for L in Ls], device=device, min_run_time=0.05 if quick else 0.2)
