@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import mambabook.kernels.selective_scan as ss
 import torch
+
+import mambabook.kernels.selective_scan as ss
 from mambabook.bench import provenance, time_fn
 from mambabook.suites.selective_scan import SHAPE, make_scan_inputs, scan_floor
 
@@ -19,7 +20,6 @@ FWD = [(1, 64, 2), (1, 128, 4), (1, 256, 8), (2, 64, 4), (2, 128, 4), (2, 256, 8
        (4, 64, 4), (4, 64, 8), (4, 128, 8), (8, 32, 4), (8, 64, 8)]
 BWD = [(1, 32, 2), (2, 32, 4), (2, 64, 4), (4, 16, 4), (4, 32, 4), (4, 32, 8), (8, 16, 4),
        (8, 32, 8), (16, 16, 8)]
-SEQ = [(16, 2), (16, 4), (32, 4), (64, 4)]
 
 
 def cfg(bd, chunk, warps):
@@ -49,16 +49,13 @@ def main():
         fl = scan_floor(B, D, L, N, x["u"].element_size())["floor_ms"]
         for bd, chunk, warps in FWD:
             ss._config = lambda dstate, backward, c=cfg(bd, chunk, warps): c
-            ms = timed(lambda: ss.selective_scan(**x, delta_softplus=True), dev)
+            ms = timed(lambda: ss.selective_scan_assoc(**x, delta_softplus=True), dev)
             rows.append(dict(kind="fwd", dtype=str(dtype), cfg=[bd, chunk, warps], ms=ms,
                              floor_frac=fl / ms if ms else 0))
             print(rows[-1], flush=True)
-        for bd, warps in SEQ:
-            ms = timed(lambda: ss.selective_scan_sequential(**x, delta_softplus=True,
-                                                              block_d=bd, num_warps=warps), dev)
-            rows.append(dict(kind="seq", dtype=str(dtype), cfg=[bd, warps], ms=ms,
-                             floor_frac=fl / ms if ms else 0))
-            print(rows[-1], flush=True)
+        ms = timed(lambda: ss.selective_scan(**x, delta_softplus=True), dev)  # autotuned
+        rows.append(dict(kind="loop", dtype=str(dtype), cfg=None, ms=ms, floor_frac=fl / ms))
+        print(rows[-1], flush=True)
         xg = make_scan_inputs(B, D, L, N, dtype, dev, requires_grad=True)
         leaves = list(xg.values())
         dout = torch.randn(B, D, L, device=dev, dtype=dtype)
@@ -76,7 +73,7 @@ def main():
         ss._config = default
     with open(args.out, "w") as f:
         json.dump(dict(provenance=provenance(dev), L=L, shape=SHAPE, rows=rows), f, indent=1)
-    for kind in ("fwd", "seq", "fwd+bwd"):
+    for kind in ("fwd", "loop", "fwd+bwd"):
         for dt in ("torch.float32", "torch.bfloat16"):
             rs = sorted((r for r in rows if r["kind"] == kind and r["dtype"] == dt),
                         key=lambda r: r["ms"])

@@ -10,13 +10,15 @@ memory. The backward recomputes the states from per-chunk checkpoints (B, D, L/C
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 
 import torch
 import triton
 import triton.language as tl
-from mambabook.selective import check_selective_scan_args
+
+from ..selective import check_selective_scan_args
 
 MAX_DSTATE = 64  # largest N the kernels support (registers hold BLOCK_D x N x CHUNK)
 LOG2E = 1.4426950408889634
@@ -44,7 +46,7 @@ def _softplus(x):
 
 
 @triton.jit
-def _selective_scan_fwd_kernel(
+def _selective_scan_fwd_assoc_kernel(
     # pointers
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
     # dimensions
@@ -271,58 +273,81 @@ def _selective_scan_bwd_kernel(
 
 
 @triton.jit
-def _selective_scan_fwd_sequential_kernel(
-    # pointers
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+def _selective_scan_fwd_kernel(
+    # pointers (B and C time-varying: transposed to (B, [G,] L, N), N contiguous)
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
     # dimensions
-    L, dstate, dpg, nblk,
+    L, dim, dstate, dpg,
     # strides
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
-    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    s_B_b, s_B_g, s_B_t, s_C_b, s_C_g, s_C_t,
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """The plain version (chapter 7, step 2): one time step per loop iteration, forward only,
-    time-varying B and C. Same program grid and state in registers as the chunked kernel."""
+    """The forward: one time step per loop iteration, the state (BLOCK_D, N) in registers.
+    Every few CHUNK steps (when SAVE_CKPT) the state is stored for the backward."""
     pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    nblk = tl.cdiv(dpg, BLOCK_D)
     grp = pid_gd // nblk
     d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
-    A2 = tl.load(A_ptr + offs_d[:, None] * dstate + offs_n[None, :], mask=mask_dn, other=0.0) * 1.4426950408889634
+    dn_offs = offs_d[:, None] * dstate + offs_n[None, :]  # into (D, N), (BLOCK_D, BLOCK_N)
+    # A in base-2 units: exp(delta A) = exp2(delta * A log2 e)
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    if VARYING_BC:
+        B_p = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n  # (BLOCK_N,) pointers at t = 0
+        C_p = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n
+    else:
+        Bt = tl.load(B_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+        Ct = tl.load(C_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
     u_p = u_ptr + pid_b * s_u_b + offs_d * s_u_d  # (BLOCK_D,) pointers at t = 0
     dt_p = delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d
     z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
     o_p = out_ptr + pid_b * s_o_b + offs_d * s_o_d
-    B_p = B_ptr + pid_b * s_B_b + grp * s_B_g + offs_n * s_B_n  # (BLOCK_N,) pointers at t = 0
-    C_p = C_ptr + pid_b * s_C_b + grp * s_C_g + offs_n * s_C_n
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for t in range(0, L):
-        u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
-        dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        Bt = tl.load(B_p + t, mask=mask_n, other=0.0).to(tl.float32)  # (BLOCK_N,)
-        Ct = tl.load(C_p + t, mask=mask_n, other=0.0).to(tl.float32)
-        h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt[None, :]  # (BLOCK_D, BLOCK_N)
-        y = tl.sum(h * Ct[None, :], axis=1)  # (BLOCK_D,)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
-            y *= zz * tl.sigmoid(zz)
-        tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+    n_chunks = tl.cdiv(L, CHUNK)
+    ck_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state
+    for c in range(0, n_chunks):
+        if SAVE_CKPT:
+            tl.store(ck_p + c * dstate, h, mask=mask_dn)  # state before chunk c
+        for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, L)):
+            u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
+            dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            if VARYING_BC:
+                Bt = tl.load(B_p + t * s_B_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                Ct = tl.load(C_p + t * s_C_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt  # (BLOCK_D, BLOCK_N)
+            y = tl.sum(h * Ct, axis=1)  # (BLOCK_D,)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
+                y *= zz * tl.sigmoid(zz)
+            tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], h, mask=mask_dn)
+
+
+# (BLOCK_D, num_warps) tried once per (N, D, dtypes) on a GPU; fixed under the interpreter
+_FWD_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
+                for bd, w in [(2, 1), (4, 1), (8, 1), (8, 2), (16, 2), (32, 4)]]
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_fwd_kernel_tuned = (_selective_scan_fwd_kernel if _INTERPRET else
+                     triton.autotune(_FWD_CONFIGS, key=["dstate", "dpg"])(_selective_scan_fwd_kernel))
 
 
 # ----------------------------------------------------------------------------- wrapper
@@ -332,10 +357,11 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def _config(dstate: int, backward: bool) -> dict:
     """Block sizes and warps: BLOCK_D x BLOCK_N x CHUNK values live in registers."""
     block_n = triton.next_power_of_2(dstate)
-    if backward:
+    if backward:  # measured on the H200 (benchmarks/tune_selective_scan.py): 1 channel, 2 warps
         chunk = max(16, 512 // block_n)
-        return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
-    chunk = max(16, 1024 // block_n)
+        return dict(BLOCK_D=4 if _INTERPRET else 1, BLOCK_N=block_n, CHUNK=chunk, num_warps=2)
+    # the "assoc" forward; CHUNK is also the interval of the loop forward's checkpoints
+    chunk = max(16, 512 // block_n)
     return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
 
 
@@ -363,40 +389,59 @@ def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
     return M.stride(0), M.stride(1), M.stride(2)
 
 
-def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt):
-    bsz, dim, length, dstate, groups = _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
-    varying = groups > 0
-    groups = max(groups, 1)
+def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="loop"):
+    """Launch a forward kernel: "loop" (time step by time step, the default) or "assoc"
+    (tl.associative_scan over chunks of time). Returns out, last state, checkpoints."""
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    varying = B.dim() > 2
+    groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=False)
     if save_ckpt:  # the backward's chunk sets the checkpoint interval
         cfg["CHUNK"] = _config(dstate, backward=True)["CHUNK"]
     dpg = dim // groups
-    nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
     A = A.float().contiguous()
-    Df = D.float().contiguous() if D is not None else None
-    bias = delta_bias.float().contiguous() if delta_bias is not None else None
-    if not varying:
-        B, C = B.contiguous(), C.contiguous()
+    Df = D.float().contiguous() if D is not None else A
+    bias = delta_bias.float().contiguous() if delta_bias is not None else A
     out = torch.empty_like(u)
     last = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
     n_chunks = triton.cdiv(length, cfg["CHUNK"])
     ckpt = (u.new_empty(bsz, dim, n_chunks, dstate, dtype=torch.float32) if save_ckpt
             else last)
-    sB = _bc_strides(B) if varying else (0, 0, 0)
-    sC = _bc_strides(C) if varying else (0, 0, 0)
     zz = z if z is not None else u
-    grid = (groups * nblk, bsz)
-    _selective_scan_fwd_kernel[grid](
-        u, delta, A, B, C, Df if Df is not None else A, zz, bias if bias is not None else A,
-        out, last, ckpt,
-        length, dim, dstate, dpg, nblk,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-        out.stride(0), out.stride(1), *sB, *sC,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(softplus), VARYING_BC=varying, SAVE_LAST=True, SAVE_CKPT=save_ckpt,
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], CHUNK=cfg["CHUNK"],
-        num_warps=cfg["num_warps"],
-    )
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(softplus), VARYING_BC=varying, SAVE_CKPT=save_ckpt,
+                 CHUNK=cfg["CHUNK"], BLOCK_N=cfg["BLOCK_N"])
+    if method == "assoc":
+        if not varying:
+            B, C = B.contiguous(), C.contiguous()
+        nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
+        sB = _bc_strides(B) if varying else (0, 0, 0)
+        sC = _bc_strides(C) if varying else (0, 0, 0)
+        _selective_scan_fwd_assoc_kernel[(groups * nblk, bsz)](
+            u, delta, A, B, C, Df, zz, bias, out, last, ckpt,
+            length, dim, dstate, dpg, nblk,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
+            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC, SAVE_LAST=True, **flags,
+            BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        )
+        return out, last, (ckpt if save_ckpt else None)
+    if varying:  # (B, [G,] N, L) -> (B, [G,] L, N): one contiguous row of N per step
+        B, C = B.transpose(-1, -2).contiguous(), C.transpose(-1, -2).contiguous()
+        sB = (B.stride(0), B.stride(1) if B.dim() == 4 else 0, B.stride(-2))
+        sC = (C.stride(0), C.stride(1) if C.dim() == 4 else 0, C.stride(-2))
+    else:
+        B, C = B.contiguous(), C.contiguous()
+        sB = sC = (0, 0, 0)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
+            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+    if _INTERPRET:
+        grid = (groups * triton.cdiv(dpg, 4), bsz)
+        _selective_scan_fwd_kernel[grid](*args, **flags, BLOCK_D=4, num_warps=1)
+    else:
+        grid = lambda meta: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz)
+        _fwd_kernel_tuned[grid](*args, **flags)
     return out, last, (ckpt if save_ckpt else None)
 
 
@@ -455,35 +500,19 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
-def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                              delta_softplus=False, block_d=16, num_warps=4):
-    """Forward only, one time step per loop iteration (the chapter's step 2): same semantics
-    as `selective_scan` for time-varying B and C; kept to measure what chunking buys."""
-    bsz, dim, length, dstate, groups = _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
-    if groups == 0:
-        raise ValueError("B and C must be time-varying ((B, N, L) or (B, G, N, L)) for "
-                         f"selective_scan_sequential, got B of shape {tuple(B.shape)}")
-    dpg = dim // groups
-    nblk = triton.cdiv(dpg, block_d)
-    A = A.float().contiguous()
-    Df = D.float().contiguous() if D is not None else A
-    bias = delta_bias.float().contiguous() if delta_bias is not None else A
-    out = torch.empty_like(u)
-    zz = z if z is not None else u
-    _selective_scan_fwd_sequential_kernel[(groups * nblk, bsz)](
-        u, delta, A, B, C, Df, zz, bias, out,
-        length, dstate, dpg, nblk,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-        out.stride(0), out.stride(1), *_bc_strides(B), *_bc_strides(C),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), BLOCK_D=block_d,
-        BLOCK_N=triton.next_power_of_2(dstate), num_warps=num_warps,
-    )
-    return out
+def selective_scan_assoc(u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                         delta_softplus=False, return_last_state=False):
+    """Forward only, through the chunked tl.associative_scan kernel (chapter 7, step 3):
+    the same function as `selective_scan`, kept to measure the other way of using the GPU."""
+    _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    out, last, _ = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, False,
+                             method="assoc")
+    return (out, last) if return_last_state else out
 
 
 class SelectiveScanFn(torch.autograd.Function):
     """Forward saves only the inputs and per-chunk states; backward recomputes the rest."""
+
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):

@@ -13,7 +13,8 @@ import types
 import torch
 import triton
 import triton.language as tl
-from mambabook.checks import check_same_device, check_tensor
+
+from ..checks import check_same_device, check_tensor
 
 MAX_DSTATE = 256  # largest N the kernel supports
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..bench import Record, suite, sweep
+from ..bench import Record, save, suite, sweep
 from ..selective import selective_scan_ref, selective_state_update_ref
 
 HBM_BYTES_PER_S = 4.2e12  # H200 HBM3e, what a large device-to-device copy reaches (~4.2-4.3 TB/s)
@@ -142,13 +142,13 @@ def _sdpa_call(B, H, P, device):
 
 def scan_providers(mode: str, dtype: str, L_max_loop: int, device, B: int, D: int, N: int):
     """[(name, make, largest L to run)] for one (mode, dtype)."""
-    from ..kernels.selective_scan import selective_scan, selective_scan_sequential
+    from ..kernels.selective_scan import selective_scan, selective_scan_assoc
 
     bwd = mode == "fwd+bwd"
     out = [("triton", _scan_call(selective_scan, bwd, B, D, N, device), None)]
     if not bwd:
-        out.append(("triton_sequential", _scan_call(selective_scan_sequential, False, B, D, N,
-                                                    device), None))
+        out.append(("triton_assoc", _scan_call(selective_scan_assoc, False, B, D, N, device),
+                    None))
     mamba = _mamba_ssm_fn()
     if mamba is not None and torch.device(device).type == "cuda":
         out.append(("mamba_ssm", _scan_call(mamba, bwd, B, D, N, device), None))
@@ -185,7 +185,7 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
     if gpu:
         shape = SHAPE
         lengths = [2048, 4096, 8192, 16384, 32768, 65536]
-        plan = [("fwd", "fp32", 16384), ("fwd", "bf16", 0), ("fwd+bwd", "fp32", 4096),
+        plan = [("fwd", "fp32", 4096), ("fwd", "bf16", 0), ("fwd+bwd", "fp32", 2048),
                 ("fwd+bwd", "bf16", 0)]
     else:  # the interpreter: tiny sizes, forward only (under 30 s on a 2-core CPU)
         shape = dict(B=1, D=4, N=4)
@@ -196,9 +196,13 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
         for name, make, L_max in scan_providers(mode, dtype, L_max_loop, device, **shape):
             sizes = [dict(L=L, dtype=dtype, mode=mode) for L in lengths
                      if L_max is None or L <= L_max]
-            records += sweep("selective_scan", {name: make}, sizes, device=device,
-                             min_run_time=0.02 if not gpu else 0.2, progress=progress)
-    _annotate(records, **shape)
+            new = sweep("selective_scan", {name: make}, sizes, device=device,
+                        min_run_time=0.02 if not gpu else 0.2, progress=progress)
+            _annotate(new, **shape)
+            records += new
+            if gpu:  # a partial file survives a run cut short
+                print(mode, dtype, name, [(r.size["L"], r.status, r.ms) for r in new], flush=True)
+                save(records, "selective_scan", notes="partial: written after each provider")
     return records
 
 

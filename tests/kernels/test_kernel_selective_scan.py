@@ -12,13 +12,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import mambabook.kernels  # noqa: E402
-import mambabook.kernels.selective_scan as ss  # noqa: E402
 import pytest  # noqa: E402
 import triton  # noqa: E402
 from conftest import tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+import mambabook.kernels  # noqa: E402
+import mambabook.kernels.selective_scan as ss  # noqa: E402
 from mambabook.selective import selective_scan_ref  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -74,7 +75,7 @@ def check_against_ref(inputs, softplus, dtype, grads=True):
         torch.testing.assert_close(g, w, **tol(dtype), msg=lambda m, n=name: f"d{n}: {m}")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     bsz=st.integers(1, 2),
     dim=st.integers(1, 7),
@@ -113,12 +114,16 @@ def test_selective_scan_half_inputs(dtype):
         check_against_ref(inputs, True, dtype)
 
 
-def test_selective_scan_sequential_matches_ref():
-    for layout in ("BNL", "BGNL"):
-        inputs = make_inputs(2, 6, 13, 5, layout=layout, groups=3)
-        out = ss.selective_scan_sequential(**inputs, delta_softplus=True, block_d=4)
-        torch.testing.assert_close(out, selective_scan_ref(**inputs, delta_softplus=True),
-                                   **tol(torch.float32))
+@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
+def test_selective_scan_assoc_matches_ref(layout):
+    """The chunked tl.associative_scan forward (several chunks of 8) equals the ref too."""
+    inputs = make_inputs(2, 6, 21, 5, layout=layout, groups=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(8))
+        out, last = ss.selective_scan_assoc(**inputs, delta_softplus=True, return_last_state=True)
+    out_ref, last_ref = selective_scan_ref(**inputs, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, out_ref, **tol(torch.float32))
+    torch.testing.assert_close(last, last_ref, **tol(torch.float32))
 
 
 def test_selective_scan_package_attribute_is_callable():

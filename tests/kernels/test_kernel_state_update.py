@@ -8,11 +8,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import mambabook.kernels  # noqa: E402
 import pytest  # noqa: E402
 from conftest import tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+import mambabook.kernels  # noqa: E402
 from mambabook.kernels.selective_state_update import selective_state_update  # noqa: E402
 from mambabook.selective import selective_scan_ref, selective_state_update_ref  # noqa: E402
 
