@@ -101,7 +101,7 @@ def decode_providers(B: int, H: int, P: int, dtype: torch.dtype, device):
         return [torch.randn(B, H, P, dtype=dtype, device=device) for _ in range(3)]
 
     def kv_cache(L):
-        cache = KVCache(capacity=L + 8192)  # room for the steps the timer adds
+        cache = KVCache(capacity=L + 16384)  # room for the steps the timer adds
         cache.prefill(*[torch.randn(B, H, L, P, dtype=dtype, device=device) for _ in range(2)])
         q, k, v = token()
         return lambda: cache.step(q, k, v)

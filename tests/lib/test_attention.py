@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mambabook import attention as A
 
 shapes = dict(B=st.integers(1, 2), H=st.integers(1, 3), L=st.integers(1, 17),
