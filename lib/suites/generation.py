@@ -155,7 +155,8 @@ def generation_fn(model, batch: int, prompt_len: int, n_new: int, cuda_graph: bo
 
 
 def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int, device=None,
-                          cuda_graph: bool = True, suite_name: str = "generation_throughput"):
+                          cuda_graph: bool = True, suite_name: str = "generation_throughput",
+                          min_run_time: float = 0.5):
     """One record per model: ms for prompt + n_new tokens; extra: tokens/s (new tokens over
     the whole time), prefill ms, decode ms per token, decode-only tokens/s, cache bytes."""
     device = torch.device(device) if device is not None else bench.default_device()
@@ -164,9 +165,9 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
         size = {"batch": batch, "prompt": prompt_len, "new_tokens": n_new}
         try:
             run, prefill, decode, cache = generation_fn(model, batch, prompt_len, n_new, cuda_graph)
-            ms = bench.time_fn(run, device, min_run_time=0.5)
-            ms_prefill = bench.time_fn(prefill, device, min_run_time=0.5)
-            ms_decode = bench.time_fn(decode, device, min_run_time=0.5)
+            ms = bench.time_fn(run, device, min_run_time=min_run_time)
+            ms_prefill = bench.time_fn(prefill, device, min_run_time=min_run_time)
+            ms_decode = bench.time_fn(decode, device, min_run_time=min_run_time)
             peak = bench.peak_memory(run, device)
         except Exception as err:  # noqa: BLE001
             if not bench.is_oom(err):

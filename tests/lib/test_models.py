@@ -1,0 +1,204 @@
+"""mambabook.models: step decoding == full forward for both LMs, parameter matching, the
+Mamba block's initialisation and scan, generate(), the generation suites' helpers."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tol
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mambabook.models import (
+    MambaBlock,
+    MambaConfig,
+    MambaLM,
+    TransformerConfig,
+    TransformerLM,
+    cache_bytes,
+    count_parameters,
+    generate,
+    matched_transformer_config,
+    step_logits,
+)
+from mambabook.selective import selective_scan_ref
+
+
+def _models(positions="rotary", d_model=32, n_layer=2, d_state=4):
+    mcfg = MambaConfig(d_model=d_model, n_layer=n_layer, d_state=d_state)
+    tcfg = matched_transformer_config(mcfg, n_head=2, positions=positions)
+    return MambaLM(mcfg).double().eval(), TransformerLM(tcfg).double().eval()
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 17])
+@pytest.mark.parametrize("kind", ["mamba", "rotary", "learned"])
+def test_step_decoding_equals_full_forward(kind, L):
+    mamba, transformer = _models("learned" if kind == "learned" else "rotary")
+    model = mamba if kind == "mamba" else transformer
+    tokens = torch.randint(0, 256, (3, L))
+    with torch.no_grad():
+        torch.testing.assert_close(step_logits(model, tokens), model(tokens), **tol(torch.float64))
+
+
+@settings(max_examples=6, deadline=None)
+@given(prompt=st.integers(1, 7), new=st.integers(1, 6), kind=st.sampled_from(["mamba", "transformer"]))
+def test_prefill_then_steps_equal_full_forward(prompt, new, kind):
+    """prefill(prompt) then step() for the rest: the logits of model(whole sequence)."""
+    torch.manual_seed(prompt * 10 + new)
+    mamba, transformer = _models(d_model=16, n_layer=2)
+    model = mamba if kind == "mamba" else transformer
+    tokens = torch.randint(0, 256, (2, prompt + new))
+    with torch.no_grad():
+        full = model(tokens)
+        logits, cache = model.prefill(tokens[:, :prompt], max_len=prompt + new)
+        torch.testing.assert_close(logits, full[:, :prompt], **tol(torch.float64))
+        steps = [model.step(tokens[:, t], cache) for t in range(prompt, prompt + new)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt:], **tol(torch.float64))
+
+
+def test_mamba_block_is_its_definition():
+    """MambaBlock.forward == in_proj, causal conv, SiLU, selective_scan_ref, gate, out_proj
+    written out by hand (and the conv is causal: the future does not change the past)."""
+    cfg = MambaConfig(d_model=8, n_layer=1, d_state=4, d_conv=3)
+    block = MambaBlock(cfg).double()
+    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    xz = x @ block.in_proj.weight.T  # (B, L, 2D)
+    u, z = xz[..., :16].transpose(1, 2), xz[..., 16:].transpose(1, 2)  # (B, D, L)
+    padded = F.pad(u, (2, 0))
+    w = block.conv1d.weight[:, 0]  # (D, K)
+    conv = torch.stack([(padded[..., t:t + 3] * w).sum(-1) for t in range(6)], -1) + block.conv1d.bias[:, None]
+    u = F.silu(conv)
+    dbl = u.transpose(1, 2) @ block.x_proj.weight.T  # (B, L, R + 2N)
+    R = cfg.dt_rank
+    delta = (dbl[..., :R] @ block.dt_proj.weight.T).transpose(1, 2)
+    Bm, Cm = dbl[..., R:R + 4].transpose(1, 2), dbl[..., R + 4:].transpose(1, 2)
+    y = selective_scan_ref(u, delta, -torch.exp(block.A_log), Bm, Cm, block.D, z=z,
+                           delta_bias=block.dt_proj.bias, delta_softplus=True)
+    want = y.transpose(1, 2) @ block.out_proj.weight.T
+    with torch.no_grad():
+        got = block(x)
+        torch.testing.assert_close(got, want, **tol(torch.float64))
+        x2 = x.clone()
+        x2[:, 4:] += 1.0
+        torch.testing.assert_close(block(x2)[:, :4], got[:, :4], **tol(torch.float64))
+        assert not torch.allclose(block(x2)[:, 4:], got[:, 4:])
+
+
+def test_mamba_initialisation():
+    """A = -(1..N) per channel (S4D-Real); softplus(dt bias) log-uniform in [dt_min, dt_max]."""
+    cfg = MambaConfig(d_model=64, n_layer=1, d_state=8, dt_min=0.001, dt_max=0.1)
+    block = MambaBlock(cfg)
+    A = -torch.exp(block.A_log)
+    torch.testing.assert_close(A, -torch.arange(1, 9.0).repeat(128, 1))
+    dt = F.softplus(block.dt_proj.bias.detach())
+    assert dt.min() >= 0.001 * (1 - 1e-4) and dt.max() <= 0.1 * (1 + 1e-4)
+    log_dt = dt.log()
+    mid = (math.log(0.001) + math.log(0.1)) / 2  # log-uniform: the mean of log dt is the midpoint
+    assert abs(log_dt.mean().item() - mid) < 0.5
+    assert torch.all(block.D == 1)
+
+
+@pytest.mark.parametrize("d_model, n_layer", [(32, 2), (64, 4), (128, 6), (256, 8), (768, 24)])
+def test_parameter_counts_within_10_percent(d_model, n_layer):
+    mcfg = MambaConfig(d_model=d_model, n_layer=n_layer)
+    tcfg = matched_transformer_config(mcfg)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        n_m, n_t = count_parameters(MambaLM(mcfg)), count_parameters(TransformerLM(tcfg))
+    assert abs(n_m - n_t) / n_m < 0.10, (n_m, n_t)
+    assert tcfg.n_layer == max(1, n_layer // 2)
+
+
+def test_tied_head_counted_once():
+    m, t = _models()
+    for model in (m, t):
+        total = sum(p.numel() for p in model.parameters())
+        assert count_parameters(model) == total
+        assert model.embedding.weight.data_ptr() == model.embedding.weight.data_ptr()
+        logits = model(torch.tensor([[1, 2]]))
+        assert logits.shape == (1, 2, 256)
+
+
+def test_mamba_state_is_constant_size_kv_cache_grows():
+    m, t = _models()
+    assert cache_bytes(m.new_cache(2, 10)) == cache_bytes(m.new_cache(2, 1000))
+    assert cache_bytes(t.new_cache(2, 1000)) == 100 * cache_bytes(t.new_cache(2, 10))
+
+
+@pytest.mark.parametrize("kind", ["mamba", "transformer"])
+def test_generate_shapes_determinism(kind, device):
+    mamba, transformer = _models()
+    model = (mamba if kind == "mamba" else transformer).float().to(device)
+    prompt = torch.randint(0, 256, (3, 4), device=device)
+    a = generate(model, prompt, 6, temperature=1.0, top_k=5, seed=1)
+    b = generate(model, prompt, 6, temperature=1.0, top_k=5, seed=1)
+    assert a.shape == (3, 10) and a.dtype == torch.long
+    assert torch.equal(a, b) and torch.equal(a[:, :4], prompt)
+    c = generate(model, prompt, 6, temperature=1.0, seed=2)
+    assert not torch.equal(a, c)
+    greedy = generate(model, prompt, 3, temperature=0)
+    want = model(greedy[:, :-1]).argmax(-1)[:, -3:]  # each greedy token is the argmax so far
+    assert torch.equal(greedy[:, -3:], want)
+    assert model.training is False
+
+
+def test_top_k_restricts_samples():
+    mamba, _ = _models()
+    prompt = torch.randint(0, 256, (64, 3))
+    out = generate(mamba, prompt, 1, temperature=1.0, top_k=1, seed=0)
+    assert torch.equal(out[:, -1], mamba(prompt)[:, -1].argmax(-1))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompt=torch.zeros(3, dtype=torch.long)), "prompt"),
+    (dict(prompt=torch.zeros(1, 3)), "prompt"),
+    (dict(n_tokens=0), "n_tokens"),
+    (dict(temperature=-1.0), "temperature"),
+    (dict(top_k=0), "top_k"),
+])
+def test_generate_bad_inputs(kwargs, match):
+    mamba, _ = _models()
+    args = dict(model=mamba, prompt=torch.zeros(1, 3, dtype=torch.long), n_tokens=2)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        generate(**args)
+
+
+def test_config_and_forward_bad_inputs():
+    with pytest.raises(ValueError, match="d_model"):
+        MambaConfig(d_model=0)
+    with pytest.raises(ValueError, match="dt_min"):
+        MambaConfig(dt_min=0.2, dt_max=0.1)
+    with pytest.raises(ValueError, match="d_model"):
+        TransformerConfig(d_model=30, n_head=4)
+    with pytest.raises(ValueError, match="positions"):
+        TransformerConfig(positions="alibi")
+    mamba, transformer = _models("learned")
+    with pytest.raises(ValueError, match="tokens"):
+        mamba(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="tokens"):
+        transformer(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="max_len"):
+        transformer.prefill(torch.zeros(1, 5, dtype=torch.long), max_len=3)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        transformer(torch.zeros(1, transformer.cfg.max_seq_len + 1, dtype=torch.long))
+
+
+def test_generation_suite_helpers_run():
+    """The suites' building blocks on tiny models: records with positive times, ratios."""
+    from mambabook.suites.generation import decode_costs, equal_size_models, generation_throughput
+
+    models = equal_size_models(32, 2, "cpu")
+    recs = decode_costs(models, [8, 32], [1, 2], "cpu", min_run_time=0.01)
+    assert len(recs) == 8 and all(r.status == "ok" and r.ms > 0 for r in recs)
+    kv = {r.size["context"]: r.extra["cache_bytes"] for r in recs
+          if r.provider == "transformer" and r.size["batch"] == 1}
+    ss = {r.size["context"]: r.extra["cache_bytes"] for r in recs
+          if r.provider == "mamba" and r.size["batch"] == 1}
+    assert kv[32] > kv[8] and ss[32] == ss[8]
+    thr = generation_throughput(models, 2, 8, 3, "cpu", min_run_time=0.01)
+    assert {r.provider for r in thr} == {"mamba", "transformer"}
+    m = next(r for r in thr if r.provider == "mamba")
+    t = next(r for r in thr if r.provider == "transformer")
+    assert m.extra["mamba_over_transformer_tokens_per_s"] == pytest.approx(
+        m.extra["tokens_per_s"] / t.extra["tokens_per_s"])
