@@ -208,9 +208,9 @@ class TrainConfig:
     d_model: int = 32  # model width (the SSM channels are 2 * d_model)
     n_layers: int = 2  # blocks
     d_state: int = 16  # N
-    steps: int = 600  # optimizer steps
+    steps: int = 2000  # optimizer steps
     batch: int = 32  # sequences per step
-    lr: float = 3e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
+    lr: float = 5e-3  # peak AdamW learning rate (linear warm-up, cosine decay)
     weight_decay: float = 0.1  # AdamW
     eval_multipliers: list = field(default_factory=lambda: [1, 2, 4, 8, 16])  # test at m * L
     eval_batch: int = 256  # sequences per evaluation length
