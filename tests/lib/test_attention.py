@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tol
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mambabook import attention as A
@@ -22,6 +22,7 @@ def qkv(B, H, L, P, dtype=torch.float64, Pv=None):
 # ----------------------------------------------------------------------------- softmax
 @settings(max_examples=10, deadline=None)
 @given(causal=st.booleans(), **shapes)
+@example(B=1, H=1, L=1, P=1, causal=True)
 def test_softmax_attention_equals_sdpa(B, H, L, P, causal):
     q, k, v = qkv(B, H, L, P)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -45,6 +46,8 @@ def test_attention_weights_are_causal_and_normalised():
 
 @settings(max_examples=10, deadline=None)
 @given(Pv=st.integers(1, 5), **shapes)
+@example(B=1, H=1, L=1, P=3, Pv=1)
+@example(B=2, H=3, L=13, P=7, Pv=5)
 def test_kv_cache_equals_full_causal_attention(B, H, L, P, Pv):
     q, k, v = qkv(B, H, L, P, Pv=Pv)
     torch.testing.assert_close(A.kv_cache_decode(q, k, v), A.softmax_attention(q, k, v),
@@ -74,6 +77,8 @@ def test_kv_cache_prefill_then_step_equals_full_attention():
 # ----------------------------------------------------------------------------- linear attention
 @settings(max_examples=10, deadline=None)
 @given(Pv=st.integers(1, 5), **shapes)
+@example(B=1, H=1, L=1, P=1, Pv=1)
+@example(B=2, H=3, L=13, P=7, Pv=5)
 def test_linear_attention_parallel_equals_recurrent(B, H, L, P, Pv):
     q, k, v = qkv(B, H, L, P, Pv=Pv)
     torch.testing.assert_close(A.linear_attention_recurrent(q, k, v), A.linear_attention(q, k, v),
@@ -126,6 +131,8 @@ def wkv_reference(w, u, k, v, block=256):
 
 @settings(max_examples=10, deadline=None)
 @given(B=st.integers(1, 2), L=st.integers(1, 17), D=st.integers(1, 7))
+@example(B=1, L=1, D=1)
+@example(B=2, L=13, D=5)
 def test_wkv_parallel_equals_recurrent(B, L, D):
     args = wkv_args(B, L, D)
     par = A.wkv_parallel(*args)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from conftest import tol
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mambabook import rnn
@@ -13,6 +13,7 @@ from mambabook import rnn
 @given(B=st.integers(1, 3), L=st.integers(1, 9), D_in=st.integers(1, 7), D=st.integers(1, 9),
        layers=st.integers(1, 2), nonlinearity=st.sampled_from(["tanh", "relu"]),
        bias=st.booleans())
+@example(B=1, L=1, D_in=1, D=1, layers=1, nonlinearity="tanh", bias=True)
 def test_elman_matches_torch_rnn(B, L, D_in, D, layers, nonlinearity, bias):
     ref = torch.nn.RNN(D_in, D, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
                        batch_first=True)
@@ -28,6 +29,7 @@ def test_elman_matches_torch_rnn(B, L, D_in, D, layers, nonlinearity, bias):
 @settings(max_examples=8, deadline=None)
 @given(B=st.integers(1, 3), L=st.integers(1, 9), D_in=st.integers(1, 7), D=st.integers(1, 9),
        layers=st.integers(1, 2), bias=st.booleans())
+@example(B=1, L=1, D_in=1, D=1, layers=1, bias=True)
 def test_lstm_matches_torch_lstm(B, L, D_in, D, layers, bias):
     ref = torch.nn.LSTM(D_in, D, num_layers=layers, bias=bias, batch_first=True)
     mine = rnn.LSTM.from_torch(ref)
