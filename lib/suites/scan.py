@@ -77,7 +77,8 @@ def slopes(records, x: str) -> dict:
 @suite("scan")
 def scan_vs_length(quick: bool, device, progress: bool = False) -> list[Record]:
     records = sweep("scan", scan_providers(device), lengths(quick, device), device=device,
-                    min_run_time=0.1 if quick else 0.3, progress=progress)
+                    min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
+                    progress=progress)
     for r in records:
         r.extra["dtype"] = "float32"
     check = ratio_to_loop(records)

@@ -11,6 +11,7 @@ import torch
 from conftest import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mambabook import scan as S
 
 FAST = {name: fn for name, fn in S.SCANS.items() if name != "sequential"}
