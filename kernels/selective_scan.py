@@ -276,20 +276,29 @@ def _selective_scan_bwd_kernel(
 def _selective_scan_fwd_kernel(
     # pointers (B and C time-varying: transposed to (B, [G,] L, N), N contiguous)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
-    # dimensions
-    L, dim, dstate, dpg,
+    seg_h_ptr, seg_s_ptr,
+    # dimensions: the sequence is cut into n_seg segments of seg_len steps (a multiple of CHUNK)
+    L, dim, dstate, dpg, seg_len, n_seg,
     # strides
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
     s_B_b, s_B_g, s_B_t, s_C_b, s_C_g, s_C_t,
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PASS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The forward: one time step per loop iteration, the state (BLOCK_D, N) in registers.
-    Every few CHUNK steps (when SAVE_CKPT) the state is stored for the backward."""
+
+    The L steps are cut into n_seg segments run by separate programs, so that the GPU has
+    n_seg times more independent recurrences to interleave. PASS 1 runs each segment (but
+    the last) from a zero state and stores its end state H_k and S_k = sum of its deltas:
+    the segment maps h to exp(A S_k) h + H_k. PASS 2 starts segment k from the composition
+    of the maps of segments 0..k-1, runs it and writes the outputs, the state every CHUNK
+    steps (SAVE_CKPT, for the backward) and the last state.
+    """
     pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    seg = tl.program_id(2)  # segment of the sequence
     nblk = tl.cdiv(dpg, BLOCK_D)
     grp = pid_gd // nblk
     d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -315,13 +324,15 @@ def _selective_scan_fwd_kernel(
     dt_p = delta_ptr + pid_b * s_dt_b + offs_d * s_dt_d
     z_p = z_ptr + pid_b * s_z_b + offs_d * s_z_d
     o_p = out_ptr + pid_b * s_o_b + offs_d * s_o_d
-    n_chunks = tl.cdiv(L, CHUNK)
-    ck_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+    # per-segment summaries: H (B, D, n_seg, N) and S (B, D, n_seg)
+    sh_p = seg_h_ptr + ((pid_b * dim + offs_d[:, None]) * n_seg) * dstate + offs_n[None, :]
+    ss_p = seg_s_ptr + (pid_b * dim + offs_d) * n_seg
+    t0 = seg * seg_len
+    t1 = tl.minimum(t0 + seg_len, L)
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state
-    for c in range(0, n_chunks):
-        if SAVE_CKPT:
-            tl.store(ck_p + c * dstate, h, mask=mask_dn)  # state before chunk c
-        for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, L)):
+    if PASS == 1:
+        S = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for t in range(t0, t1):
             u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
             dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
             if HAS_BIAS:
@@ -330,16 +341,40 @@ def _selective_scan_fwd_kernel(
                 dt = _softplus(dt)
             if VARYING_BC:
                 Bt = tl.load(B_p + t * s_B_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-                Ct = tl.load(C_p + t * s_C_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt  # (BLOCK_D, BLOCK_N)
-            y = tl.sum(h * Ct, axis=1)  # (BLOCK_D,)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
-                y *= zz * tl.sigmoid(zz)
-            tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
-    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], h, mask=mask_dn)
+            h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt
+            S += dt
+        tl.store(sh_p + seg * dstate, h, mask=mask_dn)
+        tl.store(ss_p + seg, S, mask=mask_d)
+    else:
+        for j in range(0, seg):  # the state entering this segment
+            S_j = tl.load(ss_p + j, mask=mask_d, other=0.0)
+            h = tl.exp2(S_j[:, None] * A2) * h + tl.load(sh_p + j * dstate, mask=mask_dn, other=0.0)
+        n_chunks = tl.cdiv(L, CHUNK)
+        ck_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+        for c in range(t0 // CHUNK, tl.cdiv(t1, CHUNK)):
+            if SAVE_CKPT:
+                tl.store(ck_p + c * dstate, h, mask=mask_dn)  # state before chunk c
+            for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, L)):
+                u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
+                dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
+                if HAS_BIAS:
+                    dt += bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                if VARYING_BC:
+                    Bt = tl.load(B_p + t * s_B_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                    Ct = tl.load(C_p + t * s_C_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt  # (BLOCK_D, BLOCK_N)
+                y = tl.sum(h * Ct, axis=1)  # (BLOCK_D,)
+                if HAS_D:
+                    y += Dv * u
+                if HAS_Z:
+                    zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
+                    y *= zz * tl.sigmoid(zz)
+                tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
+        if seg == n_seg - 1:
+            tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], h,
+                     mask=mask_dn)
 
 
 # (BLOCK_D, num_warps) tried once per (N, D, dtypes) on a GPU; fixed under the interpreter
@@ -347,7 +382,7 @@ _FWD_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
                 for bd, w in [(2, 1), (4, 1), (8, 1), (8, 2), (16, 2), (32, 4)]]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _fwd_kernel_tuned = (_selective_scan_fwd_kernel if _INTERPRET else
-                     triton.autotune(_FWD_CONFIGS, key=["dstate", "dpg"])(_selective_scan_fwd_kernel))
+                     triton.autotune(_FWD_CONFIGS, key=["dstate", "dpg", "n_seg", "PASS"])(_selective_scan_fwd_kernel))
 
 
 # ----------------------------------------------------------------------------- wrapper
@@ -363,6 +398,17 @@ def _config(dstate: int, backward: bool) -> dict:
     # the "assoc" forward; CHUNK is also the interval of the loop forward's checkpoints
     chunk = max(16, 512 // block_n)
     return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
+
+
+SEGMENT_TARGET = 2_000_000  # independent recurrences (B x D x N x segments) to aim for
+
+
+def _segments(recurrences: int, length: int, chunk: int) -> tuple[int, int]:
+    """(seg_len, n_seg): cut L into segments (whole chunks) until about SEGMENT_TARGET
+    recurrences run side by side; short sequences or big batches stay in one segment."""
+    want = max(1, min(SEGMENT_TARGET // max(recurrences, 1), triton.cdiv(length, 256)))
+    seg_len = triton.cdiv(triton.cdiv(length, want), chunk) * chunk
+    return seg_len, triton.cdiv(length, seg_len)
 
 
 def _check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
@@ -433,15 +479,22 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     else:
         B, C = B.contiguous(), C.contiguous()
         sB = sC = (0, 0, 0)
-    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+    seg_len, n_seg = _segments(bsz * dim * dstate, length, cfg["CHUNK"])
+    seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32)
+    seg_s = u.new_empty(bsz, dim, n_seg, dtype=torch.float32)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s,
+            length, dim, dstate, dpg, seg_len, n_seg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
             zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
-    if _INTERPRET:
-        grid = (groups * triton.cdiv(dpg, 4), bsz)
-        _selective_scan_fwd_kernel[grid](*args, **flags, BLOCK_D=4, num_warps=1)
-    else:
-        grid = lambda meta: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz)
-        _fwd_kernel_tuned[grid](*args, **flags)
+    for pass_, segs in ((1, n_seg - 1), (2, n_seg)):
+        if segs == 0:
+            continue
+        if _INTERPRET:
+            grid = (groups * triton.cdiv(dpg, 4), bsz, segs)
+            _selective_scan_fwd_kernel[grid](*args, **flags, PASS=pass_, BLOCK_D=4, num_warps=1)
+        else:
+            grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
+            _fwd_kernel_tuned[grid](*args, **flags, PASS=pass_)
     return out, last, (ckpt if save_ckpt else None)
 
 
