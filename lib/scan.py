@@ -313,6 +313,7 @@ class _ScanChunked(torch.autograd.Function):
         return h
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gout):  # gout: (M, L)
         a, h0, h = ctx.saved_tensors
         a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=-1)  # a_{t+1}, (M, L)
