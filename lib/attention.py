@@ -220,33 +220,41 @@ def wkv_parallel(w, u, k, v) -> torch.Tensor:
     return torch.einsum("btid,bid->btd", weights, v_).to(v.dtype)  # (B, L, D)
 
 
+def wkv_step(state, w, u, k_t, v_t):
+    """One WKV step from state (a, b, p), each (B, D), with k_t, v_t: (B, D), w, u: (D,).
+
+    y_t = (e^{p-q} a + e^{u+k_t-q} v_t) / (e^{p-q} b + e^{u+k_t-q}) with q = max(p, u + k_t);
+    then a, b decay by e^{-w} and take k_t, v_t in the same way. Returns (y_t, new state).
+    """
+    a, b, p = state
+    cur = u + k_t  # (B, D): exponent of the current token (with the bonus)
+    q = torch.maximum(p, cur)
+    e1, e2 = torch.exp(p - q), torch.exp(cur - q)  # both exponents <= 0: no overflow
+    y = (e1 * a + e2 * v_t) / (e1 * b + e2)  # (B, D)
+    decayed = p - w  # every past exponent loses w per step
+    q = torch.maximum(decayed, k_t)
+    e1, e2 = torch.exp(decayed - q), torch.exp(k_t - q)
+    return y, (e1 * a + e2 * v_t, e1 * b + e2, q)
+
+
 def wkv_recurrent(w, u, k, v, return_state: bool = False):
     """The WKV recurrence with a running max exponent (RWKV-4's CUDA kernel), stable at any L.
 
     State per channel: a = sum e^{.} v, b = sum e^{.}, both scaled by e^{-p}, p the running
-    max exponent. y_t = (e^{p-q} a + e^{u+k_t-q} v_t) / (e^{p-q} b + e^{u+k_t-q}) with
-    q = max(p, u + k_t); then a, b decay by e^{-w} and take k_t, v_t in the same way.
-    w, u: (D,); k, v: (B, L, D) -> (B, L, D) (and the state (a, b, p), each (B, D)).
+    max exponent (see wkv_step). w, u: (D,); k, v: (B, L, D) -> (B, L, D) in v's dtype
+    (computed in float32 or wider), and with return_state the state (a, b, p), each (B, D).
     """
     bsz, length, dim = check_wkv_args(w, u, k, v)
     ct = torch.promote_types(k.dtype, torch.float32)
     w, u, k, vv = w.to(ct), u.to(ct), k.to(ct), v.to(ct)
-    a = k.new_zeros(bsz, dim)  # (B, D): numerator / e^p
-    b = k.new_zeros(bsz, dim)  # (B, D): denominator / e^p
-    p = k.new_full((bsz, dim), float("-inf"))  # (B, D): the running max exponent
+    state = (k.new_zeros(bsz, dim), k.new_zeros(bsz, dim),  # a, b: (B, D)
+             k.new_full((bsz, dim), float("-inf")))  # p: nothing seen yet
     outs = []
     for t in range(length):
-        kt, vt = k[:, t], vv[:, t]  # (B, D)
-        cur = u + kt  # (B, D): exponent of the current token (with the bonus)
-        q = torch.maximum(p, cur)
-        e1, e2 = torch.exp(p - q), torch.exp(cur - q)
-        outs.append((e1 * a + e2 * vt) / (e1 * b + e2))  # (B, D)
-        decayed = p - w  # every past exponent loses w per step
-        q = torch.maximum(decayed, kt)
-        e1, e2 = torch.exp(decayed - q), torch.exp(kt - q)
-        a, b, p = e1 * a + e2 * vt, e1 * b + e2, q
+        y, state = wkv_step(state, w, u, k[:, t], vv[:, t])
+        outs.append(y)
     out = torch.stack(outs, dim=1).to(v.dtype)  # (B, L, D)
-    return (out, (a, b, p)) if return_state else out
+    return (out, state) if return_state else out
 
 
 def wkv_naive(w, u, k, v) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attention import KVCache, linear_attention_step, softmax_attention, wkv_recurrent
+from ..attention import KVCache, linear_attention_step, softmax_attention, wkv_step
 from ..bench import Record, suite, sweep
 from ..rnn import elman_rnn
 
@@ -112,10 +112,11 @@ def decode_providers(B: int, H: int, P: int, dtype: torch.dtype, device):
         q, k, v = token()
         return lambda: linear_attention_step(S, z, q, k, v)
 
-    def rwkv_state(L):
+    def rwkv_state(L):  # (a, b, p) per channel, D = H * P channels, whatever L is
         w, u = (torch.rand(H * P, dtype=dtype, device=device) for _ in range(2))
-        k, v = (torch.randn(B, 1, H * P, dtype=dtype, device=device) for _ in range(2))
-        return lambda: wkv_recurrent(w, u, k, v)
+        state = tuple(torch.randn(B, H * P, dtype=dtype, device=device).abs() for _ in range(3))
+        k, v = (torch.randn(B, H * P, dtype=dtype, device=device) for _ in range(2))
+        return lambda: wkv_step(state, w, u, k, v)
 
     return {"kv_cache": kv_cache, "linear_attention": linear_state, "rwkv": rwkv_state}
 

@@ -145,12 +145,18 @@ def test_wkv_naive_agrees_when_it_does_not_overflow():
     torch.testing.assert_close(A.wkv_naive(*args), A.wkv_recurrent(*args), **tol(torch.float64))
 
 
-def test_wkv_recurrent_state_continues_a_sequence():
-    w, u, k, v = wkv_args(1, 12, 4)
-    full = A.wkv_recurrent(w, u, k, v)
-    _, (a, b, p) = A.wkv_recurrent(w, u, k[:, :7], v[:, :7], return_state=True)
-    assert a.shape == b.shape == p.shape == (1, 4)
-    torch.testing.assert_close(A.wkv_recurrent(w, u, k[:, :7], v[:, :7]), full[:, :7])
+def test_wkv_state_continues_a_sequence():
+    # decoding: run 7 tokens, then step token by token from the returned state
+    w, u, k, v = wkv_args(2, 12, 4)
+    full = A.wkv_parallel(w, u, k, v)
+    head, state = A.wkv_recurrent(w, u, k[:, :7], v[:, :7], return_state=True)
+    assert all(s.shape == (2, 4) for s in state)
+    tail = []
+    for t in range(7, 12):
+        y, state = A.wkv_step(state, w, u, k[:, t], v[:, t])
+        tail.append(y)
+    torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full,
+                               **tol(torch.float64))
 
 
 def test_wkv_stable_at_long_length_with_large_decays_and_keys():
