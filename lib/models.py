@@ -186,6 +186,8 @@ class MambaBlock(nn.Module):
         delta, Bm, Cm = self._ssm_inputs(x_conv)
         A = -torch.exp(self.A_log.float())  # (D, N), negative real: S4D-Real
         scan = _pick("selective_scan", selective_scan_ref, hidden, self.cfg.use_kernels)
+        if scan is not selective_scan_ref:  # the kernel reads time with stride 1
+            delta, Bm, Cm, z = (t.contiguous() for t in (delta, Bm, Cm, z))
         out = scan(x_conv, delta, A, Bm, Cm, self.D.float(), z=z,
                    delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                    return_last_state=return_state)

@@ -202,3 +202,33 @@ def test_generation_suite_helpers_run():
     t = next(r for r in thr if r.provider == "transformer")
     assert m.extra["mamba_over_transformer_tokens_per_s"] == pytest.approx(
         m.extra["tokens_per_s"] / t.extra["tokens_per_s"])
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+                    reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+def test_mamba_with_kernels_equals_refs(monkeypatch, device):
+    """The model's kernel path (the layout it hands to mambabook.kernels: forward with the
+    last state, one decoding step, gradients) agrees with the reference path."""
+    import mambabook.models as models
+
+    torch.manual_seed(0)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=1, d_state=4)).to(device)
+    tokens = torch.randint(0, 256, (1, 5), device=device)
+    ref_logits = model(tokens)
+    ref_logits.square().mean().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        ref_steps = step_logits(model, tokens)
+    model.zero_grad()
+    monkeypatch.setattr(models, "_pick", lambda name, ref, x, use: models._kernel(name) or ref)
+    assert models._kernel("selective_scan") is not None
+    logits = model(tokens)
+    logits.square().mean().backward()
+    torch.testing.assert_close(logits, ref_logits, **tol(torch.float32))
+    for p, g in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, **tol(torch.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(step_logits(model, tokens), ref_steps, **tol(torch.float32))
+        _, cache = model.prefill(tokens[:, :3], max_len=5)
+        nxt = model.step(tokens[:, 3], cache)
+    torch.testing.assert_close(nxt, ref_steps[:, 3], **tol(torch.float32))
