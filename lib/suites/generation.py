@@ -12,6 +12,8 @@ on the GPU, float32 on the CPU. The per-token functions are what the chapter's w
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .. import bench
@@ -165,9 +167,11 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
         size = {"batch": batch, "prompt": prompt_len, "new_tokens": n_new}
         try:
             run, prefill, decode, cache = generation_fn(model, batch, prompt_len, n_new, cuda_graph)
-            ms = bench.time_fn(run, device, min_run_time=min_run_time)
-            ms_prefill = bench.time_fn(prefill, device, min_run_time=min_run_time)
-            ms_decode = bench.time_fn(decode, device, min_run_time=min_run_time)
+            # on a GPU, rep_ms=1000: a few repetitions of a call that takes a fraction of a second
+            timing = dict(min_run_time=min_run_time, rep_ms=1000)
+            ms = bench.time_fn(run, device, **timing)
+            ms_prefill = bench.time_fn(prefill, device, **timing)
+            ms_decode = bench.time_fn(decode, device, **timing)
             peak = bench.peak_memory(run, device)
         except Exception as err:  # noqa: BLE001
             if not bench.is_oom(err):
@@ -211,6 +215,21 @@ def _add_ratios(records: list[Record]) -> None:
 
 
 # ----------------------------------------------------------------------------- suites
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device):
+    """On the CPU, time with one thread: these steps are many small ops, and a second
+    OpenMP thread on a shared machine mostly adds waiting (the chapters do the same)."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 GPU_SIZE = {"d_model": 768, "n_layer": 24}  # ~90M parameters each: Mamba 24 blocks, Transformer 12 layers
 CPU_SIZE = {"d_model": 64, "n_layer": 4}  # tiny, for --quick and the CPU
 
@@ -220,8 +239,10 @@ def run_throughput(quick: bool, device) -> list[Record]:
     device = torch.device(device)
     big = device.type == "cuda" and not quick
     models = equal_size_models(**(GPU_SIZE if big else CPU_SIZE), device=device)
-    batch, prompt_len, n_new = (64, 2048, 128) if big else (4, 64, 8)
-    records = generation_throughput(models, batch, prompt_len, n_new, device)
+    batch, prompt_len, n_new = (64, 2048, 128) if big else (4, 32, 8)
+    with _one_cpu_thread(device):
+        records = generation_throughput(models, batch, prompt_len, n_new, device,
+                                        min_run_time=0.5 if big else 0.1)
     if device.type == "cuda":  # the same without CUDA graphs: what kernel launches cost
         eager = generation_throughput(models, batch, prompt_len, n_new, device, cuda_graph=False)
         for r in eager:
@@ -237,49 +258,55 @@ def run_latency(quick: bool, device) -> list[Record]:
     big = device.type == "cuda" and not quick
     models = equal_size_models(**(GPU_SIZE if big else CPU_SIZE), device=device)
     contexts = [2**k for k in range(10, 17)] if big else [256, 1024, 4096]
-    return decode_costs(models, contexts, [1], device, suite_name="generation_latency",
-                        min_run_time=0.2 if big else 0.1)
+    with _one_cpu_thread(device):
+        return decode_costs(models, contexts, [1], device, suite_name="generation_latency",
+                            min_run_time=0.2 if big else 0.1)
 
 
 @suite("lm_training")
 def run_training(quick: bool, device) -> list[Record]:
     """Both models, same steps and batch (same tokens), capped at the same wall-clock time."""
     from ..corpus import load_corpus
-    from ..lm_train import TrainConfig, lm_loss, train
 
     device = torch.device(device)
     big = device.type == "cuda" and not quick
     if big:
-        common = dict(d_model=256, n_layer=8, seq_len=512, batch=32, steps=1500, lr=2e-3,
-                      warmup=100, eval_every=100, eval_batches=8, max_seconds=100.0,
+        common = dict(d_model=256, n_layer=8, seq_len=512, batch=32, steps=1000, lr=2e-3,
+                      warmup=100, eval_every=100, eval_batches=8, max_seconds=60.0,
                       max_bytes=8_000_000)
     else:
-        common = dict(d_model=32, n_layer=2, seq_len=32, batch=4, steps=6, warmup=2,
+        common = dict(d_model=32, n_layer=2, seq_len=16, batch=4, steps=6, warmup=2,
                       eval_every=3, eval_batches=1, max_bytes=300_000)
     corpus = load_corpus(common["max_bytes"])
     records = []
-    for kind in ("mamba", "transformer"):
-        cfg = TrainConfig(model=kind, seed=0, **common)
-        result = train(cfg, device=device, corpus=corpus, progress=True)
-        model = result["model"]
-        x = torch.randint(0, 256, (cfg.batch, cfg.seq_len + 1), device=device)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-        def train_step(model=model, opt=opt, x=x):
-            loss = lm_loss(model, x[:, :-1], x[:, 1:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        ms = bench.time_fn(train_step, device, min_run_time=0.2)
-        curve = result["curve"]
-        records.append(Record("lm_training", kind, {"d_model": cfg.d_model, "n_layer_mamba": cfg.n_layer,
-                                                    "seq_len": cfg.seq_len, "batch": cfg.batch},
-                              ms, None, extra={
-                                  "params": result["params"], "curve": curve,
-                                  "final_val_loss": curve["val_loss"][-1],
-                                  "steps_done": curve["step"][-1], "train_seconds": curve["seconds"][-1],
-                                  "config": result["config"], "model_config": result["model_config"],
-                                  "corpus": result["corpus"], "scan": _scan_used(model, device)}))
-        del model, opt
+    with _one_cpu_thread(device):
+        for kind in ("mamba", "transformer"):
+            records.append(_train_one(kind, common, corpus, device, big))
     return records
+
+
+def _train_one(kind: str, common: dict, corpus, device, big: bool) -> Record:
+    """Train one model of the pair; the record's ms is one training step timed by bench."""
+    from ..lm_train import TrainConfig, lm_loss, train
+
+    cfg = TrainConfig(model=kind, seed=0, **common)
+    result = train(cfg, device=device, corpus=corpus, progress=True)
+    model = result["model"]
+    x = torch.randint(0, 256, (cfg.batch, cfg.seq_len + 1), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def train_step():
+        loss = lm_loss(model, x[:, :-1], x[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ms = bench.time_fn(train_step, device, min_run_time=0.2 if big else 0.05)
+    curve = result["curve"]
+    size = {"d_model": cfg.d_model, "n_layer_mamba": cfg.n_layer, "seq_len": cfg.seq_len,
+            "batch": cfg.batch}
+    return Record("lm_training", kind, size, ms, None, extra={
+        "params": result["params"], "curve": curve, "final_val_loss": curve["val_loss"][-1],
+        "steps_done": curve["step"][-1], "train_seconds": curve["seconds"][-1],
+        "config": result["config"], "model_config": result["model_config"],
+        "corpus": result["corpus"], "scan": _scan_used(model, device)})

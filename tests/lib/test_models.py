@@ -144,7 +144,7 @@ def test_generate_shapes_determinism(kind, device):
 
 def test_top_k_restricts_samples():
     mamba, _ = _models()
-    prompt = torch.randint(0, 256, (64, 3))
+    prompt = torch.randint(0, 256, (16, 3))
     out = generate(mamba, prompt, 1, temperature=1.0, top_k=1, seed=0)
     assert torch.equal(out[:, -1], mamba(prompt)[:, -1].argmax(-1))
 
@@ -189,8 +189,8 @@ def test_generation_suite_helpers_run():
     from mambabook.suites.generation import decode_costs, equal_size_models, generation_throughput
 
     models = equal_size_models(32, 2, "cpu")
-    recs = decode_costs(models, [8, 32], [1, 2], "cpu", min_run_time=0.01)
-    assert len(recs) == 8 and all(r.status == "ok" and r.ms > 0 for r in recs)
+    recs = decode_costs(models, [8, 32], [1], "cpu", min_run_time=0.01)
+    assert len(recs) == 4 and all(r.status == "ok" and r.ms > 0 for r in recs)
     kv = {r.size["context"]: r.extra["cache_bytes"] for r in recs
           if r.provider == "transformer" and r.size["batch"] == 1}
     ss = {r.size["context"]: r.extra["cache_bytes"] for r in recs
