@@ -4,6 +4,7 @@ scan: every provider of `mambabook.scan` against L at B=1, D=256 (float32, forwa
 grad); the point L=4096 is the check "the fastest is at least 10x faster than the loop".
 scan_width: the same providers against the number of independent lanes D at a fixed L:
 where the loop's per-step overhead is amortised and Hillis-Steele's extra work shows.
+On a CPU both suites time with one thread (see `cpu_threads_for_timing`).
 Run: python -m mambabook.bench --suite scan [--quick]  (and --suite scan_width).
 """
 
@@ -74,13 +75,32 @@ def slopes(records, x: str) -> dict:
             for p in dict.fromkeys(r.provider for r in records)}
 
 
+def cpu_threads_for_timing(device) -> int | None:
+    """On a CPU, time with one thread (returns the old count to restore); else None.
+
+    The vectorised scans issue a few dozen large ops; on a CPU shared with other jobs two
+    OpenMP threads per op wait for each other and an op can take 10-50x longer, while the
+    loop's small ops run on one thread anyway. One thread compares like with like.
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return before
+
+
 @suite("scan")
 def scan_vs_length(quick: bool, device, progress: bool = False) -> list[Record]:
-    records = sweep("scan", scan_providers(device), lengths(quick, device), device=device,
-                    min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
-                    progress=progress)
+    before = cpu_threads_for_timing(device)
+    try:
+        records = sweep("scan", scan_providers(device), lengths(quick, device), device=device,
+                        min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
+                        progress=progress)
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
     for r in records:
-        r.extra["dtype"] = "float32"
+        r.extra.update(dtype="float32", threads=1 if before is not None else None)
     check = ratio_to_loop(records)
     for r in records:
         if r.size == TEN_X and check["speedup"] is not None:
@@ -91,9 +111,15 @@ def scan_vs_length(quick: bool, device, progress: bool = False) -> list[Record]:
 @suite("scan_width")
 def scan_vs_width(quick: bool, device, progress: bool = False) -> list[Record]:
     names = ["sequential", "hillis_steele", "blelloch", "chunked"]
-    records = sweep("scan_width", scan_providers(device, names=names), widths(quick, device),
-                    device=device, min_run_time=0.1 if quick else 0.3,
-                    measure_memory=not quick, progress=progress)
+    before = cpu_threads_for_timing(device)
+    try:
+        records = sweep("scan_width", scan_providers(device, names=names),
+                        widths(quick, device), device=device,
+                        min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
+                        progress=progress)
+    finally:
+        if before is not None:
+            torch.set_num_threads(before)
     for r in records:
-        r.extra["dtype"] = "float32"
+        r.extra.update(dtype="float32", threads=1 if before is not None else None)
     return records
