@@ -1,6 +1,7 @@
 #!/bin/bash
 # The H200 run of issue 5's kernels: GPU tests, (optionally) a block-size sweep, the suites.
 # Usage on the device machine, from the repository root: TUNE=1 bash benchmarks/gpu_selective_scan.sh
+# (MAMBABOOK_SCAN_PROVIDERS=triton re-measures only the kernel in the selective_scan suite)
 # Writes logs and JSON under $OUT (default /tmp/out).
 set -u
 export PYTHONUNBUFFERED=1

@@ -276,7 +276,7 @@ def _selective_scan_bwd_kernel(
 def _selective_scan_fwd_kernel(
     # pointers (B and C time-varying: transposed to (B, [G,] L, N), N contiguous)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
-    seg_h_ptr, seg_s_ptr,
+    seg_h_ptr, seg_s_ptr, scratch_ptr,
     # dimensions: the sequence is cut into n_seg segments of seg_len steps (a multiple of CHUNK)
     L, dim, dstate, dpg, seg_len, n_seg,
     # strides
@@ -285,7 +285,7 @@ def _selective_scan_fwd_kernel(
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, CHUNK: tl.constexpr,
-    PASS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PASS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRE: tl.constexpr,
 ):
     """The forward: one time step per loop iteration, the state (BLOCK_D, N) in registers.
 
@@ -294,7 +294,10 @@ def _selective_scan_fwd_kernel(
     the last) from a zero state and stores its end state H_k and S_k = sum of its deltas:
     the segment maps h to exp(A S_k) h + H_k. PASS 2 starts segment k from the composition
     of the maps of segments 0..k-1, runs it and writes the outputs, the state every CHUNK
-    steps (SAVE_CKPT, for the backward) and the last state.
+    steps (SAVE_CKPT, for the backward) and the last state. With PRE, the per-channel
+    values of a chunk (delta after softplus, delta u, D u, silu(z)) are computed once on a
+    (BLOCK_D, CHUNK) tile and staged in a small scratch buffer that stays in cache, so the
+    loop over time evaluates one exponential per (channel, state) and no other.
     """
     pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -351,26 +354,62 @@ def _selective_scan_fwd_kernel(
             h = tl.exp2(S_j[:, None] * A2) * h + tl.load(sh_p + j * dstate, mask=mask_dn, other=0.0)
         n_chunks = tl.cdiv(L, CHUNK)
         ck_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
+        offs_c = tl.arange(0, CHUNK)
+        sc_p = scratch_ptr + ((pid_b * dim + offs_d) * n_seg + seg) * (4 * CHUNK)  # (BLOCK_D,)
         for c in range(t0 // CHUNK, tl.cdiv(t1, CHUNK)):
             if SAVE_CKPT:
                 tl.store(ck_p + c * dstate, h, mask=mask_dn)  # state before chunk c
-            for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, L)):
-                u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
-                dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
+            if PRE:  # stage the chunk's per-channel values: (BLOCK_D, CHUNK) tiles
+                tt = c * CHUNK + offs_c
+                m2 = mask_d[:, None] & (tt < L)[None, :]
+                u2 = tl.load(u_p[:, None] + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+                dt2 = tl.load(dt_p[:, None] + tt[None, :], mask=m2, other=0.0).to(tl.float32)
                 if HAS_BIAS:
-                    dt += bias
+                    dt2 += bias[:, None]
                 if SOFTPLUS:
-                    dt = _softplus(dt)
+                    dt2 = _softplus(dt2)
+                du2 = u2 * 0.0
+                if HAS_D:
+                    du2 = Dv[:, None] * u2
+                g2 = u2 * 0.0 + 1.0
+                if HAS_Z:
+                    z2 = tl.load(z_p[:, None] + tt[None, :], mask=m2, other=0.0).to(tl.float32)
+                    g2 = z2 * tl.sigmoid(z2)
+                tl.debug_barrier()  # the previous chunk's reads are done
+                sc2 = sc_p[:, None] + offs_c[None, :]
+                m_sc = mask_d[:, None]
+                tl.store(sc2, dt2, mask=m_sc)
+                tl.store(sc2 + CHUNK, dt2 * u2, mask=m_sc)
+                tl.store(sc2 + 2 * CHUNK, du2, mask=m_sc)
+                tl.store(sc2 + 3 * CHUNK, g2, mask=m_sc)
+                tl.debug_barrier()  # the tiles are visible to every thread of the program
+            for t in range(c * CHUNK, tl.minimum(c * CHUNK + CHUNK, L)):
+                if PRE:
+                    k = t - c * CHUNK
+                    dt = tl.load(sc_p + k, mask=mask_d, other=0.0)  # (BLOCK_D,)
+                    dtu = tl.load(sc_p + CHUNK + k, mask=mask_d, other=0.0)
+                else:
+                    u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
+                    dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
+                    if HAS_BIAS:
+                        dt += bias
+                    if SOFTPLUS:
+                        dt = _softplus(dt)
+                    dtu = dt * u
                 if VARYING_BC:
                     Bt = tl.load(B_p + t * s_B_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
                     Ct = tl.load(C_p + t * s_C_t, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-                h = tl.exp2(dt[:, None] * A2) * h + (dt * u)[:, None] * Bt  # (BLOCK_D, BLOCK_N)
+                h = tl.exp2(dt[:, None] * A2) * h + dtu[:, None] * Bt  # (BLOCK_D, BLOCK_N)
                 y = tl.sum(h * Ct, axis=1)  # (BLOCK_D,)
-                if HAS_D:
-                    y += Dv * u
-                if HAS_Z:
-                    zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
-                    y *= zz * tl.sigmoid(zz)
+                if PRE:
+                    y = (y + tl.load(sc_p + 2 * CHUNK + k, mask=mask_d, other=0.0)) \
+                        * tl.load(sc_p + 3 * CHUNK + k, mask=mask_d, other=0.0)
+                else:
+                    if HAS_D:
+                        y += Dv * u
+                    if HAS_Z:
+                        zz = tl.load(z_p + t, mask=mask_d, other=0.0).to(tl.float32)
+                        y *= zz * tl.sigmoid(zz)
                 tl.store(o_p + t, y.to(out_ptr.dtype.element_ty), mask=mask_d)
         if seg == n_seg - 1:
             tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], h,
@@ -378,9 +417,10 @@ def _selective_scan_fwd_kernel(
 
 
 # (BLOCK_D, num_warps) tried once per (N, D, dtypes) on a GPU; fixed under the interpreter
-_FWD_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
-                for bd, w in [(2, 1), (4, 1), (8, 1), (8, 2), (16, 2), (32, 4)]]
+_FWD_CONFIGS = [triton.Config({"BLOCK_D": bd, "PRE": pre}, num_warps=w)
+                for bd, w in [(4, 1), (16, 2)] for pre in (False, True)]
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET_PRE = True  # which loop variant the interpreter runs (tests cover both)
 _fwd_kernel_tuned = (_selective_scan_fwd_kernel if _INTERPRET else
                      triton.autotune(_FWD_CONFIGS, key=["dstate", "dpg", "n_seg", "PASS"])(_selective_scan_fwd_kernel))
 
@@ -482,7 +522,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     seg_len, n_seg = _segments(bsz * dim * dstate, length, cfg["CHUNK"])
     seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32)
     seg_s = u.new_empty(bsz, dim, n_seg, dtype=torch.float32)
-    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s,
+    scratch = u.new_empty(bsz, dim, n_seg, 4, cfg["CHUNK"], dtype=torch.float32)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s, scratch,
             length, dim, dstate, dpg, seg_len, n_seg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
             zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
@@ -491,7 +532,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
             continue
         if _INTERPRET:
             grid = (groups * triton.cdiv(dpg, 4), bsz, segs)
-            _selective_scan_fwd_kernel[grid](*args, **flags, PASS=pass_, BLOCK_D=4, num_warps=1)
+            _selective_scan_fwd_kernel[grid](*args, **flags, PASS=pass_, BLOCK_D=4,
+                                             PRE=_INTERPRET_PRE, num_warps=1)
         else:
             grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
             _fwd_kernel_tuned[grid](*args, **flags, PASS=pass_)

@@ -11,6 +11,8 @@ selective_state_update: one decoding step at B=128, D=5120, N=16, bandwidth vs t
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -191,9 +193,12 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
         shape = dict(B=1, D=4, N=4)
         lengths = [8, 16, 32]
         plan = [("fwd", "fp32", 32)]
+    only = os.environ.get("MAMBABOOK_SCAN_PROVIDERS")  # e.g. "triton": re-measure one provider
     records: list[Record] = []
     for mode, dtype, L_max_loop in plan:
         for name, make, L_max in scan_providers(mode, dtype, L_max_loop, device, **shape):
+            if only and name not in only.split(","):
+                continue
             sizes = [dict(L=L, dtype=dtype, mode=mode) for L in lengths
                      if L_max is None or L <= L_max]
             new = sweep("selective_scan", {name: make}, sizes, device=device,
@@ -230,8 +235,27 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
             return lambda: fn(state, x, dt, A, Bm, Cm, Dv, z, bias, True)
         return make
 
+    def graphed(make):
+        """The same call captured in a CUDA graph and replayed: no Python launch overhead
+        (how a decoding loop runs it), so the time is the GPU's."""
+        def make_graphed(B, D, N):
+            fn = make(B, D, N)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()  # compile and warm up outside the capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            return graph.replay
+        return make_graphed
+
     providers = {"triton": make_with(selective_state_update),
                  "ref": make_with(selective_state_update_ref)}
+    if gpu:
+        providers["triton_cudagraph"] = graphed(providers["triton"])
+        providers["ref_cudagraph"] = graphed(providers["ref"])
     records = sweep("selective_state_update", providers, [dict(B=B, D=D, N=N)], device=device,
                     min_run_time=0.02 if not gpu else 0.2, progress=progress)
     floor = state_update_floor(B, D, N)

@@ -106,11 +106,14 @@ def test_selective_scan_default_config_with_grad():
     check_against_ref(inputs, True, torch.float32)
 
 
-def test_selective_scan_segments():
+@pytest.mark.parametrize("pre", [True, False])
+def test_selective_scan_segments(pre):
     """The forward cut into segments (run side by side, then stitched through each segment's
-    map h -> exp(A S) h + H) equals the ref, gradients included."""
+    map h -> exp(A S) h + H) equals the ref, gradients included; with and without the
+    staged per-channel values (PRE)."""
     inputs = make_inputs(1, 3, 520, 2, layout="BGNL", groups=3)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_INTERPRET_PRE", pre)
         mp.setattr(ss, "_config", small_chunks(16))
         mp.setattr(ss, "SEGMENT_TARGET", 10**9)
         assert ss._segments(3 * 2, 520, 16)[1] == 3
