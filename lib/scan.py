@@ -84,27 +84,32 @@ def blelloch_stats(L: int) -> ScanStats:
 
 
 def default_chunk(L: int) -> int:
-    """The default chunk length T: 8 (or L if shorter).
+    """The default chunk length T: 4 (or L if shorter).
 
-    Each step inside the chunks reads every T-th element, so a small T keeps those
-    strided reads within few cache lines; the carries then cost C log2 C for C = L / T.
-    On a 2-core CPU at D = 256, T = 4 or 8 was fastest from L = 1K to 16K, and 16 or 32
-    up to 2x slower (chapter 6 has the sweep as an exercise).
+    Each step inside the chunks reads every T-th element, so the cost per step is about
+    that of a pass over all of a and b whatever T is, and 2 T such steps are taken per
+    level: a small T keeps the passes few. Measured on a 2-core CPU at D = 256: T = 4 was
+    fastest from L = 1K to 16K, 8 within 15%, 16 or 32 up to 2x slower.
     """
-    return min(8, L)
+    return min(4, L)
 
 
 def chunked_stats(L: int, chunk: int | None = None) -> ScanStats:
-    """Chunked scan with C = ceil(L / T) chunks of T (L padded to C T with the identity).
+    """Chunked scan: C = ceil(L / T) chunks of T (L padded to C T with the identity).
 
     1. inside each chunk, the end state from zero: (T - 1) C combines, depth T - 1;
-    2. the carries: Hillis-Steele over C chunk ends (plus h0): depth ceil(log2 C);
+    2. the carries: the same chunked scan on the C chunk ends (recursively);
     3. the fix-up, each chunk re-run from its true start: T C combines, depth T.
-    work ~ 2 L + C log2 C; depth = 2 T - 1 + ceil(log2 C).
+    With a single chunk (L <= T) only the fix-up runs: work = depth = L.
+    work ~ 2 L (1 + 1/T + 1/T^2 + ...); depth ~ (2 T - 1) log_T L.
     """
-    T = chunk or default_chunk(L)
+    T = min(chunk or default_chunk(L), L)
     C = -(-L // T)
-    carries = hillis_steele_stats(C)
+    if C == 1:
+        return ScanStats("chunked", L, T, T)
+    if T < 2:
+        raise ValueError(f"chunk must be >= 2, got {chunk}")
+    carries = chunked_stats(C, chunk or default_chunk(L))
     return ScanStats("chunked", L, (T - 1) * C + carries.work + T * C,
                      (T - 1) + carries.depth + T)
 
@@ -257,39 +262,31 @@ def scan_blelloch(a, b, h0=None, *, return_stats: bool = False):
     return (h, blelloch_stats(L)) if return_stats else h
 
 
-def _hillis_steele(A: torch.Tensor, Bv: torch.Tensor) -> torch.Tensor:
-    """Hillis-Steele on checked (..., C) tensors; returns the b part (the states)."""
-    C, s = A.shape[-1], 1
-    while s < C:
-        B_new = torch.addcmul(Bv[..., s:], A[..., s:], Bv[..., :-s])  # (..., C-s)
-        if 2 * s < C:
-            A = torch.cat([A[..., :s], A[..., :-s] * A[..., s:]], dim=-1)  # (..., C)
-        Bv = torch.cat([Bv[..., :s], B_new], dim=-1)  # (..., C)
-        s *= 2
-    return Bv
-
-
 def _scan_chunked_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, T: int):
-    """Reduce, scan the carries, re-scan: a, b (M, L), h0 (M,) -> h (M, L), no autograd.
+    """Reduce, scan the carries (recursively), re-scan: a, b (M, L), h0 (M,) -> h (M, L).
 
-    Each Python step updates one time step of every chunk at once, writing in place
-    (out=): no tensor of size L is allocated but the result.
+    No autograd. Each Python step updates one time step of every chunk at once, writing
+    in place (out=): no tensor of size L is allocated but the result.
     """
     M, L = a.shape
+    T = min(T, L)
     C = -(-L // T)
     if C * T != L:  # pad with the identity (1, 0) to whole chunks
         a = torch.cat([a, a.new_ones(M, C * T - L)], dim=-1)  # (M, C*T)
         b = torch.cat([b, b.new_zeros(M, C * T - L)], dim=-1)
     a3, b3 = a.view(M, C, T), b.view(M, C, T)  # chunk c, step t: time c T + t
-    # 1. reduce: each chunk's end state from a zero start, and the product of its a's
-    e = b3[:, :, 0].clone()  # (M, C)
-    for t in range(1, T):
-        torch.addcmul(b3[:, :, t], a3[:, :, t], e, out=e)  # e <- a_t e + b_t
-    p = a3.prod(dim=-1)  # (M, C)
-    # 2. carries: with h0 folded into chunk 0, a scan of (p_c, e_c) gives each chunk's end
-    e[:, 0] += p[:, 0] * h0
-    ends = _hillis_steele(p, e)  # (M, C)
-    start = torch.cat([h0[:, None], ends[:, :-1]], dim=-1)  # (M, C): state before chunk c
+    if C > 1:
+        # 1. reduce: each chunk's end state from a zero start, and the product of its a's
+        e = b3[:, :, 0].clone()  # (M, C)
+        for t in range(1, T):
+            torch.addcmul(b3[:, :, t], a3[:, :, t], e, out=e)  # e <- a_t e + b_t
+        p = a3.prod(dim=-1)  # (M, C)
+        # 2. carries: chunk ends follow end_c = p_c end_{c-1} + e_c from end_{-1} = h0,
+        #    a recurrence of length C: the same scan, recursively
+        ends = _scan_chunked_forward(p, e, h0, T)  # (M, C)
+        start = torch.cat([h0[:, None], ends[:, :-1]], dim=-1)  # (M, C): state before chunk c
+    else:
+        start = h0[:, None]  # (M, 1)
     # 3. fix-up: re-run every chunk from its true start
     out = torch.empty_like(a3)  # (M, C, T)
     torch.addcmul(b3[:, :, 0], a3[:, :, 0], start, out=out[:, :, 0])
@@ -324,19 +321,21 @@ class _ScanChunked(torch.autograd.Function):
 
 
 def scan_chunked(a, b, h0=None, *, chunk: int | None = None, return_stats: bool = False):
-    """Chunked ("reduce, then scan"): loops over T and over log2(L / T), never over L.
+    """Chunked ("reduce, then scan"): loops over T, log_T(L) times, never over L.
 
     The C = ceil(L / T) chunks of T steps are processed all at once, step by step:
     1. reduce: each chunk's end state from a zero start (a loop over T);
-    2. a scan over the C chunk carries (Hillis-Steele, log2 C steps);
+    2. the C chunk carries form a recurrence of length C: the same scan, recursively;
     3. fix-up: every chunk re-run from its true starting state (a loop over T).
     Gradients: a reverse-time scan of the same kind (see `_ScanChunked`).
     a, b: (..., L); h0: (...) or None; chunk: T (default `default_chunk(L)`) -> h: (..., L).
     """
     a, b, h0 = check_scan_args(a, b, h0)
     L = a.shape[-1]
-    T = default_chunk(L) if chunk is None else check_positive_int("chunk", chunk)
-    T = min(T, L)
+    if chunk is not None and (check_positive_int("chunk", chunk) < 2):
+        raise ValueError(f"chunk must be >= 2 (chunks of 1 step leave the whole scan to the "
+                         f"carries), got {chunk}")
+    T = default_chunk(L) if chunk is None else chunk
     batch = a.shape[:-1]  # (...)
     h0 = a.new_zeros(batch) if h0 is None else h0.expand(batch)
     h = _ScanChunked.apply(a.reshape(-1, L).contiguous(), b.reshape(-1, L).contiguous(),

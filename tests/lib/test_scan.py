@@ -57,13 +57,14 @@ def test_the_loop_is_the_recurrence():
     torch.testing.assert_close(S.scan_sequential_ref(a, b)[..., 0], b[..., 0])
 
 
-@pytest.mark.parametrize("L", [1, 5, 16, 37])
-@pytest.mark.parametrize("chunk", [1, 2, 3, 8, 16, 64])
+@pytest.mark.parametrize("L", [1, 5, 16, 37, 100])
+@pytest.mark.parametrize("chunk", [2, 3, 4, 8, 16, 64])
 def test_chunked_and_logspace_any_chunk(L, chunk):
     a, b, h0 = _inputs((2, 4), L, torch.float64, positive=True, h0=True)
     ref = S.scan_sequential_ref(a, b, h0)
     torch.testing.assert_close(S.scan_chunked(a, b, h0, chunk=chunk), ref, **tol(torch.float64))
     torch.testing.assert_close(S.scan_logspace(a, b, h0, chunk=chunk), ref, **tol(torch.float64))
+    torch.testing.assert_close(S.scan_logspace(a, b, h0, chunk=1), ref, **tol(torch.float64))
 
 
 @pytest.mark.parametrize("name", sorted(S.SCANS))
@@ -144,6 +145,11 @@ def test_stats_formulas_match_counted_runs(name, L):
     assert (counted.work, counted.depth) == (expected.work, expected.depth)
     _, reported = scan(a, b, return_stats=True)
     assert reported == expected
+    if name == "chunked":
+        for T in (2, 3, 8):
+            counted = S.count_combines(scan, a, b, chunk=T)
+            assert (counted.work, counted.depth) == (S.chunked_stats(L, T).work,
+                                                     S.chunked_stats(L, T).depth)
 
 
 @pytest.mark.parametrize("k", range(0, 11))
@@ -165,9 +171,9 @@ def test_non_powers_of_two_and_chunked_bounds(L):
     assert bl.depth == 2 * k and 2 * (L - 1) <= bl.work < 4 * L  # padding to 2^k at most doubles
     T = S.default_chunk(L)
     ch = S.chunked_stats(L)
-    C = math.ceil(L / T)
-    assert ch.depth == 2 * T - 1 + math.ceil(math.log2(C)) if C > 1 else ch.depth == 2 * T - 1
-    assert 2 * L - T <= ch.work <= 2 * C * T + C * math.ceil(math.log2(max(C, 2)))
+    levels = math.ceil(math.log(L, T) - 1e-9)  # chunk levels until one chunk is left
+    assert ch.depth <= (2 * T - 1) * levels + T
+    assert 2 * L - T <= ch.work <= 2 * (L + T) * T / (T - 1) + T * levels
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -218,7 +224,7 @@ def test_bad_inputs_name_the_argument(name):
 @pytest.mark.parametrize("fn", [S.scan_chunked, S.scan_logspace])
 def test_bad_chunk(fn):
     a, b, _ = _inputs((3,), 8, torch.float32, positive=True)
-    for bad in (0, -2, 2.5):
+    for bad in (0, -2, 2.5) + ((1,) if fn is S.scan_chunked else ()):
         with pytest.raises(ValueError, match="chunk"):
             fn(a, b, chunk=bad)
 
