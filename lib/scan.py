@@ -101,7 +101,7 @@ def chunked_stats(L: int, chunk: int | None = None) -> ScanStats:
     2. the carries: the same chunked scan on the C chunk ends (recursively);
     3. the fix-up, each chunk re-run from its true start: T C combines, depth T.
     With a single chunk (L <= T) only the fix-up runs: work = depth = L.
-    work ~ 2 L (1 + 1/T + 1/T^2 + ...); depth ~ (2 T - 1) log_T L.
+    work ~ (2 T - 1) / (T - 1) L (7/3 L for T = 4); depth ~ (2 T - 1) log_T L.
     """
     T = min(chunk or default_chunk(L), L)
     C = -(-L // T)
