@@ -194,12 +194,13 @@ def scale_to_spectral_radius(W: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 def gradient_norms(kind: str = "rnn", radius: float = 1.0, L: int = 64, D: int = 32,
-                   batch: int = 4, forget_bias: float = 0.0, seed: int = 0) -> torch.Tensor:
+                   batch: int = 4, forget_bias: float = 0.0, input_scale: float = 1.0,
+                   seed: int = 0) -> torch.Tensor:
     """||d h_L / d s_t||_F for t = 0 .. L-1: how much the last output still feels state s_t.
 
     A random cell of width D (kind "rnn": tanh Elman; "lstm": s_t = (h_t, c_t)), its
     recurrent matrix scaled to spectral radius `radius` (each LSTM gate block separately),
-    driven by N(0, 1) inputs. The Jacobian is exact: each of the D output coordinates gets
+    driven by N(0, input_scale^2) inputs. The Jacobian is exact: each of the D output coordinates gets
     its own copy of the sequence in the batch. Returns (L,) norms, index t = state after t
     steps, averaged over `batch` input sequences (float64, CPU).
     """
@@ -215,7 +216,7 @@ def gradient_norms(kind: str = "rnn", radius: float = 1.0, L: int = 64, D: int =
     b = torch.zeros(g * D, dtype=torch.float64)
     if kind == "lstm":
         b[D:2 * D] = forget_bias  # the forget gate's bias: sigmoid(forget_bias) ~ how much c_t keeps
-    x = torch.randn(batch, 1, L, D, generator=gen, dtype=torch.float64)
+    x = input_scale * torch.randn(batch, 1, L, D, generator=gen, dtype=torch.float64)
     x = x.expand(batch, D, L, D).reshape(batch * D, L, D)  # (batch*D, L, D): a copy per output coordinate
     xW = x @ W_ih.T + b  # (batch*D, L, G*D)
     state = [torch.zeros(batch * D, D, dtype=torch.float64)] * (1 if kind == "rnn" else 2)
