@@ -112,7 +112,8 @@ def decode_costs(models: dict, contexts, batches, device=None, cuda_graph: bool 
                 records.append(Record(suite_name, name, size, ms, None, extra={
                     "tokens_per_s": batch / (ms / 1e3), "cache_bytes": cache_bytes(cache),
                     "weight_bytes": weights, "params": count_parameters(model),
-                    "cuda_graph": bool(cuda_graph and device.type == "cuda")}))
+                    "cuda_graph": bool(cuda_graph and device.type == "cuda"),
+                    "torch_threads": torch.get_num_threads()}))
                 del fn, cache
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -185,6 +186,7 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
             "decode_tokens_per_s": batch / (per_token / 1e3),
             "cache_bytes": cache_bytes(cache), "params": count_parameters(model),
             "cuda_graph": bool(cuda_graph and device.type == "cuda"),
+                    "torch_threads": torch.get_num_threads(),
             "scan": _scan_used(model, device)}))
         del run, prefill, decode, cache
         if device.type == "cuda":
@@ -309,4 +311,5 @@ def _train_one(kind: str, common: dict, corpus, device, big: bool) -> Record:
         "params": result["params"], "curve": curve, "final_val_loss": curve["val_loss"][-1],
         "steps_done": curve["step"][-1], "train_seconds": curve["seconds"][-1],
         "config": result["config"], "model_config": result["model_config"],
-        "corpus": result["corpus"], "scan": _scan_used(model, device)})
+        "corpus": result["corpus"], "scan": _scan_used(model, device),
+        "torch_threads": torch.get_num_threads()})
