@@ -225,3 +225,42 @@ class S6(nn.Module):
         return scan(x, delta.contiguous(), self.A, B, C, self.D.float(), z=z,
                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                     return_last_state=return_last_state)
+
+
+def selection_price_suite(quick: bool, device) -> list:
+    """Benchmark: what selection costs. An LTI layer (S4D: one kernel, FFT convolution) vs the
+    selective scan (delta, B, C per token: no kernel, a scan over L), D = 64, N = 16.
+
+    Register as a suite with `bench.suite("selection_price")(selection_price_suite)`.
+    """
+    from . import bench
+    from .ssm import S4D
+
+    D, N = 64, 16
+    Ls = [64, 128, 256, 512] if quick else [256, 1024, 4096, 16384]
+    lti = S4D(D, N).to(device)
+    providers = {}
+
+    def s4d_fft(L):
+        u = torch.randn(1, D, L, device=device)
+        return torch.no_grad()(lambda: lti(u))
+
+    def scan(fn):
+        def make(L):
+            g = torch.Generator(device=device).manual_seed(0)
+            u, delta = (torch.randn(1, D, L, device=device, generator=g) for _ in range(2))
+            B, C = (torch.randn(1, N, L, device=device, generator=g) for _ in range(2))
+            A = -torch.rand(D, N, device=device, generator=g)
+            return lambda: fn(u, delta, A, B, C, delta_softplus=True)
+        return make
+
+    providers["S4D (FFT conv)"] = s4d_fft
+    providers["selective_scan_ref"] = scan(selective_scan_ref)
+    if torch.device(device).type == "cuda":
+        try:
+            from mambabook.kernels import selective_scan
+            providers["selective_scan (triton)"] = scan(selective_scan)
+        except (ImportError, AttributeError):
+            pass
+    return bench.sweep("selection_price", providers, [{"L": L} for L in Ls], device=device,
+                       min_run_time=0.05 if quick else 0.2)

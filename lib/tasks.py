@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -277,9 +278,10 @@ def train(cfg: TrainConfig, progress: bool = True):
 
 # ----------------------------------------------------------------------------- checkpoints
 def checkpoint_dir() -> Path:
+    """checkpoints/ at the repository root (or $MAMBABOOK_CHECKPOINTS)."""
     from .bench import REPO_ROOT
 
-    return REPO_ROOT / "checkpoints"
+    return Path(os.environ.get("MAMBABOOK_CHECKPOINTS", REPO_ROOT / "checkpoints"))
 
 
 def checkpoint_name(task: str, model: str, seed: int) -> str:
