@@ -12,7 +12,6 @@ PORT ?= 8000
 # Triton kernels run on the CPU through Triton's interpreter when no GPU is present.
 export TRITON_INTERPRET ?= $(shell python3 -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && echo 0 || echo 1)
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: setup book serve lab test lint unit chapters site browser clean notebooks widget-js
 
@@ -42,11 +41,12 @@ lab: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib kernels tests tools benchmarks _ext
 
+# Two pytest workers share two cores: one thread each, or small ops slow down 10-50x.
 unit: $(STAMP)
-	$(VENV)/bin/pytest tests --ignore=tests/browser -n 2 -q -p no:cacheprovider
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(VENV)/bin/pytest tests --ignore=tests/browser -n 2 -q -p no:cacheprovider
 
 chapters: notebooks
-	$(VENV)/bin/pytest --nbmake --nbmake-timeout=300 -n 2 -q -p no:cacheprovider $(SCRATCH)/notebooks
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest --nbmake --nbmake-timeout=300 -n 2 -q -p no:cacheprovider $(SCRATCH)/notebooks
 
 browser: $(STAMP)
 	$(VENV)/bin/pytest tests/browser -q -p no:cacheprovider

@@ -17,7 +17,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 SUITES=("$@")
 if [ ${#SUITES[@]} -eq 0 ]; then
-  SUITES=(generation_memory attention_scaling scan selective_state_update selective_scan generation_latency generation_throughput lm_training)
+  SUITES=(generation_memory attention_scaling rnn_loop decode_step scan selective_state_update selective_scan generation_latency generation_throughput lm_training)
 fi
 TEST_BUDGET=${TEST_BUDGET:-150}
 timeout "$TEST_BUDGET" python3 -m pytest -m gpu tests/kernels tests/lib -q -p no:cacheprovider \

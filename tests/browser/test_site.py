@@ -126,12 +126,16 @@ def test_widgets_respond(server, browser):
                 for j in range(sliders.count()):
                     before = _visible_frame(w)
                     assert before, f"{path}: frames widget {i} shows nothing"
-                    sliders.nth(j).focus()
-                    sliders.nth(j).press("End")
-                    page.wait_for_timeout(200)
-                    after = _visible_frame(w)
-                    assert after != before, f"{path}: slider {j} of frames widget {i} did not change the picture"
-                    sliders.nth(j).press("Home")
+                    handle = sliders.nth(j)
+                    handle.focus()
+                    changed = False
+                    for key in ("End", "Home"):  # one of the two ends differs from the start
+                        handle.press(key)
+                        page.wait_for_timeout(200)
+                        if _visible_frame(w) != before:
+                            changed = True
+                            break
+                    assert changed, f"{path}: slider {j} of frames widget {i} did not change the picture"
                     checked += 1
                 unselected = w.locator(".widget-toggle-buttons button:not(.mod-active)")
                 if unselected.count():
@@ -144,3 +148,23 @@ def test_widgets_respond(server, browser):
         finally:
             page.close()
     assert checked > 0, "no frames widget control was exercised on any page"
+
+
+def test_pages_offer_executed_notebooks(server, browser):
+    """Each chapter's download menu links its executed .ipynb, and the file is a notebook."""
+    import json
+    import urllib.request
+
+    for path in _pages():
+        page, _ = _open(browser, f"{server}/{path}")
+        try:
+            link = page.locator("a.btn-download-notebook-button, a[href$='.ipynb']").first
+            assert link.count(), f"{path}: no .ipynb download link"
+            url = link.evaluate("a => a.href")
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                nb = json.load(resp)
+            assert nb["nbformat"] == 4 and nb["cells"], f"{path}: {url} is not a notebook"
+            outputs = sum(len(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code")
+            assert outputs > 0, f"{path}: the downloadable notebook was not executed"
+        finally:
+            page.close()
