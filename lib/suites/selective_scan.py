@@ -265,3 +265,29 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
             r.extra["GB_per_s"] = floor["bytes"] / (r.ms * 1e-3) / 1e9
             r.extra["fraction_of_floor"] = floor["floor_ms"] / r.ms
     return records
+
+
+# mamba_ssm's CUDA selective_scan_fn on an H200, as issue 5 reports it (same shape as the suite:
+# B=8, D=1536, N=16, G=1, with D, z, delta_bias, softplus; medians of do_bench), in ms.
+MAMBA_SSM_H200_MS = {
+    ("fwd", "fp32"): {2048: 0.878, 4096: 1.767, 16384: 7.51, 65536: 29.6},
+    ("fwd", "bf16"): {2048: 0.449, 4096: 0.881, 16384: 4.27, 65536: 17.3},
+    ("fwd+bwd", "fp32"): {4096: 5.93},
+    ("fwd+bwd", "bf16"): {4096: 4.33},
+}
+
+
+def scaling_records(records, mode: str, dtype: str) -> list[Record]:
+    """The records of one (mode, dtype) panel, plus SDPA causal attention (always bf16) of the
+    same mode as the Transformer reference line."""
+    return [r for r in records if r.size.get("mode") == mode
+            and (r.size.get("dtype") == dtype or r.provider == "sdpa_causal_bf16")]
+
+
+def floor_records(records, mode: str, dtype: str) -> list[Record]:
+    """Records of provider 'floor': the scan_floor time at each L of the panel's kernel runs."""
+    out = []
+    for r in scaling_records(records, mode, dtype):
+        if r.provider == "triton" and "floor_floor_ms" in r.extra:
+            out.append(Record(r.suite, "floor", dict(r.size), r.extra["floor_floor_ms"]))
+    return out

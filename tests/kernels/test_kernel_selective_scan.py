@@ -208,3 +208,30 @@ def test_selective_scan_gpu_one_million_steps(dtype):
                   for k, v in leaves.items()}
         head = ss.selective_scan(**prefix, delta_softplus=True)
     torch.testing.assert_close(out[..., :4096].detach(), head, **tol(dtype))
+
+
+def test_scan_floor_counts_and_panels():
+    """The roofline numbers of the suite: bytes and exponentials as counted in chapter 7, and
+    the record selection behind the chapter's scaling widget."""
+    from mambabook.bench import Record
+    from mambabook.suites.selective_scan import (
+        EXP_PER_S,
+        HBM_BYTES_PER_S,
+        floor_records,
+        scaling_records,
+        scan_floor,
+    )
+
+    f = scan_floor(8, 1536, 4096, 16, 4)
+    assert f["bytes"] == (4 * 8 * 1536 * 4096 + 2 * 8 * 16 * 4096) * 4
+    assert f["exps"] == 8 * 1536 * 4096 * 16
+    assert f["floor_ms"] == max(f["bytes"] / HBM_BYTES_PER_S, f["exps"] / EXP_PER_S) * 1e3
+    assert scan_floor(8, 1536, 4096, 16, 4, backward=True)["exps"] == 2 * f["exps"]
+    recs = [Record("s", "triton", dict(L=2048, dtype="fp32", mode="fwd"), 1.0,
+                   extra=dict(floor_floor_ms=0.1)),
+            Record("s", "triton", dict(L=2048, dtype="bf16", mode="fwd"), 1.0),
+            Record("s", "sdpa_causal_bf16", dict(L=2048, dtype="bf16", mode="fwd"), 0.5),
+            Record("s", "triton", dict(L=2048, dtype="fp32", mode="fwd+bwd"), 3.0)]
+    panel = scaling_records(recs, "fwd", "fp32")
+    assert [r.provider for r in panel] == ["triton", "sdpa_causal_bf16"]
+    assert [(r.provider, r.ms) for r in floor_records(recs, "fwd", "fp32")] == [("floor", 0.1)]
