@@ -13,6 +13,8 @@ on the GPU, float32 on the CPU. The per-token functions are what the chapter's w
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -120,10 +122,22 @@ def decode_costs(models: dict, contexts, batches, device=None, cuda_graph: bool 
     return records
 
 
-def generation_fn(model, batch: int, prompt_len: int, n_new: int, cuda_graph: bool = True):
-    """A zero-argument callable: prefill a random prompt (B, prompt_len), then generate n_new
-    greedy tokens (the first from the prefill's logits, n_new - 1 decoding steps) into
-    preallocated buffers. Also returns (prefill, decode) callables to time the two phases."""
+@dataclass
+class GenerationBench:
+    """The callables generation_throughput times, and the buffers they work in."""
+
+    run: Callable[[], None]  # prefill + n_new greedy tokens
+    prefill: Callable[[], None]  # the prompt only (fills the cache, picks the first token)
+    decode: Callable[[], None]  # n_new - 1 decoding steps after the prompt
+    cache: object  # Mamba's states or the Transformer's KV cache (preallocated)
+    prompt: torch.Tensor  # (B, prompt_len) random bytes
+    token: torch.Tensor  # (B,) the last token generated
+
+
+def generation_fn(model, batch: int, prompt_len: int, n_new: int,
+                  cuda_graph: bool = True) -> GenerationBench:
+    """Prefill a random prompt (B, prompt_len), then generate n_new greedy tokens (the first
+    from the prefill's logits, then n_new - 1 decoding steps) into preallocated buffers."""
     device = model.embedding.weight.device
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
@@ -154,7 +168,7 @@ def generation_fn(model, batch: int, prompt_len: int, n_new: int, cuda_graph: bo
         for _ in range(n_new - 1):
             step()
 
-    return generate_all, prefill, decode, cache
+    return GenerationBench(generate_all, prefill, decode, cache, prompt, token)
 
 
 def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int, device=None,
@@ -167,7 +181,8 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
     for name, model in models.items():
         size = {"batch": batch, "prompt": prompt_len, "new_tokens": n_new}
         try:
-            run, prefill, decode, cache = generation_fn(model, batch, prompt_len, n_new, cuda_graph)
+            gb = generation_fn(model, batch, prompt_len, n_new, cuda_graph)
+            run, prefill, decode, cache = gb.run, gb.prefill, gb.decode, gb.cache
             # on a GPU, rep_ms=1000: a few repetitions of a call that takes a fraction of a second
             timing = dict(min_run_time=min_run_time, rep_ms=1000)
             ms = bench.time_fn(run, device, **timing)
@@ -188,7 +203,7 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
             "cuda_graph": bool(cuda_graph and device.type == "cuda"),
                     "torch_threads": torch.get_num_threads(),
             "scan": _scan_used(model, device)}))
-        del run, prefill, decode, cache
+        del run, prefill, decode, cache, gb
         if device.type == "cuda":
             torch.cuda.empty_cache()
     _add_ratios(records)
