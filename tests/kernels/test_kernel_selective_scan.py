@@ -11,6 +11,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the device of the non-gpu tests: CUDA when present (compiled kernels), else the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
 import triton  # noqa: E402
@@ -26,7 +28,7 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def make_inputs(bsz, dim, length, dstate, layout="BNL", groups=1, has_D=True, has_z=True,
-                has_bias=True, dtype=torch.float32, device="cpu"):
+                has_bias=True, dtype=torch.float32, device=DEVICE):
     """Random inputs in the ranges Mamba uses: delta > 0 small, A < 0."""
     u = torch.randn(bsz, dim, length, device=device).to(dtype)
     delta = (0.5 * torch.rand(bsz, dim, length, device=device) - 0.2).to(dtype)
@@ -147,7 +149,7 @@ def test_selective_scan_package_attribute_is_callable():
 
 
 def test_selective_scan_bad_inputs():
-    good = make_inputs(1, 4, 6, 3)
+    good = make_inputs(1, 4, 6, 3, device="cpu")  # validation runs before any kernel
     with pytest.raises(ValueError, match="u"):  # not contiguous along L
         ss.selective_scan(**{**good, "u": torch.randn(1, 6, 4).transpose(1, 2)})
     with pytest.raises(ValueError, match="B"):  # not contiguous along L

@@ -7,6 +7,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# the device of the non-gpu tests: CUDA when present (compiled kernels), else the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
 from conftest import tol  # noqa: E402
@@ -19,7 +21,7 @@ from mambabook.selective import selective_scan_ref, selective_state_update_ref  
 
 
 def make_step(bsz, dim, dstate, groups=None, has_D=True, has_z=True, has_bias=True,
-              dtype=torch.float32, state_dtype=torch.float32, device="cpu"):
+              dtype=torch.float32, state_dtype=torch.float32, device=DEVICE):
     state = torch.randn(bsz, dim, dstate, device=device).to(state_dtype)
     x = torch.randn(bsz, dim, device=device).to(dtype)
     dt = (0.5 * torch.rand(bsz, dim, device=device) - 0.2).to(dtype)
@@ -64,10 +66,11 @@ def test_state_update_half_inputs(dtype):
 def test_state_update_steps_equal_the_scan():
     """L steps from a zero state give selective_scan_ref's outputs and last state."""
     bsz, dim, dstate, length = 2, 9, 5, 6
-    u, delta = torch.randn(bsz, dim, length), torch.rand(bsz, dim, length)
-    A, D, bias = -torch.rand(dim, dstate) - 0.5, torch.randn(dim), torch.randn(dim)
-    B, C, z = torch.randn(bsz, dstate, length), torch.randn(bsz, dstate, length), torch.randn(bsz, dim, length)
-    state = torch.zeros(bsz, dim, dstate)
+    r = lambda *s: torch.randn(*s, device=DEVICE)
+    u, delta = r(bsz, dim, length), torch.rand(bsz, dim, length, device=DEVICE)
+    A, D, bias = -torch.rand(dim, dstate, device=DEVICE) - 0.5, r(dim), r(dim)
+    B, C, z = r(bsz, dstate, length), r(bsz, dstate, length), r(bsz, dim, length)
+    state = torch.zeros(bsz, dim, dstate, device=DEVICE)
     outs = [mambabook.kernels.selective_state_update(
         state, u[..., t], delta[..., t], A, B[..., t], C[..., t], D, z[..., t], bias, True)
         for t in range(length)]
@@ -77,7 +80,7 @@ def test_state_update_steps_equal_the_scan():
 
 
 def test_state_update_bad_inputs():
-    good = make_step(2, 8, 4)
+    good = make_step(2, 8, 4, device="cpu")  # validation runs before any kernel
     with pytest.raises(ValueError, match="x"):
         selective_state_update(**{**good, "x": torch.randn(2, 7)})
     with pytest.raises(ValueError, match="B"):
@@ -89,7 +92,7 @@ def test_state_update_bad_inputs():
     with pytest.raises(ValueError, match="state"):
         selective_state_update(**{**good, "state": torch.randn(2, 8)})
     with pytest.raises(ValueError, match="N <= 256"):
-        big = make_step(1, 2, 257)
+        big = make_step(1, 2, 257, device="cpu")
         selective_state_update(**big)
     with pytest.raises(TypeError, match="x"):
         selective_state_update(**{**good, "x": good["x"].double()})
