@@ -2,10 +2,12 @@
 
 h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z):
 the semantics of `mambabook.selective.selective_scan_ref` (and mamba_ssm's
-`selective_scan_fn`). One program owns (batch, block of channels) and walks L in chunks:
-inside a chunk the recurrence is a `tl.associative_scan` over time, the state (BLOCK_D, N)
-is carried in registers from chunk to chunk, so nothing of size (B, D, L, N) ever reaches
-memory. The backward recomputes the states from per-chunk checkpoints (B, D, L/CHUNK, N).
+`selective_scan_fn`). Forward: one program per (batch, block of channels, segment of L)
+loops over time with the state (BLOCK_D, N) in registers; segments are stitched through
+their maps h -> exp(A S) h + H (two passes), so nothing of size (B, D, L, N) reaches memory.
+`selective_scan_assoc` is the other forward: a `tl.associative_scan` over chunks of time.
+Backward: per chunk, in reverse, recompute the states from checkpoints (B, D, L/CHUNK, N)
+with an associative scan and the state gradient with a reverse one.
 """
 
 from __future__ import annotations
