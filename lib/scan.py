@@ -275,11 +275,12 @@ def _scan_chunked_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, T:
         a = torch.cat([a, a.new_ones(M, C * T - L)], dim=-1)  # (M, C*T)
         b = torch.cat([b, b.new_zeros(M, C * T - L)], dim=-1)
     a3, b3 = a.view(M, C, T), b.view(M, C, T)  # chunk c, step t: time c T + t
+    a_t, b_t = a3.unbind(-1), b3.unbind(-1)  # T views (M, C): step t of every chunk
     if C > 1:
         # 1. reduce: each chunk's end state from a zero start, and the product of its a's
-        e = b3[:, :, 0].clone()  # (M, C)
+        e = b_t[0].clone()  # (M, C)
         for t in range(1, T):
-            torch.addcmul(b3[:, :, t], a3[:, :, t], e, out=e)  # e <- a_t e + b_t
+            torch.addcmul(b_t[t], a_t[t], e, out=e)  # e <- a_t e + b_t
         p = a3.prod(dim=-1)  # (M, C)
         # 2. carries: chunk ends follow end_c = p_c end_{c-1} + e_c from end_{-1} = h0,
         #    a recurrence of length C: the same scan, recursively
@@ -289,9 +290,10 @@ def _scan_chunked_forward(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, T:
         start = h0[:, None]  # (M, 1)
     # 3. fix-up: re-run every chunk from its true start
     out = torch.empty_like(a3)  # (M, C, T)
-    torch.addcmul(b3[:, :, 0], a3[:, :, 0], start, out=out[:, :, 0])
+    h_t = out.unbind(-1)  # T views (M, C) into the result
+    torch.addcmul(b_t[0], a_t[0], start, out=h_t[0])
     for t in range(1, T):
-        torch.addcmul(b3[:, :, t], a3[:, :, t], out[:, :, t - 1], out=out[:, :, t])
+        torch.addcmul(b_t[t], a_t[t], h_t[t - 1], out=h_t[t])
     return out.view(M, C * T)[:, :L]
 
 
