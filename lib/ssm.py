@@ -34,17 +34,17 @@ def _check_delta(delta) -> None:
 def check_stable(A: torch.Tensor) -> None:
     """Raise ValueError naming A if A (N, N) has an eigenvalue with positive real part."""
     eig = torch.linalg.eigvals(A.cdouble() if A.is_complex() else A.double())  # (N,)
-    _raise_if_unstable(eig.real.max().item(), "A", "eigenvalue")
+    _raise_if_unstable(eig.real.max().item(), "A", "an eigenvalue")
 
 
 def check_stable_diag(A: torch.Tensor) -> None:
     """Raise ValueError naming A if a diagonal A (D, N) has an entry with positive real part."""
-    _raise_if_unstable(A.real.max().item(), "A", "diagonal entry")
+    _raise_if_unstable(A.real.max().item(), "A", "a diagonal entry")
 
 
 def _raise_if_unstable(worst: float, name: str, what: str) -> None:
     if worst > 0:
-        raise ValueError(f"{name} must be stable (real parts <= 0), got a {what} with real "
+        raise ValueError(f"{name} must be stable (real parts <= 0), got {what} with real "
                          f"part {worst:.3g}: x' = Ax would grow without bound")
 
 
@@ -142,7 +142,7 @@ def hippo_legs(N: int, dtype=torch.float64):
     check_positive_int("N", N)
     q = torch.sqrt(2 * torch.arange(N, dtype=dtype) + 1)  # (N,)
     A = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - torch.diag(torch.arange(N, dtype=dtype) + 1)
-    return A, q[:, None].clone()
+    return A + 0.0, q[:, None].clone()  # + 0.0: no negative zeros above the diagonal
 
 
 def hippo_legs_low_rank(N: int, dtype=torch.float64):
@@ -374,7 +374,7 @@ def compare_discretizations(A, B, C, delta: float, T: float = 3.0) -> dict:
 
     -> {"t": (L,) sample times, "impulse"/"step": {method: (L,)} discrete responses
     (impulse scaled by 1/delta), "impulse_exact"/"step_exact": (L,) the continuous ones at the
-    same times, "eig": {method: (N,) complex eigenvalues of Ab}, "error": {method: max error of
+    same times, "t_fine", "impulse_fine", "step_fine": (300,) the continuous ones, "eig": {method: (N,) complex eigenvalues of Ab}, "error": {method: max error of
     the step response}}. SISO: B (N, 1), C (1, N).
     """
     _check_dense(A, B)
@@ -383,6 +383,9 @@ def compare_discretizations(A, B, C, delta: float, T: float = 3.0) -> dict:
     out = {"t": t, "impulse": {}, "step": {}, "eig": {}, "error": {}}
     out["step_exact"] = step_response_exact(A, B, C, t)[:, 0, 0]
     out["impulse_exact"] = impulse_response_exact(A, B, C, t - delta)[:, 0, 0]
+    out["t_fine"] = torch.linspace(0, float(t[-1]), 300, dtype=A.dtype)  # for drawing y(t)
+    out["impulse_fine"] = impulse_response_exact(A, B, C, out["t_fine"])[:, 0, 0]
+    out["step_fine"] = step_response_exact(A, B, C, out["t_fine"])[:, 0, 0]
     for m in METHODS:
         Ab, Bb = discretize(A, B, delta, m)
         out["impulse"][m] = ssm_kernel(Ab, Bb, C, L)[0, 0] / delta  # (L,)
