@@ -24,7 +24,7 @@ if [ ${#SUITES[@]} -eq 0 ]; then
 fi
 TEST_BUDGET=${TEST_BUDGET:-150}
 timeout "$TEST_BUDGET" python3 -m pytest -m gpu tests/kernels tests/lib -q -p no:cacheprovider \
-  --continue-on-collection-errors -x 2>&1 | tail -n 60 > "$OUT/gpu_tests.log"
+  --continue-on-collection-errors 2>&1 | tail -n 60 > "$OUT/gpu_tests.log"
 echo "gpu tests: $(tail -n 1 "$OUT/gpu_tests.log")" | tee -a "$OUT/suites.log"
 for entry in "${SUITES[@]}"; do
   s=${entry%%:*}; budget=${entry#*:}; [ "$budget" = "$entry" ] && budget=120
