@@ -7,7 +7,7 @@ import pytest
 
 W = pytest.importorskip("ipywidgets")  # the GPU machine's image has no ipywidgets
 
-from mambabook.widgets import Control, frames
+from mambabook.widgets import Control, frames  # noqa: E402
 
 
 def _render(n, kind="sin"):
