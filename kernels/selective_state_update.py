@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..checks import check_same_device, check_tensor
+from ..selective import check_state_update_args
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
@@ -68,26 +68,7 @@ def _selective_state_update_kernel(
 
 def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
     """Validate the step's inputs; returns (batch, dim, N, groups) with groups 1 for (B, N)."""
-    check_tensor("state", state, 3, dims="(B, D, N)")
-    bsz, dim, dstate = state.shape
-    check_tensor("x", x, 2, shape=(bsz, dim), dims="(B, D)")
-    check_tensor("dt", dt, 2, shape=(bsz, dim), dims="(B, D)")
-    check_tensor("A", A, 2, shape=(dim, dstate), dims="(D, N)")
-    for name, t in (("B", B), ("C", C)):
-        check_tensor(name, t, (2, 3), dims="(B, N) or (B, G, N)")
-        if t.shape[0] != bsz or t.shape[-1] != dstate or (t.dim() == 3 and dim % t.shape[1]):
-            raise ValueError(f"{name} must have shape (B, N) = {(bsz, dstate)} or (B, G, N) with G "
-                             f"dividing D = {dim}, got shape {tuple(t.shape)}")
-    if B.dim() != C.dim() or (B.dim() == 3 and B.shape[1] != C.shape[1]):
-        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and "
-                         f"{tuple(C.shape)}")
-    if D is not None:
-        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
-    if z is not None:
-        check_tensor("z", z, 2, shape=(bsz, dim), dims="(B, D)")
-    if dt_bias is not None:
-        check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
-    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    bsz, dim, dstate = check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
                     ("D", D), ("z", z), ("dt_bias", dt_bias)):
         if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):

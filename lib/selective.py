@@ -114,13 +114,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return (out, h) if return_last_state else out
 
 
-def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False):
-    """One decoding step of the selective SSM; `state` is updated in place.
+def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
+    """Validate one decoding step's inputs; returns (batch, dim, N).
 
-    state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N);
-    D, dt_bias: (D,). h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z).
-    Returns out: (B, D) in x's dtype. The twin of mambabook.kernels.selective_state_update.
+    state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N) with the same
+    G dividing D; D, dt_bias: (D,).
     """
     check_tensor("state", state, 3, dims="(B, D, N)")
     bsz, dim, dstate = state.shape
@@ -132,6 +130,9 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         if t.shape[0] != bsz or t.shape[-1] != dstate or (t.dim() == 3 and dim % t.shape[1]):
             raise ValueError(f"{name} must have shape (B, N) = {(bsz, dstate)} or (B, G, N) with G "
                              f"dividing D = {dim}, got shape {tuple(t.shape)}")
+    if B.dim() != C.dim() or (B.dim() == 3 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
     if D is not None:
         check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
     if z is not None:
@@ -139,6 +140,18 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     if dt_bias is not None:
         check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    return bsz, dim, dstate
+
+
+def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
+                               dt_softplus=False):
+    """One decoding step of the selective SSM; `state` is updated in place.
+
+    state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N);
+    D, dt_bias: (D,). h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z).
+    Returns out: (B, D) in x's dtype. The twin of mambabook.kernels.selective_state_update.
+    """
+    _, dim, _ = check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
     if dt_softplus:
         dt = F.softplus(dt)
