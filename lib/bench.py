@@ -10,6 +10,7 @@ to JSON with provenance. `python -m mambabook.bench --suite NAME` runs a named s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import json
@@ -101,6 +102,25 @@ def provenance(device: torch.device | str | None = None) -> dict:
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device | str | None = None):
+    """On a CPU, run the block with one torch thread (restored after); elsewhere do nothing.
+
+    Benchmarks of many small ops time steadier with one thread: on a shared 2-core machine a
+    second OpenMP thread mostly adds waiting, and an op can take 10-50x longer.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def synchronize(device: torch.device | str | None = None) -> None:

@@ -12,14 +12,13 @@ on the GPU, float32 on the CPU. The per-token functions are what the chapter's w
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .. import bench
-from ..bench import Record, suite
+from ..bench import Record, one_cpu_thread, suite
 from ..models import (
     MambaConfig,
     MambaLM,
@@ -232,21 +231,6 @@ def _add_ratios(records: list[Record]) -> None:
 
 
 # ----------------------------------------------------------------------------- suites
-@contextlib.contextmanager
-def _one_cpu_thread(device: torch.device):
-    """On the CPU, time with one thread: these steps are many small ops, and a second
-    OpenMP thread on a shared machine mostly adds waiting (the chapters do the same)."""
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 GPU_SIZE = {"d_model": 768, "n_layer": 24}  # ~90M parameters each: Mamba 24 blocks, Transformer 12 layers
 CPU_SIZE = {"d_model": 64, "n_layer": 4}  # tiny, for --quick and the CPU
 
@@ -257,7 +241,7 @@ def run_throughput(quick: bool, device) -> list[Record]:
     big = device.type == "cuda" and not quick
     models = equal_size_models(**(GPU_SIZE if big else CPU_SIZE), device=device)
     batch, prompt_len, n_new = (64, 2048, 128) if big else (4, 32, 8)
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         records = generation_throughput(models, batch, prompt_len, n_new, device,
                                         min_run_time=0.5 if big else 0.1)
     if device.type == "cuda":  # the same without CUDA graphs: what kernel launches cost
@@ -275,7 +259,7 @@ def run_latency(quick: bool, device) -> list[Record]:
     big = device.type == "cuda" and not quick
     models = equal_size_models(**(GPU_SIZE if big else CPU_SIZE), device=device)
     contexts = [2**k for k in range(10, 17)] if big else [256, 1024, 4096]
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         return decode_costs(models, contexts, [1], device, suite_name="generation_latency",
                             min_run_time=0.2 if big else 0.1)
 
@@ -296,7 +280,7 @@ def run_training(quick: bool, device) -> list[Record]:
                       eval_every=3, eval_batches=1, max_bytes=300_000)
     corpus = load_corpus(common["max_bytes"])
     records = []
-    with _one_cpu_thread(device):
+    with one_cpu_thread(device):
         for kind in ("mamba", "transformer"):
             records.append(_train_one(kind, common, corpus, device, big))
     return records

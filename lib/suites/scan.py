@@ -4,7 +4,7 @@ scan: every provider of `mambabook.scan` against L at B=1, D=256 (float32, forwa
 grad); the point L=4096 is the check "the fastest is at least 10x faster than the loop".
 scan_width: the same providers against the number of independent lanes D at a fixed L:
 where the loop's per-step overhead is amortised and Hillis-Steele's extra work shows.
-On a CPU both suites time with one thread (see `cpu_threads_for_timing`).
+On a CPU both suites time with one thread (`mambabook.bench.one_cpu_thread`).
 Run: python -m mambabook.bench --suite scan [--quick]  (and --suite scan_width).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .. import scan as S
-from ..bench import Record, select, suite, sweep
+from ..bench import Record, one_cpu_thread, select, suite, sweep
 
 TEN_X = {"L": 4096, "B": 1, "D": 256}  # the size of the "10x faster than the loop" check
 
@@ -75,32 +75,14 @@ def slopes(records, x: str) -> dict:
             for p in dict.fromkeys(r.provider for r in records)}
 
 
-def cpu_threads_for_timing(device) -> int | None:
-    """On a CPU, time with one thread (returns the old count to restore); else None.
-
-    The vectorised scans issue a few dozen large ops; on a CPU shared with other jobs two
-    OpenMP threads per op wait for each other and an op can take 10-50x longer, while the
-    loop's small ops run on one thread anyway. One thread compares like with like.
-    """
-    if torch.device(device).type != "cpu":
-        return None
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return before
-
-
 @suite("scan")
 def scan_vs_length(quick: bool, device, progress: bool = False) -> list[Record]:
-    before = cpu_threads_for_timing(device)
-    try:
+    with one_cpu_thread(device):
         records = sweep("scan", scan_providers(device), lengths(quick, device), device=device,
                         min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
                         progress=progress)
-    finally:
-        if before is not None:
-            torch.set_num_threads(before)
     for r in records:
-        r.extra.update(dtype="float32", threads=1 if before is not None else None)
+        r.extra.update(dtype="float32", threads=1 if torch.device(device).type == "cpu" else None)
     check = ratio_to_loop(records)
     for r in records:
         if r.size == TEN_X and check["speedup"] is not None:
@@ -111,15 +93,11 @@ def scan_vs_length(quick: bool, device, progress: bool = False) -> list[Record]:
 @suite("scan_width")
 def scan_vs_width(quick: bool, device, progress: bool = False) -> list[Record]:
     names = ["sequential", "hillis_steele", "blelloch", "chunked"]
-    before = cpu_threads_for_timing(device)
-    try:
+    with one_cpu_thread(device):
         records = sweep("scan_width", scan_providers(device, names=names),
                         widths(quick, device), device=device,
                         min_run_time=0.1 if quick else 0.3, measure_memory=not quick,
                         progress=progress)
-    finally:
-        if before is not None:
-            torch.set_num_threads(before)
     for r in records:
-        r.extra.update(dtype="float32", threads=1 if before is not None else None)
+        r.extra.update(dtype="float32", threads=1 if torch.device(device).type == "cpu" else None)
     return records
