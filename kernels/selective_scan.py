@@ -133,6 +133,101 @@ def _selective_scan_fwd_assoc_kernel(
 
 
 @triton.jit
+def _selective_scan_fwd_tile_kernel(
+    # pointers (B and C in their given layouts: (B, [G,] N, L), L contiguous, or (D, N))
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    # dimensions (dpg: channels per group of B and C)
+    L, dim, dstate, dpg,
+    # strides (the last dimension of u, delta, z, out, B, C is contiguous)
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    # meta-parameters (SAVE_CKPT needs T = the backward's CHUNK: one checkpoint per tile)
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr,
+):
+    """The "tile" forward: T time steps of BLOCK_D channels per iteration, one state at a time.
+
+    Per tile, u, delta, z are loaded once as (BLOCK_D, T) tiles (coalesced along L) and delta
+    gets its bias and softplus once. Then, for each state n (unrolled, N constexpr): a_n =
+    exp(delta A[:, n]), b_n = delta u B[n, :], both (BLOCK_D, T); a 2-D tl.associative_scan
+    along time gives (prod a, h from a zero state); adding (prod a) * carry_n gives h_n
+    at every step; y += h_n C[n, :]. carry_n (the state at the tile's end) lives in column n
+    of a (BLOCK_D, BLOCK_N) register tensor. Every load of a tile is independent of the
+    recurrence, so memory latency overlaps with the arithmetic of the scans (the loop forward
+    waits one latency per time step instead).
+    """
+    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    nblk = tl.cdiv(dpg, BLOCK_D)  # blocks of channels per group
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
+    mask_d = d_in_grp < dpg
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
+    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    offs_t = tl.arange(0, T)  # time inside a tile, (T,)
+    is_last = (offs_t == T - 1)[None, :]  # the tile's last step, (1, T)
+
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)  # (BLOCK_D,)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1): row of u at t = 0
+    dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
+    if HAS_Z:
+        z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    if VARYING_BC:
+        B_base = B_ptr + pid_b * s_B_b + grp * s_B_g  # B[b, g, 0, 0]: state n at + n * s_B_n
+        C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
+    n_tiles = tl.cdiv(L, T)
+    # checkpoints (B, D, n_tiles, N): the state before each tile, for the backward
+    ck_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_tiles) * dstate + offs_n[None, :]
+
+    hc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # carries: the state after each tile
+    for c in range(0, n_tiles):
+        t = c * T + offs_t  # absolute time, (T,)
+        mask_t = t < L
+        mask_dt = mask_d[:, None] & mask_t[None, :]  # (BLOCK_D, T)
+        u = tl.load(u_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        dt = tl.load(dt_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mask_dt, dt, 0.0)  # padded steps: a = 1, b = 0, the state passes through
+        dtu = dt * u
+        if SAVE_CKPT:
+            tl.store(ck_base + c * dstate, hc, mask=mask_dn)
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        for n in tl.static_range(N):
+            sel = (offs_n == n)[None, :]  # column n of the carries, (1, BLOCK_N)
+            A2n = tl.load(A_ptr + offs_d * dstate + n, mask=mask_d, other=0.0) * 1.4426950408889634
+            if VARYING_BC:
+                Bn = tl.load(B_base + n * s_B_n + t, mask=mask_t, other=0.0).to(tl.float32)[None, :]  # (1, T)
+                Cn = tl.load(C_base + n * s_C_n + t, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+            else:
+                Bn = tl.load(B_ptr + offs_d * dstate + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]  # (BLOCK_D, 1)
+                Cn = tl.load(C_ptr + offs_d * dstate + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
+            a = tl.exp2(dt * A2n[:, None])  # exp(delta_t A[d, n]), (BLOCK_D, T)
+            b = dtu * Bn  # delta_t u_t B_t[n], (BLOCK_D, T)
+            aa, bb = tl.associative_scan((a, b), axis=1, combine_fn=_combine_fwd)
+            carry = tl.sum(tl.where(sel, hc, 0.0), axis=1)  # state n before the tile, (BLOCK_D,)
+            h = aa * carry[:, None] + bb  # state n at every step of the tile, (BLOCK_D, T)
+            y += h * Cn
+            h_end = tl.sum(tl.where(is_last, h, 0.0), axis=1)  # (BLOCK_D,)
+            hc = tl.where(sel, h_end[:, None], hc)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
+            y *= zz * tl.sigmoid(zz)
+        tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
+
+
+@triton.jit
 def _selective_scan_bwd_kernel(
     # pointers: inputs
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
@@ -428,6 +523,21 @@ _INTERPRET_PRE = True  # which loop variant the interpreter runs (tests cover bo
 _fwd_kernel_tuned = (_selective_scan_fwd_kernel if _INTERPRET else
                      triton.autotune(_FWD_CONFIGS, key=["dstate", "dpg", "n_seg", "PASS"])(_selective_scan_fwd_kernel))
 
+# (BLOCK_D, T, num_warps) of the tile forward, tried once per (N, D, dtypes) on a GPU. With
+# checkpoints, T is the backward's CHUNK (one checkpoint per tile) and only BLOCK_D, warps vary.
+_TILE_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": t}, num_warps=w)
+                 for bd, t, w in [(4, 128, 4), (8, 128, 4), (8, 256, 8), (16, 64, 4)]]
+_TILE_CKPT_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
+                      for bd, w in [(8, 2), (16, 4), (32, 4), (32, 8)]]
+_tile_kernel_tuned = (None if _INTERPRET else triton.autotune(
+    _TILE_CONFIGS, key=["dstate", "dpg"])(_selective_scan_fwd_tile_kernel))
+_tile_ckpt_kernel_tuned = (None if _INTERPRET else triton.autotune(
+    _TILE_CKPT_CONFIGS, key=["dstate", "dpg", "T"])(_selective_scan_fwd_tile_kernel))
+_INTERPRET_TILE = dict(BLOCK_D=4, T=16)  # the interpreter's tile (several tiles per test)
+
+FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | auto (default): which forward runs
+_FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
+
 
 # ----------------------------------------------------------------------------- wrapper
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -480,8 +590,9 @@ def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
 
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="loop"):
-    """Launch a forward kernel: "loop" (time step by time step, the default) or "assoc"
-    (tl.associative_scan over chunks of time). Returns out, last state, checkpoints."""
+    """Launch a forward kernel: "loop" (time step by time step), "tile" (tiles of T steps,
+    one 2-D associative scan per state) or "assoc" (one 3-D associative scan over chunks of
+    time). Returns out, last state, checkpoints (all three save the same checkpoints)."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     varying = B.dim() > 2
@@ -502,6 +613,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  SOFTPLUS=bool(softplus), VARYING_BC=varying, SAVE_CKPT=save_ckpt,
                  CHUNK=cfg["CHUNK"], BLOCK_N=cfg["BLOCK_N"])
+    if method == "tile":
+        return _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
+                              groups)
     if method == "assoc":
         if not varying:
             B, C = B.contiguous(), C.contiguous()
@@ -542,6 +656,62 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
             grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
             _fwd_kernel_tuned[grid](*args, **flags, PASS=pass_)
     return out, last, (ckpt if save_ckpt else None)
+
+
+def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
+    """Launch the tile forward (arguments prepared by _scan_fwd; flags["CHUNK"] is the
+    checkpoint interval, which becomes the tile length T when checkpoints are saved)."""
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    varying = flags["VARYING_BC"]
+    if varying:
+        sB, sC = _bc_strides(B), _bc_strides(C)
+    else:
+        B, C = B.contiguous(), C.contiguous()
+        sB = sC = (0, 0, 0)
+    flags = dict(flags, N=dstate)
+    chunk = flags.pop("CHUNK")
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt)
+    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
+               zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+    save_ckpt = flags["SAVE_CKPT"]
+    if _INTERPRET:
+        cfg = dict(_INTERPRET_TILE, T=chunk) if save_ckpt else dict(_INTERPRET_TILE)
+        grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
+        _selective_scan_fwd_tile_kernel[grid](*args, length, dim, dstate, dpg, *strides,
+                                              **flags, **cfg, num_warps=1)
+        return out, last, (ckpt if save_ckpt else None)
+    kernel = _tile_ckpt_kernel_tuned if save_ckpt else _tile_kernel_tuned
+    extra = dict(T=chunk) if save_ckpt else {}
+    grid = lambda meta: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz)
+    kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags, **extra)
+    return out, last, (ckpt if save_ckpt else None)
+
+
+def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
+    """"loop" or "tile": MAMBABOOK_SCAN_FORWARD when it names one; with "auto" (the default),
+    on CUDA, both are timed once per shape/dtype key (L rounded up to a power of 2) and the
+    faster is kept; elsewhere (the interpreter) "loop"."""
+    choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("loop", "tile", "auto"):
+        raise ValueError(f"{FORWARD_ENV} must be loop, tile or auto, got {choice!r}")
+    if choice != "auto":
+        return choice
+    if u.device.type != "cuda":
+        return "loop"
+    key = (u.shape[0], u.shape[1], triton.next_power_of_2(u.shape[2]), A.shape[1],
+           tuple(B.shape[1:-2]) if B.dim() > 2 else "DN", u.dtype, delta.dtype, B.dtype,
+           z.dtype if z is not None else None, D is None, delta_bias is None, bool(softplus),
+           save_ckpt, u.device.index)
+    if key not in _FORWARD_CHOICE:
+        from ..bench import time_fn
+
+        args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
+        ms = {m: time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device, warmup_ms=5,
+                         rep_ms=25)
+              for m in ("loop", "tile")}
+        _FORWARD_CHOICE[key] = min(ms, key=ms.get)
+    return _FORWARD_CHOICE[key]
 
 
 def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
@@ -616,8 +786,9 @@ class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
         needs_grad = any(ctx.needs_input_grad[:8])
+        method = _pick_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs_grad)
         out, last, ckpt = _scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    save_ckpt=needs_grad)
+                                    save_ckpt=needs_grad, method=method)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
             ctx.delta_softplus = delta_softplus
