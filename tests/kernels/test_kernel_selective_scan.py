@@ -171,6 +171,82 @@ def test_selective_scan_bad_inputs():
         ss.selective_scan(**{**good, "D": torch.randn(4, device="meta")})
 
 
+# ----------------------------------------------------------------------------- the tile forward
+def tile_forward(mp, block_d=4, tile=16):
+    """Route selective_scan's forward to the tile kernel with the interpreter's (BLOCK_D, T)."""
+    mp.setenv(ss.FORWARD_ENV, "tile")
+    mp.setattr(ss, "_INTERPRET_TILE", dict(BLOCK_D=block_d, T=tile))
+
+
+@settings(max_examples=16, deadline=None)
+@given(
+    bsz=st.integers(1, 2),
+    dim=st.integers(1, 7),
+    length=st.one_of(st.just(1), st.integers(2, 40)),
+    dstate=st.integers(1, 6),
+    layout=st.sampled_from(["BNL", "BGNL", "DN"]),
+    has_D=st.booleans(), has_z=st.booleans(), has_bias=st.booleans(), softplus=st.booleans(),
+    block_d=st.sampled_from([2, 4]), tile=st.sampled_from([4, 8, 16]), grads=st.booleans(),
+)
+def test_selective_scan_tile_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
+                                         has_bias, softplus, block_d, tile, grads):
+    """The tile forward (T steps per iteration, one 2-D associative scan per state, the carry
+    of each state between tiles) equals the ref: out and last state for every layout and
+    option, L = 1, L not a multiple of T, D not a multiple of BLOCK_D. With grads the tile is
+    the backward's CHUNK and the checkpoints it saves feed the (unchanged) backward."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        tile_forward(mp, block_d, tile)
+        mp.setattr(ss, "_config", small_chunks(tile))
+        check_against_ref(inputs, softplus, torch.float32, grads=grads)
+
+
+@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
+def test_selective_scan_tile_checkpoints_equal_loop(layout):
+    """With checkpoints, the tile forward saves the same states (before every CHUNK steps)
+    as the loop forward, and the same out and last state."""
+    inputs = make_inputs(2, 6, 45, 5, layout=layout, groups=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(8))
+        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="tile")
+        want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
+    assert got[2].shape == want[2].shape == (2, 6, 6, 5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **tol(torch.float32))
+
+
+def test_selective_scan_tile_state_size_16():
+    """N = 16 as in Mamba (the unrolled loop over states), D not a multiple of BLOCK_D."""
+    inputs = make_inputs(2, 5, 23, 16)
+    with pytest.MonkeyPatch.context() as mp:
+        tile_forward(mp, 4, 8)
+        check_against_ref(inputs, True, torch.float32, grads=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_tile_half_inputs(dtype):
+    inputs = make_inputs(2, 5, 19, 4, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        tile_forward(mp, 4, 8)
+        mp.setattr(ss, "_config", small_chunks(8))
+        check_against_ref(inputs, True, dtype)
+
+
+def test_selective_scan_forward_choice(monkeypatch):
+    """MAMBABOOK_SCAN_FORWARD picks the forward; auto is "loop" off CUDA; others are refused."""
+    inputs = make_inputs(1, 3, 5, 2, device="cpu")
+    args = (*inputs.values(), True, False)
+    monkeypatch.delenv(ss.FORWARD_ENV, raising=False)
+    assert ss._pick_forward(*args) == "loop"
+    for name in ("loop", "tile"):
+        monkeypatch.setenv(ss.FORWARD_ENV, name)
+        assert ss._pick_forward(*args) == name
+    monkeypatch.setenv(ss.FORWARD_ENV, "fast")
+    with pytest.raises(ValueError, match=ss.FORWARD_ENV):
+        ss.selective_scan(**inputs)
+
+
 # ----------------------------------------------------------------------------- GPU, real sizes
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
@@ -190,6 +266,26 @@ def test_selective_scan_gpu_half(dtype):
 def test_selective_scan_gpu_no_dsz_odd_sizes():
     inputs = make_inputs(3, 97, 1001, 7, has_D=False, has_z=False, has_bias=False, device="cuda")
     check_against_ref(inputs, False, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("forward", ["tile", "auto"])
+@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
+def test_selective_scan_gpu_tile(layout, forward, monkeypatch):
+    """The tile forward (autotuned tiles without autograd, T = CHUNK with it) and the timed
+    choice between the forwards, at real sizes, gradients included."""
+    monkeypatch.setenv(ss.FORWARD_ENV, forward)
+    inputs = make_inputs(2, 768, 2053, 16, layout=layout, groups=4, device="cuda")
+    check_against_ref(inputs, True, torch.float32, grads=False)
+    check_against_ref(inputs, True, torch.float32)
+
+
+@pytest.mark.gpu
+def test_selective_scan_gpu_tile_bf16_odd(monkeypatch):
+    monkeypatch.setenv(ss.FORWARD_ENV, "tile")
+    inputs = make_inputs(3, 97, 1001, 7, has_D=False, has_z=False, has_bias=False,
+                         dtype=torch.bfloat16, device="cuda")
+    check_against_ref(inputs, False, torch.bfloat16, grads=False)
 
 
 @pytest.mark.gpu
