@@ -175,6 +175,8 @@ def _annotate(records: list[Record], B: int, D: int, N: int) -> None:
         L, mode = r.size["L"], r.size["mode"]
         itemsize = torch.empty((), dtype=DTYPES[r.size["dtype"]]).element_size()
         r.extra.update(B=B, D=D, N=N)
+        if r.provider == "triton":  # which forward ran (kernels/selective_scan.py: FORWARD_ENV)
+            r.extra["scan_forward"] = os.environ.get("MAMBABOOK_SCAN_FORWARD", "auto")
         r.extra.update({f"floor_{k}": v for k, v in
                         scan_floor(B, D, L, N, itemsize, mode == "fwd+bwd").items()})
         if r.status == "ok" and r.ms:
