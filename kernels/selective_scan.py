@@ -205,8 +205,13 @@ def _selective_scan_fwd_tile_kernel(
             sel = (offs_n == n)[None, :]  # column n of the carries, (1, BLOCK_N)
             A2n = tl.load(A_ptr + offs_d * dstate + n, mask=mask_d, other=0.0) * 1.4426950408889634
             if VARYING_BC:
-                Bn = tl.load(B_base + n * s_B_n + t, mask=mask_t, other=0.0).to(tl.float32)[None, :]  # (1, T)
-                Cn = tl.load(C_base + n * s_C_n + t, mask=mask_t, other=0.0).to(tl.float32)[None, :]
+                # B[b, g, n, t] for every channel of the block, (BLOCK_D, T): the same T values
+                # in each row (served by L1), loaded straight into the tiles' layout (a (T,)
+                # load would be moved across threads through shared memory, per n)
+                Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                             mask=mask_dt, other=0.0).to(tl.float32)
+                Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                             mask=mask_dt, other=0.0).to(tl.float32)
             else:
                 Bn = tl.load(B_ptr + offs_d * dstate + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]  # (BLOCK_D, 1)
                 Cn = tl.load(C_ptr + offs_d * dstate + n, mask=mask_d, other=0.0).to(tl.float32)[:, None]
@@ -525,10 +530,14 @@ _fwd_kernel_tuned = (_selective_scan_fwd_kernel if _INTERPRET else
 
 # (BLOCK_D, T, num_warps) of the tile forward, tried once per (N, D, dtypes) on a GPU. With
 # checkpoints, T is the backward's CHUNK (one checkpoint per tile) and only BLOCK_D, warps vary.
+# Chosen from SASS compiled for sm_90 (no GPU run yet): loads of 16 bytes put 4 (fp32) or 8
+# (bf16) consecutive steps in each thread, a warp spans T/4 or T/8 lanes, so the scan's shuffles
+# grow with log2(T); with 8 values per thread a (state, step) costs ~24-28 instructions, with 4
+# ~29-35; T = 256 spreads a row over 2 warps (shared-memory scan: excluded).
 _TILE_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": t}, num_warps=w)
-                 for bd, t, w in [(4, 128, 4), (8, 128, 4), (8, 256, 8), (16, 64, 4)]]
+                 for bd, t, w in [(32, 32, 4), (16, 32, 2), (16, 64, 4), (8, 128, 4)]]
 _TILE_CKPT_CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
-                      for bd, w in [(8, 2), (16, 4), (32, 4), (32, 8)]]
+                      for bd, w in [(16, 2), (32, 4), (16, 4), (32, 8)]]
 _tile_kernel_tuned = (None if _INTERPRET else triton.autotune(
     _TILE_CONFIGS, key=["dstate", "dpg"])(_selective_scan_fwd_tile_kernel))
 _tile_ckpt_kernel_tuned = (None if _INTERPRET else triton.autotune(
