@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..bench import Record, peak_memory, suite, synchronize, time_fn
+from ..bench import Record, one_cpu_thread, peak_memory, suite, synchronize, time_fn
 
 
 @dataclass
@@ -103,7 +103,7 @@ def ssm_state_step(state, x_t: torch.Tensor, W: dict, shape: DecoderShape) -> to
     return h
 
 
-def measure_generation_memory(contexts, shape: DecoderShape, device, *, min_run_time=0.1):
+def measure_generation_memory(contexts, shape: DecoderShape, device, *, min_run_time=0.2):
     """Records for attention (KV cache) and Mamba (fixed state) at each context length."""
     W = _weights(shape, device)
     records = []
@@ -121,7 +121,8 @@ def measure_generation_memory(contexts, shape: DecoderShape, device, *, min_run_
                 tensors = cache if isinstance(cache, tuple) else (cache,)
                 held = sum(t.numel() * t.element_size() for t in tensors)
                 decode = functools.partial(step, cache, x_t, W, shape)
-                ms = time_fn(decode, device, min_run_time=min_run_time)
+                with one_cpu_thread(device):  # small ops: one thread times steadier on a CPU
+                    ms = time_fn(decode, device, min_run_time=min_run_time)
                 step_peak = peak_memory(decode, device)
                 records.append(Record("generation_memory", name, {"L": L}, ms, held, extra={
                     "bytes_per_sequence": held / shape.batch, "step_peak_bytes": step_peak,
