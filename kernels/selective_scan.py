@@ -8,6 +8,10 @@ their maps h -> exp(A S) h + H (two passes), so nothing of size (B, D, L, N) rea
 `selective_scan_assoc` is the other forward: a `tl.associative_scan` over chunks of time.
 Backward: per chunk, in reverse, recompute the states from checkpoints (B, D, L/CHUNK, N)
 with an associative scan and the state gradient with a reverse one.
+The "tile" forward loads T steps of BLOCK_D channels at once and runs one 2-D associative
+scan per state n over the tile (the carry between tiles in registers); it saves the same
+checkpoints (then T = CHUNK). MAMBABOOK_SCAN_FORWARD=loop|tile|auto picks the forward that
+selective_scan runs; auto (the default) times both once per shape on CUDA.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+import warnings
 
 import torch
 import triton
@@ -716,9 +721,16 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
         from ..bench import time_fn
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
-        ms = {m: time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device, warmup_ms=5,
-                         rep_ms=25)
-              for m in ("loop", "tile")}
+        ms = {}
+        for m in ("loop", "tile"):
+            try:
+                ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,
+                                warmup_ms=5, rep_ms=25)
+            except Exception as err:  # noqa: BLE001 - the tile must never break "auto"
+                if m == "loop":
+                    raise
+                warnings.warn(f"selective_scan: the tile forward failed ({type(err).__name__}: "
+                              f"{str(err)[:200]}); using the loop forward", stacklevel=3)
         _FORWARD_CHOICE[key] = min(ms, key=ms.get)
     return _FORWARD_CHOICE[key]
 
@@ -819,6 +831,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     with N <= 64; B, C: (B, N, L), (B, G, N, L) or (D, N); D, delta_bias: (D,). Returns out
     (B, D, L) in u's dtype, and with return_last_state the state h_L: (B, D, N) in float32.
     Same semantics as mambabook.selective.selective_scan_ref; differentiable in every input.
+    The forward kernel: environment variable MAMBABOOK_SCAN_FORWARD = loop, tile or auto.
     """
     _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
