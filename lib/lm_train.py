@@ -148,8 +148,8 @@ def train(cfg: TrainConfig, device=None, corpus=None, progress: bool = True) -> 
             curve["val_loss"].append(evaluate(model, val_batches))
             curve["val_seconds"].append(elapsed)
             bar.set_postfix(loss=f"{loss_value:.3f}", val=f"{curve['val_loss'][-1]:.3f}")
-        if last:
-            break
+        if last and step + 1 < cfg.steps:  # stopped early by max_seconds
+            break  # (a break on the final step would leave the progress bar one short, in red)
     bar.close()
     return {"model": model, "config": asdict(cfg), "params": count_parameters(model),
             "model_config": asdict(model.cfg), "curve": curve, "device": str(device),
