@@ -123,6 +123,18 @@ def one_cpu_thread(device: torch.device | str | None = None):
         torch.set_num_threads(before)
 
 
+def describe(info: dict | None = None) -> str:
+    """One line from a provenance dict (default: this device now), for chapter outputs."""
+    info = info if info is not None else provenance()
+    parts = [info["device"], f"torch {info['torch']}"]
+    if info.get("triton"):
+        parts.append(f"triton {info['triton']}")
+    if info.get("device_type") == "cpu":
+        parts.append(f"{info.get('cpu_threads')} thread(s)")
+    parts += [info["date"][:16].replace("T", " ") + " UTC", f"commit {info.get('commit') or 'unknown'}"]
+    return " | ".join(parts)
+
+
 def synchronize(device: torch.device | str | None = None) -> None:
     device = torch.device(device) if device is not None else default_device()
     if device.type == "cuda":

@@ -5,6 +5,7 @@ Scaling plots are log-log with the fitted slope in the legend; axes carry units.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
@@ -18,12 +19,18 @@ PALETTE = {
 }
 
 
-def color_for(name: str) -> str | None:
+FALLBACK = ["#30638e", "#edae49", "#66a182", "#8d5a97", "#d1495b", "#00798c", "#6c757d",
+            "#b5651d", "#2e4057", "#a23b72"]
+
+
+def color_for(name: str) -> str:
+    """The provider's colour: by keyword, else a fixed pick from its name, so that the same
+    provider has the same colour in a live run and a recorded one."""
     key = name.lower()
     for k, c in PALETTE.items():
         if k in key:
             return c
-    return None
+    return FALLBACK[zlib.crc32(key.encode()) % len(FALLBACK)]
 
 
 def new_axes(width: float = 6.0, height: float = 3.6, **kw):
