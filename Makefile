@@ -34,8 +34,11 @@ book: $(STAMP) widget-js
 serve:
 	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
 
+# JupyterLab opens the MyST chapters as notebooks (jupytext's default-viewer setting).
 lab: $(STAMP)
 	$(PY) -m pip install -q jupyterlab
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}' > $(VENV)/share/jupyter/lab/settings/overrides.json
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=chapters
 
 lint: $(STAMP)
