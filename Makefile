@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 SCRATCH := .scratch
 CHAPTERS := $(wildcard chapters/*.md)
 PORT ?= 8000
+LAB_PORT ?= 8888
 # Triton kernels run on the CPU through Triton's interpreter when no GPU is present.
 export TRITON_INTERPRET ?= $(shell python3 -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && echo 0 || echo 1)
 export PYTHONHASHSEED := 0
@@ -39,7 +40,7 @@ lab: $(STAMP)
 	$(PY) -m pip install -q jupyterlab
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	echo '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}' > $(VENV)/share/jupyter/lab/settings/overrides.json
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --notebook-dir=chapters
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) --no-browser --notebook-dir=chapters $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib kernels tests tools benchmarks _ext
