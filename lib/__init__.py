@@ -1,7 +1,8 @@
 """mambabook: the library behind "Mamba vs Transformer".
 
 Modules are named after what they compute: rnn, attention, ssm, selective, scan, models,
-tasks; `bench` is the one timing harness; `widgets` are thin views over pure functions.
+tasks, corpus, lm_train; `bench` is the one timing harness; `widgets` are thin views over
+pure functions; `kernels` holds the Triton kernels.
 Submodules are imported lazily so that `import mambabook` stays cheap.
 """
 
@@ -10,8 +11,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "attention", "bench", "checks", "models", "plotting", "rnn", "scan", "selective",
-    "ssm", "tasks", "widgets", "kernels", "suites",
+    "attention", "bench", "checks", "corpus", "kernels", "lm_train", "models", "plotting",
+    "rnn", "scan", "selective", "ssm", "suites", "tasks", "widgets",
 }
 
 
