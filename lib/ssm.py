@@ -48,14 +48,20 @@ def _raise_if_unstable(worst: float, name: str, what: str) -> None:
                          f"part {worst:.3g}: x' = Ax would grow without bound")
 
 
-def _check_dense(A, B) -> tuple[int, int]:
-    check_tensor("A", A, 2, dtypes=_ANY, dims="(N, N)")
+def _check_square_and_input(A, B, a_name: str, b_name: str) -> tuple[int, int]:
+    """A: (N, N) and B: (N, M) under the given names; returns (N, M)."""
+    check_tensor(a_name, A, 2, dtypes=_ANY, dims="(N, N)")
     n = A.shape[0]
     if A.shape[1] != n:
-        raise ValueError(f"A must have shape (N, N), got shape {tuple(A.shape)}")
-    check_tensor("B", B, 2, dtypes=_ANY, shape=(n, None), dims="(N, M)")
-    check_stable(A)
+        raise ValueError(f"{a_name} must have shape (N, N), got shape {tuple(A.shape)}")
+    check_tensor(b_name, B, 2, dtypes=_ANY, shape=(n, None), dims="(N, M)")
     return n, B.shape[1]
+
+
+def _check_dense(A, B) -> tuple[int, int]:
+    shape = _check_square_and_input(A, B, "A", "B")
+    check_stable(A)
+    return shape
 
 
 # ----------------------------------------------------------------------------- dense A
@@ -209,7 +215,7 @@ def ssm_kernel(Ab, Bb, C, L: int):
 
     Ab: (N, N), Bb: (N, M), C: (P, N) -> K: (P, M, L).
     """
-    n, _ = _check_dense_discrete(Ab, Bb)
+    n, _ = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_positive_int("L", L)
     ks, x = [], Bb  # (N, M): Ab^k Bb
@@ -233,21 +239,12 @@ def ssm_kernel_diag(Ab, Bb, C, L: int):
     return K.real if K.is_complex() else K
 
 
-def _check_dense_discrete(Ab, Bb) -> tuple[int, int]:
-    check_tensor("Ab", Ab, 2, dtypes=_ANY, dims="(N, N)")
-    n = Ab.shape[0]
-    if Ab.shape[1] != n:
-        raise ValueError(f"Ab must have shape (N, N), got shape {tuple(Ab.shape)}")
-    check_tensor("Bb", Bb, 2, dtypes=_ANY, shape=(n, None), dims="(N, M)")
-    return n, Bb.shape[1]
-
-
 def ssm_recurrent(Ab, Bb, C, u):
     """The recurrent view: x_k = Ab x_{k-1} + Bb u_k, y_k = C x_k, x_{-1} = 0.
 
     Ab: (N, N), Bb: (N, M), C: (P, N), u: (B, M, L) -> y: (B, P, L).
     """
-    n, m = _check_dense_discrete(Ab, Bb)
+    n, m = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_tensor("u", u, 3, shape=(None, m, None), dims="(B, M, L)")
     x = u.new_zeros(u.shape[0], n, dtype=torch.result_type(Ab, u))  # (B, N)
