@@ -66,6 +66,20 @@ def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
     return M.repeat_interleave(dim // M.shape[1], dim=1)
 
 
+def step_sizes(delta, delta_bias=None, delta_softplus=False):
+    """delta (B, D, L) -> float32 (B, D, L): plus delta_bias (D,), then softplus if asked."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def skip_and_gate(y, u, D=None, z=None):
+    """The scan's epilogue on (B, D, L) float32 tensors: y + D u, then times silu(z)."""
+    out = y if D is None else y + u * D.float()[:, None]
+    return out if z is None else out * F.silu(z.float())
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        delta_softplus=False, return_last_state=False):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z).
@@ -76,11 +90,8 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     """
     _, dim, length, _, _ = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
     dtype_in = u.dtype
-    u, delta, A = u.float(), delta.float(), A.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, A = u.float(), A.float()
+    delta = step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L) float32
     # (L, B, D, N) layouts: the loop below reads one contiguous (B, D, N) slab per step
     deltaA = torch.exp(torch.einsum("bdl,dn->lbdn", delta, A)).contiguous()  # (L, B, D, N)
     if B.dim() == 2:
@@ -106,10 +117,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         else:
             hg = h.view(bsz, Cf.shape[2], -1, dstate)  # (B, G, D/G, N)
             ys.append((hg * C_t[t]).sum(-1).reshape(bsz, dim))  # (B, D)
-    y = torch.stack(ys, dim=2)  # (B, D, L)
-    out = y if D is None else y + u * D.float()[:, None]
-    if z is not None:
-        out = out * F.silu(z.float())
+    out = skip_and_gate(torch.stack(ys, dim=2), u, D, z)  # (B, D, L)
     out = out.to(dtype_in)
     return (out, h) if return_last_state else out
 

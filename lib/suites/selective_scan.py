@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..bench import Record, save, suite, sweep
-from ..selective import selective_scan_ref, selective_state_update_ref
+from ..selective import selective_scan_ref, selective_state_update_ref, skip_and_gate, step_sizes
 
 HBM_BYTES_PER_S = 4.2e12  # H200 HBM3e, what a large device-to-device copy reaches (~4.2-4.3 TB/s)
 EXP_PER_S = 3.9e12  # H200 special-function unit: 132 SMs x 16 ex2 per clock x ~1.9 GHz
@@ -64,23 +64,15 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     """The naive PyTorch loop: one (B, D, N) update per step, nothing of size (B, D, L, N).
     B, C: (B, N, L)."""
     dtype_in = u.dtype
-    u, delta, A = u.float(), delta.float(), A.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, A = u.float(), A.float()
+    delta = step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L) float32
     h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])  # (B, D, N)
     ys = []
     for t in range(u.shape[2]):
         d_t = delta[:, :, t, None]  # (B, D, 1)
         h = torch.exp(d_t * A) * h + d_t * B[:, None, :, t].float() * u[:, :, t, None]
         ys.append((h * C[:, None, :, t].float()).sum(-1))  # (B, D)
-    y = torch.stack(ys, dim=2)  # (B, D, L)
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype_in)
+    return skip_and_gate(torch.stack(ys, dim=2), u, D, z).to(dtype_in)  # (B, D, L)
 
 
 def selective_scan_chunked_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None,
@@ -90,20 +82,13 @@ def selective_scan_chunked_torch(u, delta, A, B, C, D=None, z=None, delta_bias=N
     from ..scan import scan_chunked
 
     dtype_in = u.dtype
-    u, delta = u.float(), delta.float()
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u = u.float()
+    delta = step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L) float32
     a = torch.exp(delta[:, :, None, :] * A.float()[None, :, :, None])  # (B, D, N, L)
     b = (delta * u)[:, :, None, :] * B.float()[:, None, :, :]  # (B, D, N, L)
     h = scan_chunked(a, b)  # (B, D, N, L)
     y = torch.einsum("bdnl,bnl->bdl", h, C.float())
-    if D is not None:
-        y = y + u * D.float()[:, None]
-    if z is not None:
-        y = y * F.silu(z.float())
-    return y.to(dtype_in)
+    return skip_and_gate(y, u, D, z).to(dtype_in)
 
 
 def _mamba_ssm_fn():
