@@ -22,7 +22,7 @@ import time
 
 import torch
 
-import mambabook.kernels.selective_scan as ss
+import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance, time_fn
 from mambabook.suites.selective_scan import (
     DTYPES,

@@ -2,7 +2,7 @@
 """Time a few block configurations of the selective-scan kernels on the GPU (chapter 7).
 
 Run on the H200 by benchmarks/gpu_selective_scan.sh; prints a table and writes JSON. The
-chosen configuration goes into kernels/selective_scan.py:_config. Timing: mambabook.bench.
+chosen configuration goes into kernels/selective_scan_kernel.py:_config. Timing: mambabook.bench.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 
 import torch
 
-import mambabook.kernels.selective_scan as ss
+import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance, time_fn
 from mambabook.suites.selective_scan import SHAPE, make_scan_inputs, scan_floor
 

@@ -129,7 +129,7 @@ def _sdpa_call(B, H, P, device):
 
 def scan_providers(mode: str, dtype: str, L_max_loop: int, device, B: int, D: int, N: int):
     """[(name, make, largest L to run)] for one (mode, dtype)."""
-    from ..kernels.selective_scan import selective_scan, selective_scan_assoc
+    from ..kernels.selective_scan_kernel import selective_scan, selective_scan_assoc
 
     bwd = mode == "fwd+bwd"
     out = [("triton", _scan_call(selective_scan, bwd, B, D, N, device), None)]
@@ -160,7 +160,7 @@ def _annotate(records: list[Record], B: int, D: int, N: int) -> None:
         L, mode = r.size["L"], r.size["mode"]
         itemsize = torch.empty((), dtype=DTYPES[r.size["dtype"]]).element_size()
         r.extra.update(B=B, D=D, N=N)
-        if r.provider == "triton":  # which forward ran (kernels/selective_scan.py: FORWARD_ENV)
+        if r.provider == "triton":  # which forward ran (kernels/selective_scan_kernel.py: FORWARD_ENV)
             r.extra["scan_forward"] = os.environ.get("MAMBABOOK_SCAN_FORWARD", "auto")
         r.extra.update({f"floor_{k}": v for k, v in
                         scan_floor(B, D, L, N, itemsize, mode == "fwd+bwd").items()})
@@ -209,7 +209,7 @@ def state_update_floor(B: int, D: int, N: int, state_itemsize: int = 4, itemsize
 
 @suite("selective_state_update")
 def selective_state_update_suite(quick: bool, device, progress: bool = False) -> list[Record]:
-    from ..kernels.selective_state_update import selective_state_update
+    from ..kernels.state_update_kernel import selective_state_update
 
     gpu = torch.device(device).type == "cuda" and not quick
     B, D, N = (128, 5120, 16) if gpu else (4, 64, 16)

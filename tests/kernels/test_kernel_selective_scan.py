@@ -21,7 +21,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mambabook.kernels  # noqa: E402
-import mambabook.kernels.selective_scan as ss  # noqa: E402
+import mambabook.kernels.selective_scan_kernel as ss  # noqa: E402
 from mambabook.selective import selective_scan_ref  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

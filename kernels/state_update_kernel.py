@@ -7,14 +7,12 @@ place: the conventions of `mambabook.selective.selective_state_update_ref` and m
 
 from __future__ import annotations
 
-import sys
-import types
-
 import torch
 import triton
 import triton.language as tl
 
 from ..selective import check_state_update_args
+from . import check_runnable
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
@@ -69,6 +67,7 @@ def _selective_state_update_kernel(
 def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
     """Validate the step's inputs; returns (batch, dim, N, groups) with groups 1 for (B, N)."""
     bsz, dim, dstate = check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
+    check_runnable("state", state)
     for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
                     ("D", D), ("z", z), ("dt_bias", dt_bias)):
         if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
@@ -106,14 +105,3 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     )
     return out
 
-
-class _CallableModule(types.ModuleType):
-    """`mambabook.kernels.selective_state_update` names both this module and its function:
-    the package's lazy loader leaves the module bound to that name, so calling it calls the
-    function."""
-
-    def __call__(self, *args, **kwargs):
-        return selective_state_update(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -17,8 +17,6 @@ selective_scan runs; auto (the default) times both once per shape on CUDA.
 from __future__ import annotations
 
 import os
-import sys
-import types
 import warnings
 
 import torch
@@ -26,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ..selective import check_selective_scan_args
+from . import check_runnable
 
 MAX_DSTATE = 64  # largest N the kernels support (registers hold BLOCK_D x N x CHUNK)
 LOG2E = 1.4426950408889634
@@ -582,6 +581,7 @@ def _segments(recurrences: int, length: int, chunk: int) -> tuple[int, int]:
 def _check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
     """Checks beyond check_selective_scan_args: dtypes, contiguity, N the kernel supports."""
     bsz, dim, length, dstate, groups = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    check_runnable("u", u)
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
         if t is None:
             continue
@@ -838,14 +838,3 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
                                       return_last_state)
     return (out, last) if return_last_state else out
 
-
-class _CallableModule(types.ModuleType):
-    """`mambabook.kernels.selective_scan` names both this module and its function: the
-    package's lazy loader leaves the module bound to that name, so calling it calls the
-    function."""
-
-    def __call__(self, *args, **kwargs):
-        return selective_scan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
