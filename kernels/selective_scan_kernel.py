@@ -10,8 +10,10 @@ Backward: per chunk, in reverse, recompute the states from checkpoints (B, D, L/
 with an associative scan and the state gradient with a reverse one.
 The "tile" forward loads T steps of BLOCK_D channels at once and runs one 2-D associative
 scan per state n over the tile (the carry between tiles in registers); it saves the same
-checkpoints (then T = CHUNK). MAMBABOOK_SCAN_FORWARD=loop|tile|auto picks the forward that
-selective_scan runs; auto (the default) times both once per shape on CUDA.
+checkpoints (then T = CHUNK). The "rows" forward keeps each channel's T steps (one 16-byte
+load) in one thread, so its scan is a sequential loop in registers, with no shuffles.
+MAMBABOOK_SCAN_FORWARD=loop|tile|rows|auto picks the forward that selective_scan runs; auto
+(the default) times the three once per shape on CUDA.
 """
 
 from __future__ import annotations
@@ -233,6 +235,112 @@ def _selective_scan_fwd_tile_kernel(
             zz = tl.load(z_base + t[None, :], mask=mask_dt, other=0.0).to(tl.float32)
             y *= zz * tl.sigmoid(zz)
         tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=mask_dt)
+    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
+
+
+@triton.jit
+def _selective_scan_fwd_rows_kernel(
+    # pointers and strides as in the tile forward
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    L, dim, dstate, dpg,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr, EVEN: tl.constexpr,
+):
+    """The "rows" forward: the tile forward with each thread owning whole rows of a tile.
+
+    T is one 16-byte load (4 fp32 or 8 bf16 steps), so the compiler keeps a row's T steps in
+    one thread and the scan along them is a plain sequential loop in registers: no shuffles
+    (the tile forward spends about half its instructions on them). The state entering the
+    tile is folded into the first step (b_0 += a_0 h), A is loaded once, and the next tile's
+    u, delta, z are loaded before this tile's arithmetic. With EVEN (L a multiple of T, the
+    channels a multiple of BLOCK_D) no load or store is masked. SAVE_CKPT stores the state
+    every CHUNK steps (CHUNK a multiple of T): the loop forward's checkpoints.
+    """
+    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    nblk = tl.cdiv(dpg, BLOCK_D)
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = d_in_grp < dpg
+    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    offs_t = tl.arange(0, T)
+    is_first = (offs_t == 0)[None, :]
+    is_last = (offs_t == T - 1)[None, :]
+    dn_offs = offs_d[:, None] * dstate + offs_n[None, :]  # into (D, N)
+    A2 = tl.load(A_ptr + dn_offs, mask=mask_dn, other=0.0) * 1.4426950408889634
+    if not VARYING_BC:
+        Bc = tl.load(B_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+        Cc = tl.load(C_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
+    u_base = u_ptr + pid_b * s_u_b + offs_d[:, None] * s_u_d  # (BLOCK_D, 1)
+    dt_base = delta_ptr + pid_b * s_dt_b + offs_d[:, None] * s_dt_d
+    z_base = z_ptr + pid_b * s_z_b + offs_d[:, None] * s_z_d
+    o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
+    B_base = B_ptr + pid_b * s_B_b + grp * s_B_g  # B[b, g, 0, 0] (time-varying B only)
+    C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
+    n_tiles = tl.cdiv(L, T)
+    ck_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK)) * dstate + offs_n[None, :]
+    hc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state after each tile
+    # tile 0's loads; every iteration then loads the next tile before its arithmetic
+    m0 = mask_d[:, None] & (offs_t < L)[None, :]
+    u_nx = tl.load(u_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    dt_nx = tl.load(dt_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    if HAS_Z:
+        z_nx = tl.load(z_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    for c in range(0, n_tiles):
+        t = c * T + offs_t
+        mask_dt = mask_d[:, None] & (t < L)[None, :]
+        u = u_nx.to(tl.float32)
+        dt = dt_nx.to(tl.float32)
+        if HAS_Z:
+            zz = z_nx.to(tl.float32)
+        tn = ((c + 1) % n_tiles) * T + offs_t  # after the last tile: tile 0 again (unused)
+        mn = mask_d[:, None] & (tn < L)[None, :]
+        u_nx = tl.load(u_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
+        dt_nx = tl.load(dt_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
+        if HAS_Z:
+            z_nx = tl.load(z_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
+        if HAS_BIAS:
+            dt += bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        if not EVEN:
+            dt = tl.where(mask_dt, dt, 0.0)  # padded steps: a = 1, b = 0
+        dtu = dt * u
+        if SAVE_CKPT:
+            if (c * T) % CHUNK == 0:
+                tl.store(ck_base + ((c * T) // CHUNK) * dstate, hc, mask=mask_dn)
+        y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+        for n in tl.static_range(N):
+            sel = (offs_n == n)[None, :]  # column n of the (BLOCK_D, BLOCK_N) tensors
+            A2n = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # in-thread: a register pick
+            if VARYING_BC:
+                Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                             mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+                Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                             mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+            else:
+                Bn = tl.sum(tl.where(sel, Bc, 0.0), axis=1)[:, None]
+                Cn = tl.sum(tl.where(sel, Cc, 0.0), axis=1)[:, None]
+            a = tl.exp2(dt * A2n[:, None])  # (BLOCK_D, T)
+            carry = tl.sum(tl.where(sel, hc, 0.0), axis=1)  # state n entering the tile
+            b = tl.where(is_first, a * carry[:, None], 0.0) + dtu * Bn
+            _, h = tl.associative_scan((a, b), axis=1, combine_fn=_combine_fwd)
+            y += h * Cn
+            hc = tl.where(sel, tl.sum(tl.where(is_last, h, 0.0), axis=1)[:, None], hc)
+        if HAS_D:
+            y += Dv[:, None] * u
+        if HAS_Z:
+            y *= zz * tl.sigmoid(zz)
+        tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mask_dt)
     tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
 
 
@@ -548,7 +656,19 @@ _tile_ckpt_kernel_tuned = (None if _INTERPRET else triton.autotune(
     _TILE_CKPT_CONFIGS, key=["dstate", "dpg", "T"])(_selective_scan_fwd_tile_kernel))
 _INTERPRET_TILE = dict(BLOCK_D=4, T=16)  # the interpreter's tile (several tiles per test)
 
-FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | auto (default): which forward runs
+# (BLOCK_D, T, num_warps) of the rows forward: T is one 16-byte load (4 fp32, 8 bf16/fp16
+# steps). Measured on the H200 at B=8, D=1536, N=16, L=4096 (.scratch sweeps, 2026-11-28):
+# fp32 (64, 4, 1) 1.63 ms, (32, 4, 1) 2.03, (128, 4, 2) 2.04; bf16 (64, 8, 2) 1.04 ms (the
+# tile forward, 0.84 ms, stays faster there: one thread per row leaves too few warps).
+_ROWS_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": t}, num_warps=w)
+                 for bd, t, w in [(64, 4, 1), (32, 4, 1), (128, 4, 2), (64, 8, 2), (32, 8, 1)]]
+_rows_kernel_tuned = (None if _INTERPRET else triton.autotune(
+    _ROWS_CONFIGS, key=["dstate", "dpg", "CHUNK"])(triton.heuristics(
+        {"EVEN": lambda a: a["L"] % a["T"] == 0 and a["dpg"] % a["BLOCK_D"] == 0})(
+            _selective_scan_fwd_rows_kernel)))
+_INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
+
+FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | auto (default): which forward runs
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
 
 
@@ -605,8 +725,9 @@ def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
 
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="loop"):
     """Launch a forward kernel: "loop" (time step by time step), "tile" (tiles of T steps,
-    one 2-D associative scan per state) or "assoc" (one 3-D associative scan over chunks of
-    time). Returns out, last state, checkpoints (all three save the same checkpoints)."""
+    one 2-D associative scan per state), "rows" (tiles of one 16-byte load per thread and
+    row) or "assoc" (one 3-D associative scan over chunks of time). Returns out, last
+    state, checkpoints (all four save the same checkpoints)."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     varying = B.dim() > 2
@@ -629,6 +750,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
                  CHUNK=cfg["CHUNK"], BLOCK_N=cfg["BLOCK_N"])
     if method == "tile":
         return _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
+                              groups)
+    if method == "rows":
+        return _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                               groups)
     if method == "assoc":
         if not varying:
@@ -702,13 +826,37 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     return out, last, (ckpt if save_ckpt else None)
 
 
+def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
+    """Launch the rows forward (arguments prepared by _scan_fwd; checkpoints every CHUNK)."""
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    if flags["VARYING_BC"]:
+        sB, sC = _bc_strides(B), _bc_strides(C)
+    else:
+        B, C = B.contiguous(), C.contiguous()
+        sB = sC = (0, 0, 0)
+    flags = dict(flags, N=dstate)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
+            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+    if _INTERPRET:
+        cfg = _INTERPRET_ROWS
+        even = length % cfg["T"] == 0 and dpg % cfg["BLOCK_D"] == 0
+        grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
+        _selective_scan_fwd_rows_kernel[grid](*args, **flags, **cfg, EVEN=even, num_warps=1)
+    else:
+        grid = lambda meta: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz)
+        _rows_kernel_tuned[grid](*args, **flags)
+    return out, last, (ckpt if flags["SAVE_CKPT"] else None)
+
+
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
-    """"loop" or "tile": MAMBABOOK_SCAN_FORWARD when it names one; with "auto" (the default),
-    on CUDA, both are timed once per shape/dtype key (L rounded up to a power of 2) and the
-    faster is kept; elsewhere (the interpreter) "loop"."""
+    """"loop", "tile" or "rows": MAMBABOOK_SCAN_FORWARD when it names one; with "auto" (the
+    default), on CUDA, the three are timed once per shape/dtype key (L rounded up to a power
+    of 2) and the fastest is kept; elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("loop", "tile", "auto"):
-        raise ValueError(f"{FORWARD_ENV} must be loop, tile or auto, got {choice!r}")
+    if choice not in ("loop", "tile", "rows", "auto"):
+        raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows or auto, got {choice!r}")
     if choice != "auto":
         return choice
     if u.device.type != "cuda":
@@ -722,14 +870,14 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
         ms = {}
-        for m in ("loop", "tile"):
+        for m in ("loop", "tile", "rows"):
             try:
                 ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,
                                 warmup_ms=5, rep_ms=25)
-            except Exception as err:  # noqa: BLE001 - the tile must never break "auto"
+            except Exception as err:  # noqa: BLE001 - tile/rows must never break "auto"
                 if m == "loop":
                     raise
-                warnings.warn(f"selective_scan: the tile forward failed ({type(err).__name__}: "
+                warnings.warn(f"selective_scan: the {m} forward failed ({type(err).__name__}: "
                               f"{str(err)[:200]}); using the loop forward", stacklevel=3)
         _FORWARD_CHOICE[key] = min(ms, key=ms.get)
     return _FORWARD_CHOICE[key]

@@ -230,13 +230,57 @@ def test_selective_scan_tile_half_inputs(dtype):
         check_against_ref(inputs, True, dtype)
 
 
+# ----------------------------------------------------------------------------- the rows forward
+@settings(max_examples=12, deadline=None)
+@given(**CASES, block_d=st.sampled_from([2, 4]), tile=st.sampled_from([2, 4]),
+       grads=st.booleans())
+def test_selective_scan_rows_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
+                                         has_bias, softplus, block_d, tile, grads):
+    """The rows forward (a row's T steps in one thread, the state folded into the first step,
+    the next tile loaded first) equals the ref for every layout and option, with and without
+    masks (L or D not a multiple of the tile), and its checkpoints feed the backward."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.FORWARD_ENV, "rows")
+        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=block_d, T=tile))
+        mp.setattr(ss, "_config", small_chunks(4))
+        check_against_ref(inputs, softplus, torch.float32, grads=grads)
+
+
+@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
+@pytest.mark.parametrize("length", [45, 48])
+def test_selective_scan_rows_checkpoints_equal_loop(layout, length):
+    """The rows forward saves the loop forward's checkpoints (the state before every CHUNK
+    steps), out and last state, masked (L = 45) and unmasked (L = 48, D = 6 = 3 blocks of 2)."""
+    inputs = make_inputs(2, 6, length, 5, layout=layout, groups=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(8))
+        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=2, T=4))
+        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="rows")
+        want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
+    assert got[2].shape == want[2].shape == (2, 6, 6, 5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_rows_half_inputs(dtype):
+    inputs = make_inputs(2, 5, 19, 16, dtype=dtype)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.FORWARD_ENV, "rows")
+        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=4, T=8))
+        mp.setattr(ss, "_config", small_chunks(8))
+        check_against_ref(inputs, True, dtype)
+
+
 def test_selective_scan_forward_choice(monkeypatch):
     """MAMBABOOK_SCAN_FORWARD picks the forward; auto is "loop" off CUDA; others are refused."""
     inputs = make_inputs(1, 3, 5, 2, device="cpu")
     args = (*inputs.values(), True, False)
     monkeypatch.delenv(ss.FORWARD_ENV, raising=False)
     assert ss._pick_forward(*args) == "loop"
-    for name in ("loop", "tile"):
+    for name in ("loop", "tile", "rows"):
         monkeypatch.setenv(ss.FORWARD_ENV, name)
         assert ss._pick_forward(*args) == name
     monkeypatch.setenv(ss.FORWARD_ENV, "fast")
@@ -266,7 +310,7 @@ def test_selective_scan_gpu_no_dsz_odd_sizes():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("forward", ["tile", "auto"])
+@pytest.mark.parametrize("forward", ["tile", "rows", "auto"])
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
 def test_selective_scan_gpu_tile(layout, forward, monkeypatch):
     """The tile forward (autotuned tiles without autograd, T = CHUNK with it) and the timed
