@@ -45,7 +45,7 @@ def main():
         ref = selective_state_update_ref(s2, **x, dt_softplus=True)
         err = float(max((out - ref).abs().max(), (s1 - s2).abs().max()))
         state = state0.clone()
-        step = lambda: su.selective_state_update(state, **x, dt_softplus=True)
+        step = lambda state=state: su.selective_state_update(state, **x, dt_softplus=True)
         eager = time_fn(step, dev)
         step()
         torch.cuda.synchronize()
