@@ -19,71 +19,49 @@ MAX_DSTATE = 256  # largest N the kernel supports
 
 @triton.jit
 def _selective_state_update_kernel(
+    # pointers
     state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
-    bsz, dim, dstate, dpg,
+    # dimensions
+    dim, dstate, dpg,
+    # strides
     s_h_b, s_h_d, s_h_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
+    # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: BLOCK_D channels of ROWS batch rows; A, D and dt_bias are loaded once
-    for the ROWS rows (the state is the only large tensor: read once, written once)."""
     pid_d = tl.program_id(0)  # block of channels
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # channel indices, (BLOCK_D,)
     mask_d = offs_d < dim
     offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
     grp = offs_d // dpg  # group of each channel, (BLOCK_D,)
-    A2 = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn,
-                 other=0.0).to(tl.float32) * 1.4426950408889634  # exp(dt A) = exp2(dt A2)
-    if HAS_D:
-        Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+
+    h_ptrs = state_ptr + pid_b * s_h_b + offs_d[:, None] * s_h_d + offs_n[None, :] * s_h_n
+    h = tl.load(h_ptrs, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    for r in range(ROWS):
-        b = tl.program_id(1).to(tl.int64) * ROWS + r  # batch row
-        m_d = mask_d & ((offs_d * 0 + b) < bsz)  # (BLOCK_D,): channels of a real row
-        m_dn = m_d[:, None] & mask_n[None, :]
-        h_ptrs = state_ptr + b * s_h_b + offs_d[:, None] * s_h_d + offs_n[None, :] * s_h_n
-        h = tl.load(h_ptrs, mask=m_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
-        x = tl.load(x_ptr + b * s_x_b + offs_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)
-        dt = tl.load(dt_ptr + b * s_dt_b + offs_d * s_dt_d, mask=m_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        Bv = tl.load(B_ptr + b * s_B_b + grp[:, None] * s_B_g + offs_n[None, :] * s_B_n,
-                     mask=m_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
-        Cv = tl.load(C_ptr + b * s_C_b + grp[:, None] * s_C_g + offs_n[None, :] * s_C_n,
-                     mask=m_dn, other=0.0).to(tl.float32)
-        h = tl.exp2(dt[:, None] * A2) * h + (dt * x)[:, None] * Bv
-        tl.store(h_ptrs, h.to(state_ptr.dtype.element_ty), mask=m_dn)
-        out = tl.sum(h * Cv, axis=1)  # (BLOCK_D,)
-        if HAS_D:
-            out += x * Dv
-        if HAS_Z:
-            z = tl.load(z_ptr + b * s_z_b + offs_d * s_z_d, mask=m_d, other=0.0).to(tl.float32)
-            out *= z * tl.sigmoid(z)
-        tl.store(out_ptr + b * s_o_b + offs_d * s_o_d, out.to(out_ptr.dtype.element_ty), mask=m_d)
-
-
-# (BLOCK_D x BLOCK_N values per program, batch rows per program, warps); None: the default
-# below. Benchmarks may set it to sweep configurations (benchmarks/tune_state_update.py).
-STATE_UPDATE_CONFIG: tuple[int, int, int] | None = None
-
-
-def _launch_config(bsz: int, dim: int, block_n: int) -> tuple[int, int, int]:
-    """(BLOCK_D, ROWS, num_warps): 4096 state values (16 KB in fp32) per program and row,
-    4 batch rows per program when there are enough programs to fill the GPU."""
-    if STATE_UPDATE_CONFIG is not None:
-        elems, rows, warps = STATE_UPDATE_CONFIG
-        return max(1, elems // block_n), rows, warps
-    elems, rows, warps = 4096, 4, 4
-    block_d = max(1, min(triton.next_power_of_2(dim), elems // block_n))
-    while rows > 1 and triton.cdiv(dim, block_d) * triton.cdiv(bsz, rows) < 1024:
-        rows //= 2
-    return block_d, rows, warps
+        dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+    A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
+    Bv = tl.load(B_ptr + pid_b * s_B_b + grp[:, None] * s_B_g + offs_n[None, :] * s_B_n,
+                 mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
+    Cv = tl.load(C_ptr + pid_b * s_C_b + grp[:, None] * s_C_g + offs_n[None, :] * s_C_n,
+                 mask=mask_dn, other=0.0).to(tl.float32)
+    dA = tl.exp2(dt[:, None] * A.to(tl.float32) * 1.4426950408889634)
+    h = dA * h + (dt * x)[:, None] * Bv
+    tl.store(h_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
+    out = tl.sum(h * Cv, axis=1)  # (BLOCK_D,)
+    if HAS_D:
+        out += x * tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
+        out *= z * tl.sigmoid(z)
+    tl.store(out_ptr + pid_b * s_o_b + offs_d * s_o_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
 
 def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
@@ -111,19 +89,19 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     bsz, dim, dstate, groups = _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     out = torch.empty_like(x)
     block_n = triton.next_power_of_2(dstate)
-    block_d, rows, warps = _launch_config(bsz, dim, block_n)
+    block_d = max(1, min(32, 2048 // block_n))
     sB = (B.stride(0), B.stride(1), B.stride(2)) if B.dim() == 3 else (B.stride(0), 0, B.stride(1))
     sC = (C.stride(0), C.stride(1), C.stride(2)) if C.dim() == 3 else (C.stride(0), 0, C.stride(1))
     zz = z if z is not None else x
-    grid = (triton.cdiv(dim, block_d), triton.cdiv(bsz, rows))
+    grid = (triton.cdiv(dim, block_d), bsz)
     _selective_state_update_kernel[grid](
         state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
-        bsz, dim, dstate, dim // groups,
+        dim, dstate, dim // groups,
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1),
         dt.stride(0), dt.stride(1), A.stride(0), A.stride(1), *sB, *sC,
         zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, ROWS=rows, num_warps=warps,
+        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
     )
     return out
 

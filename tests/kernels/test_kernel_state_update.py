@@ -57,18 +57,6 @@ def test_state_update_matches_ref(bsz, dim, dstate, grouped, has_D, has_z, has_b
     check_step(inputs, softplus, torch.float32)
 
 
-@pytest.mark.parametrize("config", [(16, 3, 1), (64, 2, 2), (8, 4, 1)])
-def test_state_update_several_rows_per_program(config, monkeypatch):
-    """Programs that each update several batch rows (the last one partly past the batch) and
-    a block of channels that the state size does not fill: still the ref, rows untouched
-    beyond the batch."""
-    import mambabook.kernels.state_update_kernel as su
-
-    monkeypatch.setattr(su, "STATE_UPDATE_CONFIG", config)
-    for bsz, dim, dstate, groups in ((5, 7, 4, None), (4, 12, 3, 3), (7, 9, 16, None)):
-        check_step(make_step(bsz, dim, dstate, groups), True, torch.float32)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_state_update_half_inputs(dtype):
     check_step(make_step(2, 37, 16, dtype=dtype), True, dtype)
