@@ -240,14 +240,16 @@ def _selective_scan_fwd_tile_kernel(
 
 @triton.jit
 def _selective_scan_fwd_rows_kernel(
-    # pointers and strides as in the tile forward
+    # pointers and strides as in the tile forward, plus the per-segment summaries
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
-    L, dim, dstate, dpg,
+    seg_h_ptr, seg_s_ptr,
+    L, dim, dstate, dpg, seg_len, n_seg,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr, EVEN: tl.constexpr,
+    BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr, PASS: tl.constexpr,
+    EVEN: tl.constexpr,
 ):
     """The "rows" forward: the tile forward with each thread owning whole rows of a tile.
 
@@ -256,11 +258,19 @@ def _selective_scan_fwd_rows_kernel(
     (the tile forward spends about half its instructions on them). The state entering the
     tile is folded into the first step (b_0 += a_0 h), A is loaded once, and the next tile's
     u, delta, z are loaded before this tile's arithmetic. With EVEN (L a multiple of T, the
-    channels a multiple of BLOCK_D) no load or store is masked. SAVE_CKPT stores the state
-    every CHUNK steps (CHUNK a multiple of T): the loop forward's checkpoints.
+    channels a multiple of BLOCK_D) no load or store is masked.
+
+    One thread per channel leaves few warps (B x D threads), so L is cut into n_seg segments
+    of seg_len steps (a multiple of CHUNK), as in the loop forward: PASS 1 runs each segment
+    but the last from a zero state and stores its end state H_k and S_k, the sum of its
+    deltas (the segment maps h to exp(A S_k) h + H_k; no outputs, no C, no z); PASS 2 starts
+    segment k from the composition of the maps before it and writes the outputs, the state
+    every CHUNK steps (SAVE_CKPT: the loop forward's checkpoints) and, in the last segment,
+    the last state.
     """
     pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    seg = tl.program_id(2)  # segment of the sequence
     nblk = tl.cdiv(dpg, BLOCK_D)
     grp = pid_gd // nblk
     d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -286,27 +296,38 @@ def _selective_scan_fwd_rows_kernel(
     o_base = out_ptr + pid_b * s_o_b + offs_d[:, None] * s_o_d
     B_base = B_ptr + pid_b * s_B_b + grp * s_B_g  # B[b, g, 0, 0] (time-varying B only)
     C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
-    n_tiles = tl.cdiv(L, T)
     ck_base = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK)) * dstate + offs_n[None, :]
+    sh_base = seg_h_ptr + ((pid_b * dim + offs_d[:, None]) * n_seg) * dstate + offs_n[None, :]
+    ss_base = seg_s_ptr + (pid_b * dim + offs_d) * n_seg
     hc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state after each tile
-    # tile 0's loads; every iteration then loads the next tile before its arithmetic
-    m0 = mask_d[:, None] & (offs_t < L)[None, :]
-    u_nx = tl.load(u_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
-    dt_nx = tl.load(dt_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
-    if HAS_Z:
-        z_nx = tl.load(z_base + offs_t[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
-    for c in range(0, n_tiles):
+    if PASS == 2:
+        for j in range(0, seg):  # the state entering this segment
+            S_j = tl.load(ss_base + j, mask=mask_d, other=0.0)
+            hc = tl.exp2(S_j[:, None] * A2) * hc + tl.load(sh_base + j * dstate, mask=mask_dn, other=0.0)
+    else:
+        S = tl.zeros((BLOCK_D,), dtype=tl.float32)  # sum of the segment's deltas
+    c0 = (seg * seg_len) // T  # the segment's tiles: c0 .. c1 - 1
+    c1 = tl.cdiv(tl.minimum(seg * seg_len + seg_len, L), T)
+    # the first tile's loads; every iteration then loads the next tile before its arithmetic
+    t_first = c0 * T + offs_t
+    m0 = mask_d[:, None] & (t_first < L)[None, :]
+    u_nx = tl.load(u_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    dt_nx = tl.load(dt_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    if HAS_Z and PASS == 2:
+        z_nx = tl.load(z_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    for c in range(c0, c1):
         t = c * T + offs_t
         mask_dt = mask_d[:, None] & (t < L)[None, :]
         u = u_nx.to(tl.float32)
         dt = dt_nx.to(tl.float32)
-        if HAS_Z:
+        if HAS_Z and PASS == 2:
             zz = z_nx.to(tl.float32)
-        tn = ((c + 1) % n_tiles) * T + offs_t  # after the last tile: tile 0 again (unused)
+        c_nx = tl.where(c + 1 < c1, c + 1, c0)  # after the last tile: the first again (unused)
+        tn = c_nx * T + offs_t
         mn = mask_d[:, None] & (tn < L)[None, :]
         u_nx = tl.load(u_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
         dt_nx = tl.load(dt_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
-        if HAS_Z:
+        if HAS_Z and PASS == 2:
             z_nx = tl.load(z_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
         if HAS_BIAS:
             dt += bias[:, None]
@@ -315,7 +336,9 @@ def _selective_scan_fwd_rows_kernel(
         if not EVEN:
             dt = tl.where(mask_dt, dt, 0.0)  # padded steps: a = 1, b = 0
         dtu = dt * u
-        if SAVE_CKPT:
+        if PASS == 1:
+            S += tl.sum(dt, axis=1)
+        if SAVE_CKPT and PASS == 2:
             if (c * T) % CHUNK == 0:
                 tl.store(ck_base + ((c * T) // CHUNK) * dstate, hc, mask=mask_dn)
         y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
@@ -325,23 +348,31 @@ def _selective_scan_fwd_rows_kernel(
             if VARYING_BC:
                 Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
                              mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
-                Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                             mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
             else:
                 Bn = tl.sum(tl.where(sel, Bc, 0.0), axis=1)[:, None]
-                Cn = tl.sum(tl.where(sel, Cc, 0.0), axis=1)[:, None]
             a = tl.exp2(dt * A2n[:, None])  # (BLOCK_D, T)
             carry = tl.sum(tl.where(sel, hc, 0.0), axis=1)  # state n entering the tile
             b = tl.where(is_first, a * carry[:, None], 0.0) + dtu * Bn
             _, h = tl.associative_scan((a, b), axis=1, combine_fn=_combine_fwd)
-            y += h * Cn
+            if PASS == 2:
+                if VARYING_BC:
+                    Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                 mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+                else:
+                    Cn = tl.sum(tl.where(sel, Cc, 0.0), axis=1)[:, None]
+                y += h * Cn
             hc = tl.where(sel, tl.sum(tl.where(is_last, h, 0.0), axis=1)[:, None], hc)
-        if HAS_D:
-            y += Dv[:, None] * u
-        if HAS_Z:
-            y *= zz * tl.sigmoid(zz)
-        tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mask_dt)
-    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
+        if PASS == 2:
+            if HAS_D:
+                y += Dv[:, None] * u
+            if HAS_Z:
+                y *= zz * tl.sigmoid(zz)
+            tl.store(o_base + t[None, :], y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mask_dt)
+    if PASS == 1:
+        tl.store(sh_base + seg * dstate, hc, mask=mask_dn)
+        tl.store(ss_base + seg, S, mask=mask_d)
+    elif seg == n_seg - 1:
+        tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
 
 
 @triton.jit
@@ -663,10 +694,12 @@ _INTERPRET_TILE = dict(BLOCK_D=4, T=16)  # the interpreter's tile (several tiles
 _ROWS_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": t}, num_warps=w)
                  for bd, t, w in [(64, 4, 1), (32, 4, 1), (128, 4, 2), (64, 8, 2), (32, 8, 1)]]
 _rows_kernel_tuned = (None if _INTERPRET else triton.autotune(
-    _ROWS_CONFIGS, key=["dstate", "dpg", "CHUNK"])(triton.heuristics(
+    _ROWS_CONFIGS, key=["dstate", "dpg", "CHUNK", "n_seg", "PASS"])(triton.heuristics(
         {"EVEN": lambda a: a["L"] % a["T"] == 0 and a["dpg"] % a["BLOCK_D"] == 0})(
             _selective_scan_fwd_rows_kernel)))
 _INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
+ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this many threads
+ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
 
 FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | auto (default): which forward runs
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
@@ -826,8 +859,18 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     return out, last, (ckpt if save_ckpt else None)
 
 
+def _rows_segments(bsz: int, dim: int, length: int, chunk: int) -> tuple[int, int]:
+    """(seg_len, n_seg) of the rows forward: whole CHUNKs, about ROWS_THREADS threads (one
+    per channel and segment), segments of at least 8 CHUNKs."""
+    want = ROWS_SEGMENTS or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim),
+                                       length // (8 * chunk)))
+    seg_len = triton.cdiv(triton.cdiv(length, want), chunk) * chunk
+    return seg_len, triton.cdiv(length, seg_len)
+
+
 def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
-    """Launch the rows forward (arguments prepared by _scan_fwd; checkpoints every CHUNK)."""
+    """Launch the rows forward (arguments prepared by _scan_fwd; checkpoints every CHUNK):
+    with several segments, pass 1 then pass 2."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     if flags["VARYING_BC"]:
@@ -836,17 +879,25 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
         B, C = B.contiguous(), C.contiguous()
         sB = sC = (0, 0, 0)
     flags = dict(flags, N=dstate)
-    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+    seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"])
+    seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32)
+    seg_s = u.new_empty(bsz, dim, n_seg, dtype=torch.float32)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s,
+            length, dim, dstate, dpg, seg_len, n_seg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
             zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
-    if _INTERPRET:
-        cfg = _INTERPRET_ROWS
-        even = length % cfg["T"] == 0 and dpg % cfg["BLOCK_D"] == 0
-        grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
-        _selective_scan_fwd_rows_kernel[grid](*args, **flags, **cfg, EVEN=even, num_warps=1)
-    else:
-        grid = lambda meta: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz)
-        _rows_kernel_tuned[grid](*args, **flags)
+    for pass_, segs in ((1, n_seg - 1), (2, n_seg)):
+        if segs == 0:
+            continue
+        if _INTERPRET:
+            cfg = _INTERPRET_ROWS
+            even = length % cfg["T"] == 0 and dpg % cfg["BLOCK_D"] == 0
+            grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz, segs)
+            _selective_scan_fwd_rows_kernel[grid](*args, **flags, **cfg, PASS=pass_, EVEN=even,
+                                                  num_warps=1)
+        else:
+            grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
+            _rows_kernel_tuned[grid](*args, **flags, PASS=pass_)
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 

@@ -233,30 +233,34 @@ def test_selective_scan_tile_half_inputs(dtype):
 # ----------------------------------------------------------------------------- the rows forward
 @settings(max_examples=12, deadline=None)
 @given(**CASES, block_d=st.sampled_from([2, 4]), tile=st.sampled_from([2, 4]),
-       grads=st.booleans())
+       segments=st.sampled_from([1, 2, 3]), grads=st.booleans())
 def test_selective_scan_rows_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
-                                         has_bias, softplus, block_d, tile, grads):
+                                         has_bias, softplus, block_d, tile, segments, grads):
     """The rows forward (a row's T steps in one thread, the state folded into the first step,
-    the next tile loaded first) equals the ref for every layout and option, with and without
-    masks (L or D not a multiple of the tile), and its checkpoints feed the backward."""
+    the next tile loaded first, L cut into segments joined by a first pass) equals the ref for
+    every layout and option, with and without masks (L or D not a multiple of the tile), and
+    its checkpoints feed the backward."""
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.FORWARD_ENV, "rows")
         mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=block_d, T=tile))
+        mp.setattr(ss, "ROWS_SEGMENTS", segments)
         mp.setattr(ss, "_config", small_chunks(4))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
-@pytest.mark.parametrize("length", [45, 48])
-def test_selective_scan_rows_checkpoints_equal_loop(layout, length):
+@pytest.mark.parametrize("length, segments", [(45, 1), (48, 1), (45, 3), (48, 2)])
+def test_selective_scan_rows_checkpoints_equal_loop(layout, length, segments):
     """The rows forward saves the loop forward's checkpoints (the state before every CHUNK
-    steps), out and last state, masked (L = 45) and unmasked (L = 48, D = 6 = 3 blocks of 2)."""
+    steps), out and last state, masked (L = 45) and unmasked (L = 48, D = 6 = 3 blocks of 2),
+    in one segment or several."""
     inputs = make_inputs(2, 6, length, 5, layout=layout, groups=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ss, "_config", small_chunks(8))
         mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=2, T=4))
+        mp.setattr(ss, "ROWS_SEGMENTS", segments)
         got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="rows")
         want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
     assert got[2].shape == want[2].shape == (2, 6, 6, 5)
