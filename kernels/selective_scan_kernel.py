@@ -688,9 +688,10 @@ _tile_ckpt_kernel_tuned = (None if _INTERPRET else triton.autotune(
 _INTERPRET_TILE = dict(BLOCK_D=4, T=16)  # the interpreter's tile (several tiles per test)
 
 # (BLOCK_D, T, num_warps) of the rows forward: T is one 16-byte load (4 fp32, 8 bf16/fp16
-# steps). Measured on the H200 at B=8, D=1536, N=16, L=4096 (.scratch sweeps, 2026-11-28):
-# fp32 (64, 4, 1) 1.63 ms, (32, 4, 1) 2.03, (128, 4, 2) 2.04; bf16 (64, 8, 2) 1.04 ms (the
-# tile forward, 0.84 ms, stays faster there: one thread per row leaves too few warps).
+# steps) or half of one. Measured on the H200 at B=8, D=1536, N=16, L=4096 in one segment
+# (2026-11-28): fp32 (64, 4, 1) 1.63 ms, (32, 4, 1) 2.03, (128, 4, 2) 2.04; bf16 (64, 8, 2)
+# 1.04 ms. With 4 segments (ROWS_THREADS) the autotuner kept (64, 4, 1) in fp32, 1.10 ms,
+# and (32, 4, 1) in bf16, 0.89 ms (the tile forward: 2.14 and 0.86 ms in the same run).
 _ROWS_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": t}, num_warps=w)
                  for bd, t, w in [(64, 4, 1), (32, 4, 1), (128, 4, 2), (64, 8, 2), (32, 8, 1)]]
 _rows_kernel_tuned = (None if _INTERPRET else triton.autotune(
