@@ -54,11 +54,22 @@ def _softplus(x):
 
 
 @triton.jit
+def _channel_block(dpg, BLOCK_D: tl.constexpr):
+    """Program axis 0 is (group, block of BLOCK_D channels inside the group): the group, the
+    block's channel indices (int64, (BLOCK_D,)) and their mask (channels past the group)."""
+    pid_gd = tl.program_id(0)
+    nblk = tl.cdiv(dpg, BLOCK_D)  # blocks of channels per group
+    grp = pid_gd // nblk
+    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return grp, (grp * dpg + d_in_grp).to(tl.int64), d_in_grp < dpg
+
+
+@triton.jit
 def _selective_scan_fwd_assoc_kernel(
     # pointers
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
     # dimensions
-    L, dim, dstate, dpg, nblk,
+    L, dim, dstate, dpg,
     # strides (the last dimension of u, delta, z, out, B, C is contiguous)
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
@@ -67,12 +78,8 @@ def _selective_scan_fwd_assoc_kernel(
     VARYING_BC: tl.constexpr, SAVE_LAST: tl.constexpr, SAVE_CKPT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)  # channels (BLOCK_D,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
-    grp = pid_gd // nblk
-    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
     offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -163,13 +170,8 @@ def _selective_scan_fwd_tile_kernel(
     recurrence, so memory latency overlaps with the arithmetic of the scans (the loop forward
     waits one latency per time step instead).
     """
-    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)  # channels (BLOCK_D,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
-    nblk = tl.cdiv(dpg, BLOCK_D)  # blocks of channels per group
-    grp = pid_gd // nblk
-    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)  # (BLOCK_D,)
-    mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
     offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
     mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
     offs_t = tl.arange(0, T)  # time inside a tile, (T,)
@@ -268,14 +270,9 @@ def _selective_scan_fwd_rows_kernel(
     every CHUNK steps (SAVE_CKPT: the loop forward's checkpoints) and, in the last segment,
     the last state.
     """
-    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)  # channels (BLOCK_D,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     seg = tl.program_id(2)  # segment of the sequence
-    nblk = tl.cdiv(dpg, BLOCK_D)
-    grp = pid_gd // nblk
-    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
     offs_n = tl.arange(0, BLOCK_N)
     mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
     offs_t = tl.arange(0, T)
@@ -383,7 +380,7 @@ def _selective_scan_bwd_kernel(
     # dB, dC: float32 accumulated with atomics when time-varying, per batch row otherwise)
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     # dimensions
-    L, dim, dstate, dpg, nblk,
+    L, dim, dstate, dpg,
     # strides (last dimensions contiguous; du, ddelta, dz share u's layout)
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
@@ -391,12 +388,8 @@ def _selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)  # channels (BLOCK_D,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
-    grp = pid_gd // nblk
-    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # (BLOCK_D,)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -544,14 +537,9 @@ def _selective_scan_fwd_kernel(
     (BLOCK_D, CHUNK) tile and staged in a small scratch buffer that stays in cache, so the
     loop over time evaluates one exponential per (channel, state) and no other.
     """
-    pid_gd = tl.program_id(0)  # (group, block of channels inside the group)
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)  # channels (BLOCK_D,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     seg = tl.program_id(2)  # segment of the sequence
-    nblk = tl.cdiv(dpg, BLOCK_D)
-    grp = pid_gd // nblk
-    d_in_grp = (pid_gd % nblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = d_in_grp < dpg
-    offs_d = (grp * dpg + d_in_grp).to(tl.int64)  # channel indices, (BLOCK_D,)
     offs_n = tl.arange(0, BLOCK_N)  # state indices, (BLOCK_N,)
     mask_n = offs_n < dstate
     mask_dn = mask_d[:, None] & mask_n[None, :]
@@ -796,7 +784,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
         sC = _bc_strides(C) if varying else (0, 0, 0)
         _selective_scan_fwd_assoc_kernel[(groups * nblk, bsz)](
             u, delta, A, B, C, Df, zz, bias, out, last, ckpt,
-            length, dim, dstate, dpg, nblk,
+            length, dim, dstate, dpg,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
             zz.stride(1), out.stride(0), out.stride(1), *sB, *sC, SAVE_LAST=True, **flags,
             BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
@@ -972,7 +960,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
         ckpt, dout,
         du, ddelta, dzz, dA_part, dB, dC,
         dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part,
-        length, dim, dstate, dpg, nblk,
+        length, dim, dstate, dpg,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         dout.stride(0), dout.stride(1), *sB, *sC, *sdB,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
@@ -1031,7 +1019,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     with N <= 64; B, C: (B, N, L), (B, G, N, L) or (D, N); D, delta_bias: (D,). Returns out
     (B, D, L) in u's dtype, and with return_last_state the state h_L: (B, D, N) in float32.
     Same semantics as mambabook.selective.selective_scan_ref; differentiable in every input.
-    The forward kernel: environment variable MAMBABOOK_SCAN_FORWARD = loop, tile or auto.
+    The forward kernel: environment variable MAMBABOOK_SCAN_FORWARD = loop, tile, rows or auto.
     """
     _check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
