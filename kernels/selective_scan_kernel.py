@@ -745,6 +745,20 @@ def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
     return M.stride(0), M.stride(1), M.stride(2)
 
 
+def _row_strides(*tensors) -> tuple[int, ...]:
+    """(batch, channel) strides of each (B, D, L) tensor, in order: what every kernel takes
+    for u, delta, z, out (and dout)."""
+    return tuple(st for t in tensors for st in (t.stride(0), t.stride(1)))
+
+
+def _segment_summaries(u: torch.Tensor, n_seg: int, dstate: int):
+    """Per-segment end states H (B, D, n_seg, N) and delta sums S (B, D, n_seg), float32:
+    what pass 1 of the segmented forwards (loop, rows) leaves for pass 2."""
+    bsz, dim, _ = u.shape
+    return (u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32),
+            u.new_empty(bsz, dim, n_seg, dtype=torch.float32))
+
+
 def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="loop"):
     """Launch a forward kernel: "loop" (time step by time step), "tile" (tiles of T steps,
     one 2-D associative scan per state), "rows" (tiles of one 16-byte load per thread and
@@ -785,8 +799,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
         _selective_scan_fwd_assoc_kernel[(groups * nblk, bsz)](
             u, delta, A, B, C, Df, zz, bias, out, last, ckpt,
             length, dim, dstate, dpg,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
-            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC, SAVE_LAST=True, **flags,
+            *_row_strides(u, delta, zz, out), *sB, *sC, SAVE_LAST=True, **flags,
             BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
         )
         return out, last, (ckpt if save_ckpt else None)
@@ -798,13 +811,10 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
         B, C = B.contiguous(), C.contiguous()
         sB = sC = (0, 0, 0)
     seg_len, n_seg = _segments(bsz * dim * dstate, length, cfg["CHUNK"])
-    seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32)
-    seg_s = u.new_empty(bsz, dim, n_seg, dtype=torch.float32)
+    seg_h, seg_s = _segment_summaries(u, n_seg, dstate)
     scratch = u.new_empty(bsz, dim, n_seg, 4, cfg["CHUNK"], dtype=torch.float32)
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s, scratch,
-            length, dim, dstate, dpg, seg_len, n_seg,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
-            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+            length, dim, dstate, dpg, seg_len, n_seg, *_row_strides(u, delta, zz, out), *sB, *sC)
     for pass_, segs in ((1, n_seg - 1), (2, n_seg)):
         if segs == 0:
             continue
@@ -832,8 +842,7 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     flags = dict(flags, N=dstate)
     chunk = flags.pop("CHUNK")
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt)
-    strides = (u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
-               zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+    strides = (*_row_strides(u, delta, zz, out), *sB, *sC)
     save_ckpt = flags["SAVE_CKPT"]
     if _INTERPRET:
         cfg = dict(_INTERPRET_TILE, T=chunk) if save_ckpt else dict(_INTERPRET_TILE)
@@ -869,12 +878,9 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
         sB = sC = (0, 0, 0)
     flags = dict(flags, N=dstate)
     seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"])
-    seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=torch.float32)
-    seg_s = u.new_empty(bsz, dim, n_seg, dtype=torch.float32)
+    seg_h, seg_s = _segment_summaries(u, n_seg, dstate)
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s,
-            length, dim, dstate, dpg, seg_len, n_seg,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0),
-            zz.stride(1), out.stride(0), out.stride(1), *sB, *sC)
+            length, dim, dstate, dpg, seg_len, n_seg, *_row_strides(u, delta, zz, out), *sB, *sC)
     for pass_, segs in ((1, n_seg - 1), (2, n_seg)):
         if segs == 0:
             continue
@@ -961,8 +967,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
         du, ddelta, dzz, dA_part, dB, dC,
         dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part,
         length, dim, dstate, dpg,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
-        dout.stride(0), dout.stride(1), *sB, *sC, *sdB,
+        *_row_strides(u, delta, zz, dout), *sB, *sC, *sdB,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(softplus), VARYING_BC=varying,
         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], CHUNK=cfg["CHUNK"],
