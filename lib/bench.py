@@ -124,15 +124,16 @@ def one_cpu_thread(device: torch.device | str | None = None):
 
 
 def describe(info: dict | None = None) -> str:
-    """One line from a provenance dict (default: this device now), for chapter outputs."""
+    """Two lines from a provenance dict (default: this device now), for chapter outputs:
+    device and versions, then date and commit (each line fits a 100-character page)."""
     info = info if info is not None else provenance()
     parts = [info["device"], f"torch {info['torch']}"]
     if info.get("triton"):
         parts.append(f"triton {info['triton']}")
     if info.get("device_type") == "cpu":
         parts.append(f"{info.get('cpu_threads')} thread(s)")
-    parts += [info["date"][:16].replace("T", " ") + " UTC", f"commit {info.get('commit') or 'unknown'}"]
-    return " | ".join(parts)
+    when = [info["date"][:16].replace("T", " ") + " UTC", f"commit {info.get('commit') or 'unknown'}"]
+    return " | ".join(parts) + "\n" + " | ".join(when)
 
 
 def synchronize(device: torch.device | str | None = None) -> None:
