@@ -717,6 +717,11 @@ def _segments(recurrences: int, length: int, chunk: int) -> tuple[int, int]:
     """(seg_len, n_seg): cut L into segments (whole chunks) until about SEGMENT_TARGET
     recurrences run side by side; short sequences or big batches stay in one segment."""
     want = max(1, min(SEGMENT_TARGET // max(recurrences, 1), triton.cdiv(length, 256)))
+    return _cut(length, want, chunk)
+
+
+def _cut(length: int, want: int, chunk: int) -> tuple[int, int]:
+    """(seg_len, n_seg): about `want` segments of whole chunks covering L."""
     seg_len = triton.cdiv(triton.cdiv(length, want), chunk) * chunk
     return seg_len, triton.cdiv(length, seg_len)
 
@@ -863,8 +868,7 @@ def _rows_segments(bsz: int, dim: int, length: int, chunk: int) -> tuple[int, in
     per channel and segment), segments of at least 8 CHUNKs."""
     want = ROWS_SEGMENTS or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim),
                                        length // (8 * chunk)))
-    seg_len = triton.cdiv(triton.cdiv(length, want), chunk) * chunk
-    return seg_len, triton.cdiv(length, seg_len)
+    return _cut(length, want, chunk)
 
 
 def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
