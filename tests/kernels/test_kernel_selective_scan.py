@@ -176,10 +176,11 @@ def test_selective_scan_bad_inputs():
 
 
 # ----------------------------------------------------------------------------- the tile forward
-def tile_forward(mp, block_d=4, tile=16):
-    """Route selective_scan's forward to the tile kernel with the interpreter's (BLOCK_D, T)."""
-    mp.setenv(ss.FORWARD_ENV, "tile")
-    mp.setattr(ss, "_INTERPRET_TILE", dict(BLOCK_D=block_d, T=tile))
+def use_forward(mp, name, block_d=4, tile=16):
+    """Route selective_scan's forward to "tile" or "rows" with the interpreter's (BLOCK_D, T)."""
+    mp.setenv(ss.FORWARD_ENV, name)
+    mp.setattr(ss, {"tile": "_INTERPRET_TILE", "rows": "_INTERPRET_ROWS"}[name],
+               dict(BLOCK_D=block_d, T=tile))
 
 
 @settings(max_examples=16, deadline=None)
@@ -194,40 +195,17 @@ def test_selective_scan_tile_matches_ref(bsz, dim, length, dstate, layout, has_D
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
-        tile_forward(mp, block_d, tile)
+        use_forward(mp, "tile", block_d, tile)
         mp.setattr(ss, "_config", small_chunks(tile))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
-
-
-@pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
-def test_selective_scan_tile_checkpoints_equal_loop(layout):
-    """With checkpoints, the tile forward saves the same states (before every CHUNK steps)
-    as the loop forward, and the same out and last state."""
-    inputs = make_inputs(2, 6, 45, 5, layout=layout, groups=3)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ss, "_config", small_chunks(8))
-        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="tile")
-        want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
-    assert got[2].shape == want[2].shape == (2, 6, 6, 5)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **tol(torch.float32))
 
 
 def test_selective_scan_tile_state_size_16():
     """N = 16 as in Mamba (the unrolled loop over states), D not a multiple of BLOCK_D."""
     inputs = make_inputs(2, 5, 23, 16)
     with pytest.MonkeyPatch.context() as mp:
-        tile_forward(mp, 4, 8)
+        use_forward(mp, "tile", 4, 8)
         check_against_ref(inputs, True, torch.float32, grads=False)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_selective_scan_tile_half_inputs(dtype):
-    inputs = make_inputs(2, 5, 19, 4, dtype=dtype)
-    with pytest.MonkeyPatch.context() as mp:
-        tile_forward(mp, 4, 8)
-        mp.setattr(ss, "_config", small_chunks(8))
-        check_against_ref(inputs, True, dtype)
 
 
 # ----------------------------------------------------------------------------- the rows forward
@@ -243,25 +221,26 @@ def test_selective_scan_rows_matches_ref(bsz, dim, length, dstate, layout, has_D
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.FORWARD_ENV, "rows")
-        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=block_d, T=tile))
+        use_forward(mp, "rows", block_d, tile)
         mp.setattr(ss, "ROWS_SEGMENTS", segments)
         mp.setattr(ss, "_config", small_chunks(4))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
-@pytest.mark.parametrize("length, segments", [(45, 1), (48, 1), (45, 3), (48, 2)])
-def test_selective_scan_rows_checkpoints_equal_loop(layout, length, segments):
-    """The rows forward saves the loop forward's checkpoints (the state before every CHUNK
-    steps), out and last state, masked (L = 45) and unmasked (L = 48, D = 6 = 3 blocks of 2),
-    in one segment or several."""
+@pytest.mark.parametrize("method, length, segments", [
+    ("tile", 45, None), ("rows", 45, 1), ("rows", 48, 1), ("rows", 45, 3), ("rows", 48, 2)])
+def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments):
+    """With checkpoints, the tile and rows forwards save the loop forward's states (before
+    every CHUNK steps), out and last state; the rows forward masked (L = 45) and unmasked
+    (L = 48, D = 6 = 3 blocks of 2), in one segment or several."""
     inputs = make_inputs(2, 6, length, 5, layout=layout, groups=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ss, "_config", small_chunks(8))
-        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=2, T=4))
-        mp.setattr(ss, "ROWS_SEGMENTS", segments)
-        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="rows")
+        if method == "rows":
+            mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=2, T=4))
+            mp.setattr(ss, "ROWS_SEGMENTS", segments)
+        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method=method)
         want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
     assert got[2].shape == want[2].shape == (2, 6, 6, 5)
     for g, w in zip(got, want):
@@ -269,11 +248,11 @@ def test_selective_scan_rows_checkpoints_equal_loop(layout, length, segments):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_selective_scan_rows_half_inputs(dtype):
-    inputs = make_inputs(2, 5, 19, 16, dtype=dtype)
+@pytest.mark.parametrize("forward, dstate", [("tile", 4), ("rows", 16)])
+def test_selective_scan_tile_rows_half_inputs(dtype, forward, dstate):
+    inputs = make_inputs(2, 5, 19, dstate, dtype=dtype)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.FORWARD_ENV, "rows")
-        mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=4, T=8))
+        use_forward(mp, forward, 4, 8)
         mp.setattr(ss, "_config", small_chunks(8))
         check_against_ref(inputs, True, dtype)
 
