@@ -751,6 +751,14 @@ def _bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
     return M.stride(0), M.stride(1), M.stride(2)
 
 
+def _bc_operands(B: torch.Tensor, C: torch.Tensor):
+    """B, C and their (batch, group, state) strides as the tile, rows, assoc and backward
+    kernels take them: time-varying ones as given, (D, N) ones contiguous (strides unused)."""
+    if B.dim() > 2:
+        return B, C, _bc_strides(B), _bc_strides(C)
+    return B.contiguous(), C.contiguous(), (0, 0, 0), (0, 0, 0)
+
+
 def _row_strides(*tensors) -> tuple[int, ...]:
     """(batch, channel) strides of each (B, D, L) tensor, in order: what every kernel takes
     for u, delta, z, out (and dout)."""
@@ -797,11 +805,8 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
         return _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                               groups)
     if method == "assoc":
-        if not varying:
-            B, C = B.contiguous(), C.contiguous()
+        B, C, sB, sC = _bc_operands(B, C)
         nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
-        sB = _bc_strides(B) if varying else (0, 0, 0)
-        sC = _bc_strides(C) if varying else (0, 0, 0)
         _selective_scan_fwd_assoc_kernel[(groups * nblk, bsz)](
             u, delta, A, B, C, Df, zz, bias, out, last, ckpt,
             length, dim, dstate, dpg,
@@ -839,12 +844,7 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     checkpoint interval, which becomes the tile length T when checkpoints are saved)."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
-    varying = flags["VARYING_BC"]
-    if varying:
-        sB, sC = _bc_strides(B), _bc_strides(C)
-    else:
-        B, C = B.contiguous(), C.contiguous()
-        sB = sC = (0, 0, 0)
+    B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     chunk = flags.pop("CHUNK")
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt)
@@ -876,11 +876,7 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     with several segments, pass 1 then pass 2."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
-    if flags["VARYING_BC"]:
-        sB, sC = _bc_strides(B), _bc_strides(C)
-    else:
-        B, C = B.contiguous(), C.contiguous()
-        sB = sC = (0, 0, 0)
+    B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"])
     seg_h, seg_s = _segment_summaries(u, n_seg, dstate)
@@ -955,14 +951,12 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
         dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         sdB = _bc_strides(dB)
     else:
-        B, C = B.contiguous(), C.contiguous()
         dB = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
         dC = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
         sdB = (0, 0, 0)
     dD_part = u.new_empty(bsz, dim, dtype=torch.float32) if D is not None else None
     dbias_part = u.new_empty(bsz, dim, dtype=torch.float32) if delta_bias is not None else None
-    sB = _bc_strides(B) if varying else (0, 0, 0)
-    sC = _bc_strides(C) if varying else (0, 0, 0)
+    B, C, sB, sC = _bc_operands(B, C)
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
     grid = (groups * nblk, bsz)
