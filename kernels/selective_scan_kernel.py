@@ -511,6 +511,308 @@ def _selective_scan_bwd_kernel(
 
 
 @triton.jit
+def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                EVEN: tl.constexpr):
+    """delta on a (BLOCK_D, T) tile in float32 with its bias ((BLOCK_D, 1)) and softplus, 0 on
+    padded steps (there a = 1, b = 0: the state and its gradient pass through); and delta
+    before the softplus (the softplus' derivative is its sigmoid)."""
+    raw = tl.load(dt_base + t[None, :], mask=None if EVEN else mask_dt,
+                  other=None if EVEN else 0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw += bias
+    dt = raw
+    if SOFTPLUS:
+        dt = _softplus(raw)
+    if not EVEN:
+        dt = tl.where(mask_dt, dt, 0.0)
+    return dt, raw
+
+
+@triton.jit
+def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexpr):
+    """dout, z (float32, (BLOCK_D, T)) and dy = dL/dy = dout * silu(z) (dout without z)."""
+    dout = tl.load(do_base + t[None, :], mask=None if EVEN else mask_dt,
+                   other=None if EVEN else 0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_base + t[None, :], mask=None if EVEN else mask_dt,
+                     other=None if EVEN else 0.0).to(tl.float32)
+        dy = dout * zz * tl.sigmoid(zz)
+    else:
+        zz = dout
+        dy = dout
+    return dout, zz, dy
+
+
+@triton.jit
+def _col(x, sel):
+    """Column i of x (rows in registers, sel = (arange == i)[None, :]) as (rows, 1). The
+    -0.0 fill makes the sum fold to a register pick (x + -0.0 is x for every x)."""
+    return tl.sum(tl.where(sel, x, -0.0), axis=1, keep_dims=True)
+
+
+@triton.jit
+def _col_load(ptr, mask):
+    """A (BLOCK_D, 1) float32 load: one value per row, in the rows' layout (a (BLOCK_D,) load
+    would be laid out differently and moved through shared memory)."""
+    return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _rows_load(ptr, mask, offs_n, N: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_D, BLOCK_N) float32 from N column loads at ptr + n (ptr: (BLOCK_D, 1), each
+    row's n = 0). One (BLOCK_D, BLOCK_N) load would put the states across lanes; built from
+    columns, each thread keeps its rows' N values in registers and picking state n is free."""
+    x = tl.zeros((ptr.shape[0], BLOCK_N), dtype=tl.float32)
+    for n in tl.static_range(N):
+        x = tl.where((offs_n == n)[None, :], _col_load(ptr + n, mask), x)
+    return x
+
+
+@triton.jit
+def _rows_store(ptr, x, mask, offs_n, N: tl.constexpr):
+    """Store the (BLOCK_D, BLOCK_N) x as N columns at ptr + n (see _rows_load)."""
+    for n in tl.static_range(N):
+        tl.store(ptr + n, _col(x, (offs_n == n)[None, :]), mask=mask)
+
+
+@triton.jit
+def _state_scan(a, b, h, offs_t, T: tl.constexpr):
+    """h_t = a_t h_{t-1} + b_t along a tile held in registers ((BLOCK_D, T)), from the state
+    h ((BLOCK_D, 1)) before it: every h_t, and the last."""
+    hs = tl.zeros_like(a)
+    for i in tl.static_range(T):
+        sel = (offs_t == i)[None, :]
+        h = _col(a, sel) * h + _col(b, sel)
+        hs = tl.where(sel, h, hs)
+    return hs, h
+
+
+@triton.jit
+def _grad_scan(a, c, k, offs_t, T: tl.constexpr):
+    """g_t = c_t + a_{t+1} g_{t+1} along a tile held in registers, backwards, from k = a g at
+    the first step after the tile ((BLOCK_D, 1)): every g_t, and a_0 g_0 (the tile before's k)."""
+    g = tl.zeros_like(a)
+    for i in tl.static_range(T):
+        sel = (offs_t == T - 1 - i)[None, :]
+        g_i = _col(c, sel) + k
+        g = tl.where(sel, g_i, g)
+        k = _col(a, sel) * g_i
+    return g, k
+
+
+@triton.jit
+def _selective_scan_bwd_rows_kernel(
+    # pointers: inputs, checkpoints (B, D, L/CHUNK, N), dout
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
+    # pointers: gradients (dA, dD, dbias and (D, N) dB, dC: per segment and batch row, summed
+    # by the wrapper; time-varying dB, dC: float32, one atomic add per (block, n, t))
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    # per-segment summaries (PASS 1 writes, PASS 2 reads) and the tile-start states' scratch
+    seg_k_ptr, seg_s_ptr, tiles_ptr,
+    L, dim, dstate, dpg, seg_len, n_seg,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    T: tl.constexpr, CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr,
+):
+    """The "rows" backward: the rows forward's layout (a channel's T steps in one thread, so
+    every scan along time is a sequential loop in registers), walked backwards.
+
+    The state's gradient g_t = C_t dy_t + a_{t+1} g_{t+1} runs from the end, carried between
+    tiles as k = a_t g_t at a tile's first step. Segments of L run side by side, as in the
+    forward: PASS 1 runs each segment but the first from k = 0 and stores K (its k out) and
+    S (its delta sum); a segment maps k -> exp(A S) k + K, so PASS 2 starts each segment
+    from the composition of the maps after it. Inside a segment, chunks of CHUNK steps go in
+    reverse: from the forward's checkpoint, a forward sweep stores each tile's starting
+    state in a scratch (each thread reads back only its own rows), then the tiles go in
+    reverse: the tile's states from the stored one, the gradient scan, every gradient. dB
+    and dC of time-varying B, C are summed over the block's channels before one atomic add
+    per (block, n, t). Per-channel values are (BLOCK_D, 1) columns and per-state ones
+    (BLOCK_D, BLOCK_N) rows, so that every pick of a state or a step stays in a thread.
+    """
+    grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    seg = tl.program_id(2)  # segment of the sequence
+    if PASS == 1:
+        seg += 1  # nothing comes before segment 0: its k out is never needed
+    d_col = offs_d[:, None]  # (BLOCK_D, 1)
+    mask_c = mask_d[:, None]
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, T)
+    A_col = A_ptr + d_col * dstate  # + n: A[d, n]; also (D, N) B, C
+    bias = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = _col_load(bias_ptr + d_col, mask_c)
+    u_base = u_ptr + pid_b * s_u_b + d_col * s_u_d  # (BLOCK_D, 1); du, ddelta too
+    du_base = du_ptr + pid_b * s_u_b + d_col * s_u_d
+    ddt_base = ddelta_ptr + pid_b * s_u_b + d_col * s_u_d
+    dt_base = delta_ptr + pid_b * s_dt_b + d_col * s_dt_d
+    z_base = z_ptr + pid_b * s_z_b + d_col * s_z_d  # z and dz
+    dz_base = dz_ptr + pid_b * s_z_b + d_col * s_z_d
+    do_base = dout_ptr + pid_b * s_do_b + d_col * s_do_d
+    B_base = B_ptr + pid_b * s_B_b + grp * s_B_g  # time-varying B, C only
+    C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
+    dB_base = dB_ptr + pid_b * s_dB_b + grp * s_dB_g
+    dC_base = dC_ptr + pid_b * s_dB_b + grp * s_dB_g
+    row = (pid_b * dim + d_col) * n_seg  # (BLOCK_D, 1): this channel's segment 0
+    sk_base = seg_k_ptr + row * dstate
+    s_end = tl.minimum(seg * seg_len + seg_len, L)  # the segment: steps seg * seg_len .. s_end - 1
+
+    kap = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # k = a g at the first step after
+    if PASS == 1:
+        S = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+        c0 = (seg * seg_len) // T
+        c1 = tl.cdiv(s_end, T)
+        for ci in range(0, c1 - c0):
+            c = c1 - 1 - ci  # tiles in reverse
+            t = c * T + offs_t
+            mask_dt = mask_c & (t < L)[None, :]
+            dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+            _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+            S += tl.sum(dt, axis=1, keep_dims=True)
+            for n in tl.static_range(N):
+                sel = (offs_n == n)[None, :]
+                A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
+                if VARYING_BC:
+                    Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                 mask=None if EVEN else mask_dt,
+                                 other=None if EVEN else 0.0).to(tl.float32)
+                else:
+                    Cn = _col_load(C_ptr + d_col * dstate + n, mask_c)
+                a = tl.exp2(dt * A2n)
+                _, kn = _grad_scan(a, dy * Cn, _col(kap, sel), offs_t, T)
+                kap = tl.where(sel, kn, kap)
+        _rows_store(sk_base + seg * dstate, kap, mask_c, offs_n, N)
+        tl.store(seg_s_ptr + row + seg, S, mask=mask_c)
+    else:
+        if seg < n_seg - 1:
+            A2 = _rows_load(A_col, mask_c, offs_n, N, BLOCK_N) * 1.4426950408889634
+            for jj in range(0, n_seg - 1 - seg):  # k entering from the segments after, last first
+                j = n_seg - 1 - jj
+                S_j = _col_load(seg_s_ptr + row + j, mask_c)
+                kap = tl.exp2(S_j * A2) * kap + _rows_load(sk_base + j * dstate, mask_c, offs_n, N, BLOCK_N)
+        dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        if not VARYING_BC:
+            dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+            dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        dD_acc = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+        dbias_acc = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+        if HAS_D:
+            Dv = _col_load(D_ptr + d_col, mask_c)
+        n_chunks = tl.cdiv(L, CHUNK)
+        ck_base = ckpt_ptr + ((pid_b * dim + d_col) * n_chunks) * dstate  # (BLOCK_D, 1)
+        TPC: tl.constexpr = CHUNK // T  # tiles per chunk
+        tl_base = tiles_ptr + ((row + seg) * TPC) * dstate
+        k0 = (seg * seg_len) // CHUNK
+        k1 = tl.cdiv(s_end, CHUNK)
+        for ki in range(0, k1 - k0):
+            k = k1 - 1 - ki  # chunks in reverse
+            j0 = k * TPC
+            j1 = tl.minimum(j0 + TPC, tl.cdiv(L, T))  # the chunk's tiles: j0 .. j1 - 1
+            # forward over the chunk from its checkpoint: the state entering each tile
+            hc = _rows_load(ck_base + k * dstate, mask_c, offs_n, N, BLOCK_N)
+            for j in range(j0, j1):
+                _rows_store(tl_base + (j - j0) * dstate, hc, mask_c, offs_n, N)
+                if j < j1 - 1:  # (the last tile's end state is not needed)
+                    t = j * T + offs_t
+                    mask_dt = mask_c & (t < L)[None, :]
+                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                                other=None if EVEN else 0.0).to(tl.float32)
+                    dtu = dt * u
+                    for n in tl.static_range(N):
+                        sel = (offs_n == n)[None, :]
+                        A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
+                        if VARYING_BC:
+                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                         mask=None if EVEN else mask_dt,
+                                         other=None if EVEN else 0.0).to(tl.float32)
+                        else:
+                            Bn = _col_load(B_ptr + d_col * dstate + n, mask_c)
+                        _, hn = _state_scan(tl.exp2(dt * A2n), dtu * Bn, _col(hc, sel), offs_t, T)
+                        hc = tl.where(sel, hn, hc)
+            # the chunk's tiles in reverse
+            for ji in range(0, j1 - j0):
+                j = j1 - 1 - ji
+                t = j * T + offs_t
+                mask_t = t < L
+                mask_dt = mask_c & mask_t[None, :]
+                dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                            other=None if EVEN else 0.0).to(tl.float32)
+                dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                dtu = dt * u
+                y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+                ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
+                gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
+                for n in tl.static_range(N):
+                    sel = (offs_n == n)[None, :]
+                    A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
+                    if VARYING_BC:
+                        Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                     mask=None if EVEN else mask_dt,
+                                     other=None if EVEN else 0.0).to(tl.float32)
+                        Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                     mask=None if EVEN else mask_dt,
+                                     other=None if EVEN else 0.0).to(tl.float32)
+                    else:
+                        Bn = _col_load(B_ptr + d_col * dstate + n, mask_c)
+                        Cn = _col_load(C_ptr + d_col * dstate + n, mask_c)
+                    a = tl.exp2(dt * A2n)
+                    b = dtu * Bn
+                    h, _ = _state_scan(a, b, _col_load(tl_base + (j - j0) * dstate + n, mask_c),
+                                       offs_t, T)
+                    if HAS_Z:
+                        y += h * Cn
+                    g, kn = _grad_scan(a, dy * Cn, _col(kap, sel), offs_t, T)
+                    kap = tl.where(sel, kn, kap)
+                    q = g * (h - b)  # g_t a_t h_{t-1}
+                    ddt += q * (A2n * 0.6931471805599453)
+                    dA_acc = tl.where(sel, dA_acc + tl.sum(q * dt, axis=1, keep_dims=True), dA_acc)
+                    gB += g * Bn
+                    if VARYING_BC:
+                        tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
+                                      mask=None if EVEN else mask_t, sem="relaxed")
+                        tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
+                                      mask=None if EVEN else mask_t, sem="relaxed")
+                    else:
+                        dB_acc = tl.where(sel, dB_acc + tl.sum(g * dtu, axis=1, keep_dims=True), dB_acc)
+                        dC_acc = tl.where(sel, dC_acc + tl.sum(dy * h, axis=1, keep_dims=True), dC_acc)
+                du = gB * dt
+                if HAS_D:
+                    du += Dv * dy
+                    dD_acc += tl.sum(dy * u, axis=1, keep_dims=True)
+                if HAS_Z:
+                    if HAS_D:
+                        y += Dv * u
+                    sz = tl.sigmoid(zz)
+                    dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                    tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
+                             mask=None if EVEN else mask_dt)
+                ddt += gB * u
+                if SOFTPLUS:
+                    ddt = ddt * tl.sigmoid(dt_raw)
+                if not EVEN:
+                    ddt = tl.where(mask_dt, ddt, 0.0)
+                if HAS_BIAS:
+                    dbias_acc += tl.sum(ddt, axis=1, keep_dims=True)
+                tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
+                         mask=None if EVEN else mask_dt)
+                tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
+                         mask=None if EVEN else mask_dt)
+        part = (seg * tl.num_programs(1) + pid_b) * dim + d_col  # into (n_seg, B, D[, N])
+        _rows_store(dA_ptr + part * dstate, dA_acc, mask_c, offs_n, N)
+        if not VARYING_BC:
+            _rows_store(dB_ptr + part * dstate, dB_acc, mask_c, offs_n, N)
+            _rows_store(dC_ptr + part * dstate, dC_acc, mask_c, offs_n, N)
+        if HAS_D:
+            tl.store(dD_ptr + part, dD_acc, mask=mask_c)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + part, dbias_acc, mask=mask_c)
+
+
+@triton.jit
 def _selective_scan_fwd_kernel(
     # pointers (B and C time-varying: transposed to (B, [G,] L, N), N contiguous)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
@@ -690,6 +992,29 @@ _rows_kernel_tuned = (None if _INTERPRET else triton.autotune(
 _INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
 ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this many threads
 ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
+
+# (BLOCK_D, T, num_warps) of the rows backward: with BLOCK_D = 64 and one warp each thread
+# owns two channels, so the sum of dB, dC over the block's channels starts in-thread (then
+# 5 shuffle rounds across the warp's lanes). Each config compiles twice (PASS 1, 2).
+# T = 4 in both dtypes: with T = 8 the compiler spreads a tile's steps over two lanes.
+_BWD_ROWS_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": 4}, num_warps=w)
+                     for bd, w in [(32, 1), (64, 1), (64, 2), (128, 4)]]
+
+
+def bwd_rows_tuned(configs):
+    """The rows backward autotuned over `configs` (dB, dC reset between trials: they are
+    accumulated with atomics); one per (N, D per group, CHUNK, segments, pass, B/C layout)."""
+    return triton.autotune(
+        configs, key=["dstate", "dpg", "CHUNK", "n_seg", "PASS", "VARYING_BC"],
+        reset_to_zero=["dB_ptr", "dC_ptr"])(triton.heuristics(
+            {"EVEN": lambda a: a["L"] % a["T"] == 0 and a["dpg"] % a["BLOCK_D"] == 0})(
+                _selective_scan_bwd_rows_kernel))
+
+
+_bwd_rows_kernel_tuned = None if _INTERPRET else bwd_rows_tuned(_BWD_ROWS_CONFIGS)
+_INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows-backward tile
+BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
+BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 
 FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | auto (default): which forward runs
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
@@ -930,55 +1255,88 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
     return _FORWARD_CHOICE[key]
 
 
-def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt):
+def _pick_backward() -> str:
+    """"rows" (default) or "chunk": MAMBABOOK_SCAN_BACKWARD."""
+    choice = os.environ.get(BACKWARD_ENV, "rows").strip().lower() or "rows"
+    if choice not in ("chunk", "rows"):
+        raise ValueError(f"{BACKWARD_ENV} must be chunk or rows, got {choice!r}")
+    return choice
+
+
+def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=None):
+    """Gradients of every input from dout and the forward's checkpoints: the "chunk"
+    backward (one channel per program, 3-D associative scans over chunks) or the "rows" one
+    (the rows forward's layout, walked backwards through segments)."""
+    method = method or _pick_backward()
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     varying = B.dim() > 2
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=True)
     dpg = dim // groups
-    nblk = triton.cdiv(dpg, cfg["BLOCK_D"])
+    n_seg = 1
+    if method == "rows":
+        n_seg = BWD_SEGMENTS or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim),
+                                           length // (8 * cfg["CHUNK"])))
+        seg_len, n_seg = _cut(length, n_seg, cfg["CHUNK"])
+    parts = (n_seg, bsz, dim) if method == "rows" else (bsz, dim)  # summed over the lead axes
     dout = dout.contiguous()
     Af = A.float().contiguous()
-    Df = D.float().contiguous() if D is not None else None
-    bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    Df = D.float().contiguous() if D is not None else Af
+    bias = delta_bias.float().contiguous() if delta_bias is not None else Af
     du = torch.empty_like(u)
     ddelta = torch.empty_like(u, dtype=delta.dtype)
     dz = torch.empty_like(u, dtype=z.dtype) if z is not None else None
-    dA_part = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+    dA_part = u.new_empty(*parts, dstate, dtype=torch.float32)
     if varying:
         dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         sdB = _bc_strides(dB)
     else:
-        dB = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
-        dC = u.new_empty(bsz, dim, dstate, dtype=torch.float32)
+        dB = u.new_empty(*parts, dstate, dtype=torch.float32)
+        dC = u.new_empty(*parts, dstate, dtype=torch.float32)
         sdB = (0, 0, 0)
-    dD_part = u.new_empty(bsz, dim, dtype=torch.float32) if D is not None else None
-    dbias_part = u.new_empty(bsz, dim, dtype=torch.float32) if delta_bias is not None else None
-    B, C, sB, sC = _bc_operands(B, C)
+    dD_part = u.new_empty(*parts, dtype=torch.float32) if D is not None else dA_part
+    dbias_part = u.new_empty(*parts, dtype=torch.float32) if delta_bias is not None else dA_part
+    Bk, Ck, sB, sC = _bc_operands(B, C)
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
-    grid = (groups * nblk, bsz)
-    _selective_scan_bwd_kernel[grid](
-        u, delta, Af, B, C, Df if Df is not None else Af, zz, bias if bias is not None else Af,
-        ckpt, dout,
-        du, ddelta, dzz, dA_part, dB, dC,
-        dD_part if dD_part is not None else dA_part, dbias_part if dbias_part is not None else dA_part,
-        length, dim, dstate, dpg,
-        *_row_strides(u, delta, zz, dout), *sB, *sC, *sdB,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(softplus), VARYING_BC=varying,
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"], CHUNK=cfg["CHUNK"],
-        num_warps=cfg["num_warps"],
-    )
-    dA = dA_part.sum(0).to(A.dtype)
+    args = (u, delta, Af, Bk, Ck, Df, zz, bias, ckpt, dout,
+            du, ddelta, dzz, dA_part, dB, dC, dD_part, dbias_part)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 SOFTPLUS=bool(softplus), VARYING_BC=varying, BLOCK_N=cfg["BLOCK_N"],
+                 CHUNK=cfg["CHUNK"])
+    strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
+    if method == "rows":
+        seg_k, seg_s = _segment_summaries(u, n_seg, dstate)
+        t_min = (_INTERPRET_BWD_ROWS["T"] if _INTERPRET else
+                 min(c.kwargs["T"] for c in _bwd_rows_kernel_tuned.configs))  # most tiles per chunk
+        tiles = u.new_empty(bsz, dim, n_seg, cfg["CHUNK"] // t_min, dstate, dtype=torch.float32)
+        args = (*args, seg_k, seg_s, tiles, length, dim, dstate, dpg, seg_len, n_seg, *strides)
+        for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
+            if segs == 0:
+                continue
+            if _INTERPRET:
+                c = _INTERPRET_BWD_ROWS
+                even = length % c["T"] == 0 and dpg % c["BLOCK_D"] == 0
+                grid = (groups * triton.cdiv(dpg, c["BLOCK_D"]), bsz, segs)
+                _selective_scan_bwd_rows_kernel[grid](*args, **flags, N=dstate, **c, PASS=pass_,
+                                                      EVEN=even, num_warps=1)
+            else:
+                grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
+                _bwd_rows_kernel_tuned[grid](*args, **flags, N=dstate, PASS=pass_)
+    else:
+        grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
+        _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,
+                                         BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
+    lead = tuple(range(len(parts) - 1))  # the segment and batch axes of the partial sums
+    dA = dA_part.sum(lead).to(A.dtype)
     if varying:
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
     else:
-        dB, dC = dB.sum(0).to(B.dtype), dC.sum(0).to(C.dtype)
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        dB, dC = dB.sum(lead).to(B.dtype), dC.sum(lead).to(C.dtype)
+    dD = dD_part.sum(lead).to(D.dtype) if D is not None else None
+    dbias = dbias_part.sum(lead).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 

@@ -90,12 +90,13 @@ CASES = dict(
 
 
 @settings(max_examples=20, deadline=None)
-@given(**CASES, chunk=st.sampled_from([4, 8, 16]))
+@given(**CASES, chunk=st.sampled_from([4, 8, 16]), backward=st.sampled_from(["chunk", "rows"]))
 def test_selective_scan_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z, has_bias,
-                                    softplus, chunk):
+                                    softplus, chunk, backward):
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, backward)
         mp.setattr(ss, "_config", small_chunks(chunk))
         check_against_ref(inputs, softplus, torch.float32)
 
@@ -271,10 +272,47 @@ def test_selective_scan_forward_choice(monkeypatch):
         ss.selective_scan(**inputs)
 
 
+# ----------------------------------------------------------------------------- the rows backward
+@settings(max_examples=12, deadline=None)
+@given(**CASES, block_d=st.sampled_from([2, 4]), tile=st.sampled_from([2, 4]),
+       chunk=st.sampled_from([4, 8]), segments=st.sampled_from([1, 2, 3]))
+def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
+                                                  has_bias, softplus, block_d, tile, chunk,
+                                                  segments):
+    """The rows backward (tiles of T steps in one thread, the gradient's carry a g between
+    tiles, chunks recomputed from the checkpoints, L cut into segments joined by a first
+    pass, dB and dC summed over the block's channels) gives every gradient of the ref, for
+    every layout and option, masked (L, D not multiples of the tile) and not."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=block_d, T=tile))
+        mp.setattr(ss, "BWD_SEGMENTS", segments)
+        mp.setattr(ss, "_config", small_chunks(chunk))
+        check_against_ref(inputs, softplus, torch.float32)
+
+
+def test_selective_scan_backward_choice(monkeypatch):
+    """MAMBABOOK_SCAN_BACKWARD picks the backward (rows by default); others are refused."""
+    monkeypatch.delenv(ss.BACKWARD_ENV, raising=False)
+    assert ss._pick_backward() == "rows"
+    monkeypatch.setenv(ss.BACKWARD_ENV, "chunk")
+    assert ss._pick_backward() == "chunk"
+    monkeypatch.setenv(ss.BACKWARD_ENV, "fast")
+    inputs = make_inputs(1, 3, 5, 2)
+    leaves = {k: v.requires_grad_() if v is not None else None for k, v in inputs.items()}
+    out = ss.selective_scan(**leaves)
+    with pytest.raises(ValueError, match=ss.BACKWARD_ENV):
+        out.sum().backward()
+
+
 # ----------------------------------------------------------------------------- GPU, real sizes
 @pytest.mark.gpu
+@pytest.mark.parametrize("backward", ["chunk", "rows"])
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
-def test_selective_scan_gpu_fp32(layout):
+def test_selective_scan_gpu_fp32(layout, backward, monkeypatch):
+    monkeypatch.setenv(ss.BACKWARD_ENV, backward)
     inputs = make_inputs(2, 768, 2053, 16, layout=layout, groups=4, device="cuda")
     check_against_ref(inputs, True, torch.float32)
 

@@ -1,0 +1,98 @@
+# ruff: noqa: B023  (each closure is timed inside its own loop iteration)
+"""The selective scan's backward on the H200: the chunk backward against the rows backward
+(each of its launch configurations and 1 to 8 segments), and forward + backward through
+autograd with each; gradients of every variant checked against the chunk backward.
+
+B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; needs a GPU.
+
+    python3 benchmarks/experiments/backward_layouts.py --out /tmp/backward_layouts.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+import mambabook.kernels.selective_scan_kernel as ss
+from mambabook.bench import provenance, time_fn
+from mambabook.suites.selective_scan import make_scan_inputs
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def grads_close(got, want) -> float:
+    """Largest |got - want| / (|want|_max) over the gradients (None entries skipped)."""
+    worst = 0.0
+    for g, w in zip(got, want):
+        if w is None:
+            continue
+        worst = max(worst, ((g.float() - w.float()).abs().max() / w.float().abs().max().clamp_min(1e-30)).item())
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lengths", default="4096")
+    ap.add_argument("--segments", default="1,2,4,8")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    B, D, N = 8, 1536, 16
+    records = []
+
+    def log(rec):
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+        with open(args.out, "w") as f:
+            json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
+                       "records": records}, f, indent=1)
+
+    default_tuned = ss._bwd_rows_kernel_tuned
+    for L in [int(x) for x in args.lengths.split(",")]:
+        for dname, dtype in DTYPES.items():
+            x = make_scan_inputs(B, D, L, N, dtype, dev)
+            fwd_args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+            out, _, ckpt = ss._scan_fwd(*fwd_args, save_ckpt=True, method="rows")
+            dout = torch.randn_like(out)
+            bwd = lambda m: ss._scan_bwd(dout, *fwd_args, ckpt, method=m)
+            want = bwd("chunk")
+            ms = time_fn(lambda: bwd("chunk"), dev)
+            log(dict(L=L, dtype=dname, what="bwd", method="chunk", ms=ms))
+            for cfg in ss._BWD_ROWS_CONFIGS:
+                ss._bwd_rows_kernel_tuned = ss.bwd_rows_tuned([cfg])
+                for segs in [int(s) for s in args.segments.split(",")]:
+                    ss.BWD_SEGMENTS = segs
+                    try:
+                        err = grads_close(bwd("rows"), want)
+                        ms = time_fn(lambda: bwd("rows"), dev)
+                    except Exception as e:  # noqa: BLE001 - a config that fails is a result too
+                        log(dict(L=L, dtype=dname, what="bwd", method="rows", config=str(cfg),
+                                 segments=segs, error=repr(e)[:300]))
+                        continue
+                    log(dict(L=L, dtype=dname, what="bwd", method="rows", config=str(cfg),
+                             segments=segs, ms=ms, rel_err_vs_chunk=err))
+            ss._bwd_rows_kernel_tuned = default_tuned
+            ss.BWD_SEGMENTS = None
+            err = grads_close(bwd("rows"), want)
+            ms = time_fn(lambda: bwd("rows"), dev)
+            best = {k: str(v) for k, v in default_tuned.cache.items()}
+            log(dict(L=L, dtype=dname, what="bwd", method="rows", config="autotuned",
+                     segments=None, ms=ms, rel_err_vs_chunk=err, chosen=best))
+            # forward + backward through autograd, as a user calls it
+            leaves = make_scan_inputs(B, D, L, N, dtype, dev, requires_grad=True)
+            for m in ("chunk", "rows"):
+                os.environ[ss.BACKWARD_ENV] = m
+
+                def step():
+                    o = ss.selective_scan(**leaves, delta_softplus=True)
+                    o.backward(dout)
+
+                log(dict(L=L, dtype=dname, what="fwd+bwd", method=m, ms=time_fn(step, dev)))
+            os.environ.pop(ss.BACKWARD_ENV, None)
+
+
+if __name__ == "__main__":
+    main()
