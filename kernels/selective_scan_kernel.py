@@ -558,24 +558,6 @@ def _col_load(ptr, mask):
 
 
 @triton.jit
-def _rows_load(ptr, mask, offs_n, N: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(BLOCK_D, BLOCK_N) float32 from N column loads at ptr + n (ptr: (BLOCK_D, 1), each
-    row's n = 0). One (BLOCK_D, BLOCK_N) load would put the states across lanes; built from
-    columns, each thread keeps its rows' N values in registers and picking state n is free."""
-    x = tl.zeros((ptr.shape[0], BLOCK_N), dtype=tl.float32)
-    for n in tl.static_range(N):
-        x = tl.where((offs_n == n)[None, :], _col_load(ptr + n, mask), x)
-    return x
-
-
-@triton.jit
-def _rows_store(ptr, x, mask, offs_n, N: tl.constexpr):
-    """Store the (BLOCK_D, BLOCK_N) x as N columns at ptr + n (see _rows_load)."""
-    for n in tl.static_range(N):
-        tl.store(ptr + n, _col(x, (offs_n == n)[None, :]), mask=mask)
-
-
-@triton.jit
 def _state_scan(a, b, h, offs_t, T: tl.constexpr):
     """h_t = a_t h_{t-1} + b_t along a tile held in registers ((BLOCK_D, T)), from the state
     h ((BLOCK_D, 1)) before it: every h_t, and the last."""
@@ -602,19 +584,20 @@ def _grad_scan(a, c, k, offs_t, T: tl.constexpr):
 
 @triton.jit
 def _selective_scan_bwd_rows_kernel(
-    # pointers: inputs, checkpoints (B, D, L/CHUNK, N), dout
+    # pointers: inputs (A and (D, N) B, C transposed to (N, D)), checkpoints (B, D, L/CHUNK, N)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
-    # pointers: gradients (dA, dD, dbias and (D, N) dB, dC: per segment and batch row, summed
-    # by the wrapper; time-varying dB, dC: float32, one atomic add per (block, n, t))
+    # pointers: gradients. dA and (D, N) dB, dC: float32 partial sums (n_seg, B, N, D), zeroed;
+    # dD, dbias: (n_seg, B, D); time-varying dB, dC: float32, one atomic add per (block, n, t)
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    # per-segment summaries (PASS 1 writes, PASS 2 reads) and the tile-start states' scratch
-    seg_k_ptr, seg_s_ptr, tiles_ptr,
+    # scratch: segment summaries K (B, n_seg, N, D) and S (B, n_seg, D), the running k
+    # (B, n_seg, N, D) and the tile-start states of a chunk (B, n_seg, CHUNK / T, N, D)
+    seg_k_ptr, seg_s_ptr, kap_ptr, tiles_ptr,
     L, dim, dstate, dpg, seg_len, n_seg,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    VARYING_BC: tl.constexpr, N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    T: tl.constexpr, CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr,
+    VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr,
+    PASS: tl.constexpr, EVEN: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's T steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards.
@@ -625,11 +608,16 @@ def _selective_scan_bwd_rows_kernel(
     S (its delta sum); a segment maps k -> exp(A S) k + K, so PASS 2 starts each segment
     from the composition of the maps after it. Inside a segment, chunks of CHUNK steps go in
     reverse: from the forward's checkpoint, a forward sweep stores each tile's starting
-    state in a scratch (each thread reads back only its own rows), then the tiles go in
-    reverse: the tile's states from the stored one, the gradient scan, every gradient. dB
-    and dC of time-varying B, C are summed over the block's channels before one atomic add
-    per (block, n, t). Per-channel values are (BLOCK_D, 1) columns and per-state ones
-    (BLOCK_D, BLOCK_N) rows, so that every pick of a state or a step stays in a thread.
+    state in a scratch, then the tiles go in reverse: the tile's states from the stored one,
+    the gradient scan, every gradient. dB and dC of time-varying B, C are summed over the
+    block's channels before one atomic add per (block, n, t).
+
+    The states are a runtime loop (n < dstate) inside each tile: a state's k, its dA sum and
+    its tile-start state live in scratch columns (contiguous over the block's channels, each
+    thread reading back only what it wrote), not in registers. Unrolled over 16 states the
+    loop body was 50 KB of machine code (past the instruction cache) and took a minute to
+    compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
+    thread.
     """
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -638,9 +626,8 @@ def _selective_scan_bwd_rows_kernel(
         seg += 1  # nothing comes before segment 0: its k out is never needed
     d_col = offs_d[:, None]  # (BLOCK_D, 1)
     mask_c = mask_d[:, None]
-    offs_n = tl.arange(0, BLOCK_N)
     offs_t = tl.arange(0, T)
-    A_col = A_ptr + d_col * dstate  # + n: A[d, n]; also (D, N) B, C
+    A_col = A_ptr + d_col  # state n of the block's channels at + n * dim (also (N, D) B, C)
     bias = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
     if HAS_BIAS:
         bias = _col_load(bias_ptr + d_col, mask_c)
@@ -655,12 +642,14 @@ def _selective_scan_bwd_rows_kernel(
     C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
     dB_base = dB_ptr + pid_b * s_dB_b + grp * s_dB_g
     dC_base = dC_ptr + pid_b * s_dB_b + grp * s_dB_g
-    row = (pid_b * dim + d_col) * n_seg  # (BLOCK_D, 1): this channel's segment 0
-    sk_base = seg_k_ptr + row * dstate
+    sk_base = seg_k_ptr + pid_b * n_seg * dstate * dim + d_col  # + (s * N + n) * dim
+    ss_base = seg_s_ptr + pid_b * n_seg * dim + d_col  # + s * dim
     s_end = tl.minimum(seg * seg_len + seg_len, L)  # the segment: steps seg * seg_len .. s_end - 1
 
-    kap = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # k = a g at the first step after
     if PASS == 1:
+        kp = sk_base + seg * dstate * dim  # the running k is K[b, seg] itself
+        for n in range(0, dstate):
+            tl.store(kp + n * dim, tl.zeros((BLOCK_D, 1), dtype=tl.float32), mask=mask_c)
         S = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
         c0 = (seg * seg_len) // T
         c1 = tl.cdiv(s_end, T)
@@ -671,31 +660,32 @@ def _selective_scan_bwd_rows_kernel(
             dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
             _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
             S += tl.sum(dt, axis=1, keep_dims=True)
-            for n in tl.static_range(N):
-                sel = (offs_n == n)[None, :]
-                A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
+            for n in range(0, dstate):
+                k_in = _col_load(kp + n * dim, mask_c)
+                A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
                 if VARYING_BC:
                     Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
                                  mask=None if EVEN else mask_dt,
                                  other=None if EVEN else 0.0).to(tl.float32)
                 else:
-                    Cn = _col_load(C_ptr + d_col * dstate + n, mask_c)
-                a = tl.exp2(dt * A2n)
-                _, kn = _grad_scan(a, dy * Cn, _col(kap, sel), offs_t, T)
-                kap = tl.where(sel, kn, kap)
-        _rows_store(sk_base + seg * dstate, kap, mask_c, offs_n, N)
-        tl.store(seg_s_ptr + row + seg, S, mask=mask_c)
+                    Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
+                _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
+                tl.store(kp + n * dim, k_out, mask=mask_c)
+        tl.store(ss_base + seg * dim, S, mask=mask_c)
     else:
-        if seg < n_seg - 1:
-            A2 = _rows_load(A_col, mask_c, offs_n, N, BLOCK_N) * 1.4426950408889634
-            for jj in range(0, n_seg - 1 - seg):  # k entering from the segments after, last first
+        kp = kap_ptr + (pid_b * n_seg + seg) * dstate * dim + d_col  # + n * dim
+        for n in range(0, dstate):  # k entering from the segments after, the last first
+            A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+            kn = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+            for jj in range(0, n_seg - 1 - seg):
                 j = n_seg - 1 - jj
-                S_j = _col_load(seg_s_ptr + row + j, mask_c)
-                kap = tl.exp2(S_j * A2) * kap + _rows_load(sk_base + j * dstate, mask_c, offs_n, N, BLOCK_N)
-        dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        if not VARYING_BC:
-            dB_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-            dC_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+                kn = (tl.exp2(_col_load(ss_base + j * dim, mask_c) * A2n) * kn
+                      + _col_load(sk_base + (j * dstate + n) * dim, mask_c))
+            tl.store(kp + n * dim, kn, mask=mask_c)
+        part = (seg * tl.num_programs(1) + pid_b) * dim + d_col  # into (n_seg, B, D)
+        dA_p = dA_ptr + (seg * tl.num_programs(1) + pid_b) * dstate * dim + d_col  # + n * dim
+        dB_p = dB_ptr + (seg * tl.num_programs(1) + pid_b) * dstate * dim + d_col  # (D, N) B
+        dC_p = dC_ptr + (seg * tl.num_programs(1) + pid_b) * dstate * dim + d_col
         dD_acc = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
         dbias_acc = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
         if HAS_D:
@@ -703,7 +693,7 @@ def _selective_scan_bwd_rows_kernel(
         n_chunks = tl.cdiv(L, CHUNK)
         ck_base = ckpt_ptr + ((pid_b * dim + d_col) * n_chunks) * dstate  # (BLOCK_D, 1)
         TPC: tl.constexpr = CHUNK // T  # tiles per chunk
-        tl_base = tiles_ptr + ((row + seg) * TPC) * dstate
+        tl_base = tiles_ptr + (pid_b * n_seg + seg) * TPC * dstate * dim + d_col
         k0 = (seg * seg_len) // CHUNK
         k1 = tl.cdiv(s_end, CHUNK)
         for ki in range(0, k1 - k0):
@@ -711,27 +701,27 @@ def _selective_scan_bwd_rows_kernel(
             j0 = k * TPC
             j1 = tl.minimum(j0 + TPC, tl.cdiv(L, T))  # the chunk's tiles: j0 .. j1 - 1
             # forward over the chunk from its checkpoint: the state entering each tile
-            hc = _rows_load(ck_base + k * dstate, mask_c, offs_n, N, BLOCK_N)
-            for j in range(j0, j1):
-                _rows_store(tl_base + (j - j0) * dstate, hc, mask_c, offs_n, N)
-                if j < j1 - 1:  # (the last tile's end state is not needed)
-                    t = j * T + offs_t
-                    mask_dt = mask_c & (t < L)[None, :]
-                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                                other=None if EVEN else 0.0).to(tl.float32)
-                    dtu = dt * u
-                    for n in tl.static_range(N):
-                        sel = (offs_n == n)[None, :]
-                        A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
-                        if VARYING_BC:
-                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                                         mask=None if EVEN else mask_dt,
-                                         other=None if EVEN else 0.0).to(tl.float32)
-                        else:
-                            Bn = _col_load(B_ptr + d_col * dstate + n, mask_c)
-                        _, hn = _state_scan(tl.exp2(dt * A2n), dtu * Bn, _col(hc, sel), offs_t, T)
-                        hc = tl.where(sel, hn, hc)
+            for n in range(0, dstate):
+                tl.store(tl_base + n * dim, _col_load(ck_base + k * dstate + n, mask_c), mask=mask_c)
+            for j in range(j0, j1 - 1):  # (the last tile's end state is not needed)
+                t = j * T + offs_t
+                mask_dt = mask_c & (t < L)[None, :]
+                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                            other=None if EVEN else 0.0).to(tl.float32)
+                dtu = dt * u
+                h_ptr = tl_base + (j - j0) * dstate * dim
+                for n in range(0, dstate):
+                    h_in = _col_load(h_ptr + n * dim, mask_c)
+                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+                    if VARYING_BC:
+                        Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                     mask=None if EVEN else mask_dt,
+                                     other=None if EVEN else 0.0).to(tl.float32)
+                    else:
+                        Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
+                    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
+                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
             # the chunk's tiles in reverse
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
@@ -746,9 +736,11 @@ def _selective_scan_bwd_rows_kernel(
                 y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
                 ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
                 gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
-                for n in tl.static_range(N):
-                    sel = (offs_n == n)[None, :]
-                    A2n = _col_load(A_col + n, mask_c) * 1.4426950408889634
+                h_ptr = tl_base + (j - j0) * dstate * dim
+                for n in range(0, dstate):
+                    h_in = _col_load(h_ptr + n * dim, mask_c)
+                    k_in = _col_load(kp + n * dim, mask_c)
+                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
                     if VARYING_BC:
                         Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
                                      mask=None if EVEN else mask_dt,
@@ -757,19 +749,19 @@ def _selective_scan_bwd_rows_kernel(
                                      mask=None if EVEN else mask_dt,
                                      other=None if EVEN else 0.0).to(tl.float32)
                     else:
-                        Bn = _col_load(B_ptr + d_col * dstate + n, mask_c)
-                        Cn = _col_load(C_ptr + d_col * dstate + n, mask_c)
+                        Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
+                        Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
                     a = tl.exp2(dt * A2n)
                     b = dtu * Bn
-                    h, _ = _state_scan(a, b, _col_load(tl_base + (j - j0) * dstate + n, mask_c),
-                                       offs_t, T)
+                    h, _ = _state_scan(a, b, h_in, offs_t, T)
                     if HAS_Z:
                         y += h * Cn
-                    g, kn = _grad_scan(a, dy * Cn, _col(kap, sel), offs_t, T)
-                    kap = tl.where(sel, kn, kap)
+                    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
+                    tl.store(kp + n * dim, k_out, mask=mask_c)
                     q = g * (h - b)  # g_t a_t h_{t-1}
                     ddt += q * (A2n * 0.6931471805599453)
-                    dA_acc = tl.where(sel, dA_acc + tl.sum(q * dt, axis=1, keep_dims=True), dA_acc)
+                    dA_n = _col_load(dA_p + n * dim, mask_c) + tl.sum(q * dt, axis=1, keep_dims=True)
+                    tl.store(dA_p + n * dim, dA_n, mask=mask_c)
                     gB += g * Bn
                     if VARYING_BC:
                         tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
@@ -777,8 +769,10 @@ def _selective_scan_bwd_rows_kernel(
                         tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
                                       mask=None if EVEN else mask_t, sem="relaxed")
                     else:
-                        dB_acc = tl.where(sel, dB_acc + tl.sum(g * dtu, axis=1, keep_dims=True), dB_acc)
-                        dC_acc = tl.where(sel, dC_acc + tl.sum(dy * h, axis=1, keep_dims=True), dC_acc)
+                        dB_n = _col_load(dB_p + n * dim, mask_c) + tl.sum(g * dtu, axis=1, keep_dims=True)
+                        dC_n = _col_load(dC_p + n * dim, mask_c) + tl.sum(dy * h, axis=1, keep_dims=True)
+                        tl.store(dB_p + n * dim, dB_n, mask=mask_c)
+                        tl.store(dC_p + n * dim, dC_n, mask=mask_c)
                 du = gB * dt
                 if HAS_D:
                     du += Dv * dy
@@ -801,11 +795,6 @@ def _selective_scan_bwd_rows_kernel(
                          mask=None if EVEN else mask_dt)
                 tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
                          mask=None if EVEN else mask_dt)
-        part = (seg * tl.num_programs(1) + pid_b) * dim + d_col  # into (n_seg, B, D[, N])
-        _rows_store(dA_ptr + part * dstate, dA_acc, mask_c, offs_n, N)
-        if not VARYING_BC:
-            _rows_store(dB_ptr + part * dstate, dB_acc, mask_c, offs_n, N)
-            _rows_store(dC_ptr + part * dstate, dC_acc, mask_c, offs_n, N)
         if HAS_D:
             tl.store(dD_ptr + part, dD_acc, mask=mask_c)
         if HAS_BIAS:
@@ -993,26 +982,14 @@ _INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
 ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this many threads
 ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
 
-# (BLOCK_D, T, num_warps) of the rows backward: with BLOCK_D = 64 and one warp each thread
-# owns two channels, so the sum of dB, dC over the block's channels starts in-thread (then
-# 5 shuffle rounds across the warp's lanes). Each config compiles twice (PASS 1, 2).
-# T = 4 in both dtypes: with T = 8 the compiler spreads a tile's steps over two lanes.
-_BWD_ROWS_CONFIGS = [triton.Config({"BLOCK_D": bd, "T": 4}, num_warps=w)
-                     for bd, w in [(32, 1), (64, 1), (64, 2), (128, 4)]]
-
-
-def bwd_rows_tuned(configs):
-    """The rows backward autotuned over `configs` (dB, dC reset between trials: they are
-    accumulated with atomics); one per (N, D per group, CHUNK, segments, pass, B/C layout)."""
-    return triton.autotune(
-        configs, key=["dstate", "dpg", "CHUNK", "n_seg", "PASS", "VARYING_BC"],
-        reset_to_zero=["dB_ptr", "dC_ptr"])(triton.heuristics(
-            {"EVEN": lambda a: a["L"] % a["T"] == 0 and a["dpg"] % a["BLOCK_D"] == 0})(
-                _selective_scan_bwd_rows_kernel))
-
-
-_bwd_rows_kernel_tuned = None if _INTERPRET else bwd_rows_tuned(_BWD_ROWS_CONFIGS)
+# The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
+# fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28), fp32: two
+# channels per lane (BLOCK_D = 64) ran 2x slower (a thread's work doubles, its latency is
+# not hidden); 8 segments beat 1, 2, 4. No autotuning: one compile of each pass takes about
+# a minute, and the backward's atomics would need a reset per trial.
+BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows-backward tile
+BWD_ROWS_THREADS = 98304  # the rows backward cuts L into segments until about this many threads
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 
@@ -1276,10 +1253,13 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     dpg = dim // groups
     n_seg = 1
     if method == "rows":
-        n_seg = BWD_SEGMENTS or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim),
+        n_seg = BWD_SEGMENTS or max(1, min(triton.cdiv(BWD_ROWS_THREADS, bsz * dim),
                                            length // (8 * cfg["CHUNK"])))
         seg_len, n_seg = _cut(length, n_seg, cfg["CHUNK"])
-    parts = (n_seg, bsz, dim) if method == "rows" else (bsz, dim)  # summed over the lead axes
+    rows = method == "rows"
+    # partial sums: per batch row (chunk), per segment and batch row with N before D (rows)
+    parts = (n_seg, bsz, dim) if rows else (bsz, dim)
+    parts_n = (n_seg, bsz, dstate, dim) if rows else (bsz, dim, dstate)
     dout = dout.contiguous()
     Af = A.float().contiguous()
     Df = D.float().contiguous() if D is not None else Af
@@ -1287,18 +1267,23 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     du = torch.empty_like(u)
     ddelta = torch.empty_like(u, dtype=delta.dtype)
     dz = torch.empty_like(u, dtype=z.dtype) if z is not None else None
-    dA_part = u.new_empty(*parts, dstate, dtype=torch.float32)
+    alloc = torch.zeros if rows else torch.empty  # the rows backward adds into its parts
+    dA_part = alloc(parts_n, device=u.device, dtype=torch.float32)
     if varying:
         dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
         dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
         sdB = _bc_strides(dB)
     else:
-        dB = u.new_empty(*parts, dstate, dtype=torch.float32)
-        dC = u.new_empty(*parts, dstate, dtype=torch.float32)
+        dB = alloc(parts_n, device=u.device, dtype=torch.float32)
+        dC = alloc(parts_n, device=u.device, dtype=torch.float32)
         sdB = (0, 0, 0)
-    dD_part = u.new_empty(*parts, dtype=torch.float32) if D is not None else dA_part
-    dbias_part = u.new_empty(*parts, dtype=torch.float32) if delta_bias is not None else dA_part
+    dD_part = u.new_empty(parts, dtype=torch.float32) if D is not None else dA_part
+    dbias_part = u.new_empty(parts, dtype=torch.float32) if delta_bias is not None else dA_part
     Bk, Ck, sB, sC = _bc_operands(B, C)
+    if rows:  # A and (D, N) B, C transposed to (N, D): coalesced per-state columns
+        Af = Af.t().contiguous()
+        if not varying:
+            Bk, Ck = Bk.t().contiguous(), Ck.t().contiguous()
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
     args = (u, delta, Af, Bk, Ck, Df, zz, bias, ckpt, dout,
@@ -1307,34 +1292,33 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                  SOFTPLUS=bool(softplus), VARYING_BC=varying, BLOCK_N=cfg["BLOCK_N"],
                  CHUNK=cfg["CHUNK"])
     strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
-    if method == "rows":
-        seg_k, seg_s = _segment_summaries(u, n_seg, dstate)
-        t_min = (_INTERPRET_BWD_ROWS["T"] if _INTERPRET else
-                 min(c.kwargs["T"] for c in _bwd_rows_kernel_tuned.configs))  # most tiles per chunk
-        tiles = u.new_empty(bsz, dim, n_seg, cfg["CHUNK"] // t_min, dstate, dtype=torch.float32)
-        args = (*args, seg_k, seg_s, tiles, length, dim, dstate, dpg, seg_len, n_seg, *strides)
+    if rows:
+        launch = _INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS
+        tpc = cfg["CHUNK"] // launch["T"]  # tiles per chunk
+        seg_k, kap = (u.new_empty(bsz, n_seg, dstate, dim, dtype=torch.float32) for _ in "kk")
+        seg_s = u.new_empty(bsz, n_seg, dim, dtype=torch.float32)
+        tiles = u.new_empty(bsz, n_seg, tpc, dstate, dim, dtype=torch.float32)
+        args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
+                *strides)
+        flags = {k: v for k, v in flags.items() if k != "BLOCK_N"}
+        even = length % launch["T"] == 0 and dpg % launch["BLOCK_D"] == 0
         for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
             if segs == 0:
                 continue
-            if _INTERPRET:
-                c = _INTERPRET_BWD_ROWS
-                even = length % c["T"] == 0 and dpg % c["BLOCK_D"] == 0
-                grid = (groups * triton.cdiv(dpg, c["BLOCK_D"]), bsz, segs)
-                _selective_scan_bwd_rows_kernel[grid](*args, **flags, N=dstate, **c, PASS=pass_,
-                                                      EVEN=even, num_warps=1)
-            else:
-                grid = lambda meta, segs=segs: (groups * triton.cdiv(dpg, meta["BLOCK_D"]), bsz, segs)
-                _bwd_rows_kernel_tuned[grid](*args, **flags, N=dstate, PASS=pass_)
+            grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
+            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **launch, PASS=pass_,
+                                                  EVEN=even)
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,
                                          BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
     lead = tuple(range(len(parts) - 1))  # the segment and batch axes of the partial sums
-    dA = dA_part.sum(lead).to(A.dtype)
+    dn = (lambda x: x.sum(lead).t()) if rows else (lambda x: x.sum(lead))  # -> (D, N)
+    dA = dn(dA_part).to(A.dtype)
     if varying:
         dB, dC = dB.to(B.dtype), dC.to(C.dtype)
     else:
-        dB, dC = dB.sum(lead).to(B.dtype), dC.sum(lead).to(C.dtype)
+        dB, dC = dn(dB).to(B.dtype), dn(dC).to(C.dtype)
     dD = dD_part.sum(lead).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum(lead).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias

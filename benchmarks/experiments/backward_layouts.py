@@ -1,6 +1,6 @@
 # ruff: noqa: B023  (each closure is timed inside its own loop iteration)
 """The selective scan's backward on the H200: the chunk backward against the rows backward
-(each of its launch configurations and 1 to 8 segments), and forward + backward through
+(several launch shapes and numbers of segments), and forward + backward through
 autograd with each; gradients of every variant checked against the chunk backward.
 
 B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; needs a GPU.
@@ -50,7 +50,9 @@ def main() -> None:
             json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
                        "records": records}, f, indent=1)
 
-    default_tuned = ss._bwd_rows_kernel_tuned
+    launches = [dict(BLOCK_D=32, T=4, num_warps=1), dict(BLOCK_D=64, T=4, num_warps=2),
+                dict(BLOCK_D=64, T=4, num_warps=1), dict(BLOCK_D=128, T=4, num_warps=4)]
+    default = dict(ss.BWD_ROWS)
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname, dtype in DTYPES.items():
             x = make_scan_inputs(B, D, L, N, dtype, dev)
@@ -61,26 +63,21 @@ def main() -> None:
             want = bwd("chunk")
             ms = time_fn(lambda: bwd("chunk"), dev)
             log(dict(L=L, dtype=dname, what="bwd", method="chunk", ms=ms))
-            for cfg in ss._BWD_ROWS_CONFIGS:
-                ss._bwd_rows_kernel_tuned = ss.bwd_rows_tuned([cfg])
+            for launch in launches:
+                ss.BWD_ROWS = launch
                 for segs in [int(s) for s in args.segments.split(",")]:
                     ss.BWD_SEGMENTS = segs
                     try:
                         err = grads_close(bwd("rows"), want)
                         ms = time_fn(lambda: bwd("rows"), dev)
-                    except Exception as e:  # noqa: BLE001 - a config that fails is a result too
-                        log(dict(L=L, dtype=dname, what="bwd", method="rows", config=str(cfg),
+                    except Exception as e:  # noqa: BLE001 - a launch that fails is a result too
+                        log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
                                  segments=segs, error=repr(e)[:300]))
                         continue
-                    log(dict(L=L, dtype=dname, what="bwd", method="rows", config=str(cfg),
+                    log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
                              segments=segs, ms=ms, rel_err_vs_chunk=err))
-            ss._bwd_rows_kernel_tuned = default_tuned
+            ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
-            err = grads_close(bwd("rows"), want)
-            ms = time_fn(lambda: bwd("rows"), dev)
-            best = {k: str(v) for k, v in default_tuned.cache.items()}
-            log(dict(L=L, dtype=dname, what="bwd", method="rows", config="autotuned",
-                     segments=None, ms=ms, rel_err_vs_chunk=err, chosen=best))
             # forward + backward through autograd, as a user calls it
             leaves = make_scan_inputs(B, D, L, N, dtype, dev, requires_grad=True)
             for m in ("chunk", "rows"):
