@@ -983,13 +983,13 @@ ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this m
 ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
-# fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28), fp32: two
-# channels per lane (BLOCK_D = 64) ran 2x slower (a thread's work doubles, its latency is
-# not hidden); 8 segments beat 1, 2, 4. No autotuning: one compile of each pass takes about
-# a minute, and the backward's atomics would need a reset per trial.
+# fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
+# benchmarks/experiments/backward_layouts.py): 6.2-6.9 ms whatever the launch (32 or 64
+# channels per warp, 1-4 warps) and the segments (4, 8, 16); this one was the fastest by a
+# little. No autotuning: the atomics would need a reset per trial.
 BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows-backward tile
-BWD_ROWS_THREADS = 98304  # the rows backward cuts L into segments until about this many threads
+BWD_ROWS_THREADS = 49152  # the rows backward cuts L into segments until about this many threads
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 

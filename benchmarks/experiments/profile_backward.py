@@ -1,0 +1,24 @@
+"""Run the rows backward twice at B=8, D=1536, N=16, L=4096 (fp32 unless --bf16), for Nsight
+Compute to profile its second PASS 2 launch (launches: PASS 1, PASS 2, PASS 1, PASS 2):
+
+    ncu --clock-control none --kernel-name regex:bwd_rows --launch-skip 3 --launch-count 1 \\
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats \\
+        --section MemoryWorkloadAnalysis --section InstructionStats --print-details all \\
+        python3 benchmarks/experiments/profile_backward.py
+"""
+
+import sys
+
+import torch
+
+import mambabook.kernels.selective_scan_kernel as ss
+from mambabook.suites.selective_scan import make_scan_inputs
+
+dtype = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
+x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
+args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+out, _, ckpt = ss._scan_fwd(*args, save_ckpt=True, method="rows")
+dout = torch.randn_like(out)
+for _ in range(2):
+    ss._scan_bwd(dout, *args, ckpt, method="rows")
+torch.cuda.synchronize()
