@@ -597,7 +597,7 @@ def _selective_scan_bwd_rows_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr,
-    PASS: tl.constexpr, EVEN: tl.constexpr,
+    PASS: tl.constexpr, EVEN: tl.constexpr, NU: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's T steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards.
@@ -612,7 +612,8 @@ def _selective_scan_bwd_rows_kernel(
     the gradient scan, every gradient. dB and dC of time-varying B, C are summed over the
     block's channels before one atomic add per (block, n, t).
 
-    The states are a runtime loop (n < dstate) inside each tile: a state's k, its dA sum and
+    The states are a runtime loop (n < dstate, NU states unrolled per iteration, so that
+    their loads overlap) inside each tile: a state's k, its dA sum and
     its tile-start state live in scratch columns (contiguous over the block's channels, each
     thread reading back only what it wrote), not in registers. Unrolled over 16 states the
     loop body was 50 KB of machine code (past the instruction cache) and took a minute to
@@ -660,17 +661,19 @@ def _selective_scan_bwd_rows_kernel(
             dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
             _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
             S += tl.sum(dt, axis=1, keep_dims=True)
-            for n in range(0, dstate):
-                k_in = _col_load(kp + n * dim, mask_c)
-                A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                if VARYING_BC:
-                    Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                                 mask=None if EVEN else mask_dt,
-                                 other=None if EVEN else 0.0).to(tl.float32)
-                else:
-                    Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
-                _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
-                tl.store(kp + n * dim, k_out, mask=mask_c)
+            for n0 in range(0, dstate, NU):
+                for i in tl.static_range(NU):  # NU independent states per iteration (NU | N)
+                    n = n0 + i
+                    k_in = _col_load(kp + n * dim, mask_c)
+                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+                    if VARYING_BC:
+                        Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                     mask=None if EVEN else mask_dt,
+                                     other=None if EVEN else 0.0).to(tl.float32)
+                    else:
+                        Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
+                    _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
+                    tl.store(kp + n * dim, k_out, mask=mask_c)
         tl.store(ss_base + seg * dim, S, mask=mask_c)
     else:
         kp = kap_ptr + (pid_b * n_seg + seg) * dstate * dim + d_col  # + n * dim
@@ -711,17 +714,19 @@ def _selective_scan_bwd_rows_kernel(
                             other=None if EVEN else 0.0).to(tl.float32)
                 dtu = dt * u
                 h_ptr = tl_base + (j - j0) * dstate * dim
-                for n in range(0, dstate):
-                    h_in = _col_load(h_ptr + n * dim, mask_c)
-                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                    if VARYING_BC:
-                        Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                                     mask=None if EVEN else mask_dt,
-                                     other=None if EVEN else 0.0).to(tl.float32)
-                    else:
-                        Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
-                    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
-                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
+                for n0 in range(0, dstate, NU):
+                    for i in tl.static_range(NU):
+                        n = n0 + i
+                        h_in = _col_load(h_ptr + n * dim, mask_c)
+                        A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+                        if VARYING_BC:
+                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                         mask=None if EVEN else mask_dt,
+                                         other=None if EVEN else 0.0).to(tl.float32)
+                        else:
+                            Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
+                        _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
+                        tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
             # the chunk's tiles in reverse
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
@@ -737,42 +742,44 @@ def _selective_scan_bwd_rows_kernel(
                 ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
                 gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
                 h_ptr = tl_base + (j - j0) * dstate * dim
-                for n in range(0, dstate):
-                    h_in = _col_load(h_ptr + n * dim, mask_c)
-                    k_in = _col_load(kp + n * dim, mask_c)
-                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                    if VARYING_BC:
-                        Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                                     mask=None if EVEN else mask_dt,
-                                     other=None if EVEN else 0.0).to(tl.float32)
-                        Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                                     mask=None if EVEN else mask_dt,
-                                     other=None if EVEN else 0.0).to(tl.float32)
-                    else:
-                        Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
-                        Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
-                    a = tl.exp2(dt * A2n)
-                    b = dtu * Bn
-                    h, _ = _state_scan(a, b, h_in, offs_t, T)
-                    if HAS_Z:
-                        y += h * Cn
-                    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
-                    tl.store(kp + n * dim, k_out, mask=mask_c)
-                    q = g * (h - b)  # g_t a_t h_{t-1}
-                    ddt += q * (A2n * 0.6931471805599453)
-                    dA_n = _col_load(dA_p + n * dim, mask_c) + tl.sum(q * dt, axis=1, keep_dims=True)
-                    tl.store(dA_p + n * dim, dA_n, mask=mask_c)
-                    gB += g * Bn
-                    if VARYING_BC:
-                        tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
-                                      mask=None if EVEN else mask_t, sem="relaxed")
-                        tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
-                                      mask=None if EVEN else mask_t, sem="relaxed")
-                    else:
-                        dB_n = _col_load(dB_p + n * dim, mask_c) + tl.sum(g * dtu, axis=1, keep_dims=True)
-                        dC_n = _col_load(dC_p + n * dim, mask_c) + tl.sum(dy * h, axis=1, keep_dims=True)
-                        tl.store(dB_p + n * dim, dB_n, mask=mask_c)
-                        tl.store(dC_p + n * dim, dC_n, mask=mask_c)
+                for n0 in range(0, dstate, NU):
+                    for i in tl.static_range(NU):
+                        n = n0 + i
+                        h_in = _col_load(h_ptr + n * dim, mask_c)
+                        k_in = _col_load(kp + n * dim, mask_c)
+                        A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+                        if VARYING_BC:
+                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                         mask=None if EVEN else mask_dt,
+                                         other=None if EVEN else 0.0).to(tl.float32)
+                            Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                         mask=None if EVEN else mask_dt,
+                                         other=None if EVEN else 0.0).to(tl.float32)
+                        else:
+                            Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
+                            Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
+                        a = tl.exp2(dt * A2n)
+                        b = dtu * Bn
+                        h, _ = _state_scan(a, b, h_in, offs_t, T)
+                        if HAS_Z:
+                            y += h * Cn
+                        g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
+                        tl.store(kp + n * dim, k_out, mask=mask_c)
+                        q = g * (h - b)  # g_t a_t h_{t-1}
+                        ddt += q * (A2n * 0.6931471805599453)
+                        dA_n = _col_load(dA_p + n * dim, mask_c) + tl.sum(q * dt, axis=1, keep_dims=True)
+                        tl.store(dA_p + n * dim, dA_n, mask=mask_c)
+                        gB += g * Bn
+                        if VARYING_BC:
+                            tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
+                                          mask=None if EVEN else mask_t, sem="relaxed")
+                            tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
+                                          mask=None if EVEN else mask_t, sem="relaxed")
+                        else:
+                            dB_n = _col_load(dB_p + n * dim, mask_c) + tl.sum(g * dtu, axis=1, keep_dims=True)
+                            dC_n = _col_load(dC_p + n * dim, mask_c) + tl.sum(dy * h, axis=1, keep_dims=True)
+                            tl.store(dB_p + n * dim, dB_n, mask=mask_c)
+                            tl.store(dC_p + n * dim, dC_n, mask=mask_c)
                 du = gB * dt
                 if HAS_D:
                     du += Dv * dy
@@ -987,8 +994,8 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # benchmarks/experiments/backward_layouts.py): 6.2-6.9 ms whatever the launch (32 or 64
 # channels per warp, 1-4 warps) and the segments (4, 8, 16); this one was the fastest by a
 # little. No autotuning: the atomics would need a reset per trial.
-BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1)
-_INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows-backward tile
+BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, NU=1)
+_INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4, NU=2)  # the interpreter's rows-backward tile
 BWD_ROWS_THREADS = 49152  # the rows backward cuts L into segments until about this many threads
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
@@ -1306,8 +1313,9 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
-            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **launch, PASS=pass_,
-                                                  EVEN=even)
+            nu = launch["NU"] if dstate % launch["NU"] == 0 else 1  # NU must divide N
+            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **dict(launch, NU=nu),
+                                                  PASS=pass_, EVEN=even)
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,

@@ -38,6 +38,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="4096")
     ap.add_argument("--segments", default="1,2,4,8")
+    ap.add_argument("--launches", default="32x1,64x2,64x1,128x4",
+                    help="BLOCK_D x num_warps of the rows backward")
+    ap.add_argument("--unroll", default="1", help="NU: states per iteration of its state loop")
+    ap.add_argument("--record", action="store_true",
+                    help="then record the selective_scan suite (triton provider) with the "
+                         "fastest unroll at 4K (MAMBABOOK_SCAN_PROVIDERS=triton to skip others)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     B, D, N = 8, 1536, 16
@@ -50,8 +56,9 @@ def main() -> None:
             json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
                        "records": records}, f, indent=1)
 
-    launches = [dict(BLOCK_D=32, T=4, num_warps=1), dict(BLOCK_D=64, T=4, num_warps=2),
-                dict(BLOCK_D=64, T=4, num_warps=1), dict(BLOCK_D=128, T=4, num_warps=4)]
+    launches = [dict(BLOCK_D=int(bd), T=4, num_warps=int(w), NU=int(nu))
+                for bd, w in (x.split("x") for x in args.launches.split(","))
+                for nu in args.unroll.split(",")]
     default = dict(ss.BWD_ROWS)
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname, dtype in DTYPES.items():
@@ -89,6 +96,18 @@ def main() -> None:
 
                 log(dict(L=L, dtype=dname, what="fwd+bwd", method=m, ms=time_fn(step, dev)))
             os.environ.pop(ss.BACKWARD_ENV, None)
+    if args.record:  # the launch with the least backward time summed over the dtypes
+        total = {}
+        for r in records:
+            if r.get("launch") and "ms" in r:
+                key = json.dumps(r["launch"], sort_keys=True)
+                total[key] = total.get(key, 0.0) + r["ms"]
+        ss.BWD_ROWS = json.loads(min(total, key=total.get))
+        print("recording with", ss.BWD_ROWS, flush=True)
+        from mambabook.bench import main as bench_main
+
+        bench_main(["--suite", "selective_scan", *(["--out", os.environ["RECORD_OUT"]]
+                                                   if "RECORD_OUT" in os.environ else [])])
 
 
 if __name__ == "__main__":
