@@ -7,7 +7,9 @@ loops over time with the state (BLOCK_D, N) in registers; segments are stitched 
 their maps h -> exp(A S) h + H (two passes), so nothing of size (B, D, L, N) reaches memory.
 `selective_scan_assoc` is the other forward: a `tl.associative_scan` over chunks of time.
 Backward: per chunk, in reverse, recompute the states from checkpoints (B, D, L/CHUNK, N)
-with an associative scan and the state gradient with a reverse one.
+and the state gradient backwards: the "chunk" backward with associative scans over (channel,
+state, step) tiles, the "rows" one (default) in the rows forward's layout, through segments
+(MAMBABOOK_SCAN_BACKWARD=chunk|rows).
 The "tile" forward loads T steps of BLOCK_D channels at once and runs one 2-D associative
 scan per state n over the tile (the carry between tiles in registers); it saves the same
 checkpoints (then T = CHUNK). The "rows" forward keeps each channel's T steps (one 16-byte
@@ -991,9 +993,10 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
-# benchmarks/experiments/backward_layouts.py): 6.2-6.9 ms whatever the launch (32 or 64
-# channels per warp, 1-4 warps) and the segments (4, 8, 16); this one was the fastest by a
-# little. No autotuning: the atomics would need a reset per trial.
+# benchmarks/experiments/backward_layouts.py; results/nvidia-h200/backward_rows_sweep.json):
+# 6.2-6.9 ms with 4, 8 or 16 segments; 64 channels per program (1 or 2 warps), 128 (4
+# warps) or NU = 2, 4 states per iteration: 6.4-8.0 ms. No autotuning: the atomics would
+# need a reset per trial.
 BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, NU=1)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4, NU=2)  # the interpreter's rows-backward tile
 BWD_ROWS_THREADS = 49152  # the rows backward cuts L into segments until about this many threads
