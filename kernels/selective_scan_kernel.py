@@ -560,6 +560,20 @@ def _col_load(ptr, mask):
 
 
 @triton.jit
+def _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC: tl.constexpr,
+              EVEN: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr):
+    """B or C of state n on a tile, float32: time-varying, (BLOCK_D, T) (the same T values in
+    every row, served by L1, loaded straight into the tile's layout); (D, N) ones transposed
+    to (N, D), the column (BLOCK_D, 1)."""
+    if VARYING_BC:
+        x = tl.load(tl.broadcast_to(M_base + n * s_n + t[None, :], (BLOCK_D, T)),
+                    mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+    else:
+        x = _col_load(M_ptr + n * dim + d_col, mask_c)
+    return x
+
+
+@triton.jit
 def _state_scan(a, b, h, offs_t, T: tl.constexpr):
     """h_t = a_t h_{t-1} + b_t along a tile held in registers ((BLOCK_D, T)), from the state
     h ((BLOCK_D, 1)) before it: every h_t, and the last."""
@@ -668,12 +682,8 @@ def _selective_scan_bwd_rows_kernel(
                     n = n0 + i
                     k_in = _col_load(kp + n * dim, mask_c)
                     A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                    if VARYING_BC:
-                        Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                                     mask=None if EVEN else mask_dt,
-                                     other=None if EVEN else 0.0).to(tl.float32)
-                    else:
-                        Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
+                    Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt,
+                                    VARYING_BC, EVEN, BLOCK_D, T)
                     _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
                     tl.store(kp + n * dim, k_out, mask=mask_c)
         tl.store(ss_base + seg * dim, S, mask=mask_c)
@@ -721,12 +731,8 @@ def _selective_scan_bwd_rows_kernel(
                         n = n0 + i
                         h_in = _col_load(h_ptr + n * dim, mask_c)
                         A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                        if VARYING_BC:
-                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                                         mask=None if EVEN else mask_dt,
-                                         other=None if EVEN else 0.0).to(tl.float32)
-                        else:
-                            Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
+                        Bn = _state_bc(B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c, mask_dt,
+                                        VARYING_BC, EVEN, BLOCK_D, T)
                         _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
                         tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
             # the chunk's tiles in reverse
@@ -750,16 +756,10 @@ def _selective_scan_bwd_rows_kernel(
                         h_in = _col_load(h_ptr + n * dim, mask_c)
                         k_in = _col_load(kp + n * dim, mask_c)
                         A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                        if VARYING_BC:
-                            Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                                         mask=None if EVEN else mask_dt,
-                                         other=None if EVEN else 0.0).to(tl.float32)
-                            Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                                         mask=None if EVEN else mask_dt,
-                                         other=None if EVEN else 0.0).to(tl.float32)
-                        else:
-                            Bn = _col_load(B_ptr + n * dim + d_col, mask_c)
-                            Cn = _col_load(C_ptr + n * dim + d_col, mask_c)
+                        Bn = _state_bc(B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c, mask_dt,
+                                        VARYING_BC, EVEN, BLOCK_D, T)
+                        Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt,
+                                        VARYING_BC, EVEN, BLOCK_D, T)
                         a = tl.exp2(dt * A2n)
                         b = dtu * Bn
                         h, _ = _state_scan(a, b, h_in, offs_t, T)
