@@ -999,7 +999,6 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # need a reset per trial.
 BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, NU=1)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4, NU=2)  # the interpreter's rows-backward tile
-BWD_ROWS_THREADS = 49152  # the rows backward cuts L into segments until about this many threads
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 
@@ -1175,11 +1174,12 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     return out, last, (ckpt if save_ckpt else None)
 
 
-def _rows_segments(bsz: int, dim: int, length: int, chunk: int) -> tuple[int, int]:
-    """(seg_len, n_seg) of the rows forward: whole CHUNKs, about ROWS_THREADS threads (one
-    per channel and segment), segments of at least 8 CHUNKs."""
-    want = ROWS_SEGMENTS or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim),
-                                       length // (8 * chunk)))
+def _rows_segments(bsz: int, dim: int, length: int, chunk: int,
+                   fixed: int | None = None) -> tuple[int, int]:
+    """(seg_len, n_seg) of the rows forward and backward: whole CHUNKs, about ROWS_THREADS
+    threads (one per channel and segment), segments of at least 8 CHUNKs; `fixed` segments
+    instead when given (ROWS_SEGMENTS, BWD_SEGMENTS: tests, sweeps)."""
+    want = fixed or max(1, min(triton.cdiv(ROWS_THREADS, bsz * dim), length // (8 * chunk)))
     return _cut(length, want, chunk)
 
 
@@ -1190,7 +1190,7 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     dstate = A.shape[1]
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
-    seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"])
+    seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"], ROWS_SEGMENTS)
     seg_h, seg_s = _segment_summaries(u, n_seg, dstate)
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, seg_h, seg_s,
             length, dim, dstate, dpg, seg_len, n_seg, *_row_strides(u, delta, zz, out), *sB, *sC)
@@ -1261,12 +1261,10 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=True)
     dpg = dim // groups
-    n_seg = 1
-    if method == "rows":
-        n_seg = BWD_SEGMENTS or max(1, min(triton.cdiv(BWD_ROWS_THREADS, bsz * dim),
-                                           length // (8 * cfg["CHUNK"])))
-        seg_len, n_seg = _cut(length, n_seg, cfg["CHUNK"])
     rows = method == "rows"
+    n_seg = 1
+    if rows:
+        seg_len, n_seg = _rows_segments(bsz, dim, length, cfg["CHUNK"], BWD_SEGMENTS)
     # partial sums: per batch row (chunk), per segment and batch row with N before D (rows)
     parts = (n_seg, bsz, dim) if rows else (bsz, dim)
     parts_n = (n_seg, bsz, dstate, dim) if rows else (bsz, dim, dstate)
@@ -1299,8 +1297,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     args = (u, delta, Af, Bk, Ck, Df, zz, bias, ckpt, dout,
             du, ddelta, dzz, dA_part, dB, dC, dD_part, dbias_part)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 SOFTPLUS=bool(softplus), VARYING_BC=varying, BLOCK_N=cfg["BLOCK_N"],
-                 CHUNK=cfg["CHUNK"])
+                 SOFTPLUS=bool(softplus), VARYING_BC=varying, CHUNK=cfg["CHUNK"])
     strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
     if rows:
         launch = _INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS
@@ -1310,7 +1307,6 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         tiles = u.new_empty(bsz, n_seg, tpc, dstate, dim, dtype=torch.float32)
         args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
                 *strides)
-        flags = {k: v for k, v in flags.items() if k != "BLOCK_N"}
         even = length % launch["T"] == 0 and dpg % launch["BLOCK_D"] == 0
         for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
             if segs == 0:
@@ -1322,7 +1318,8 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,
-                                         BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"])
+                                         BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
+                                         num_warps=cfg["num_warps"])
     lead = tuple(range(len(parts) - 1))  # the segment and batch axes of the partial sums
     dn = (lambda x: x.sum(lead).t()) if rows else (lambda x: x.sum(lead))  # -> (D, N)
     dA = dn(dA_part).to(A.dtype)
