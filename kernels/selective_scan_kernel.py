@@ -574,6 +574,37 @@ def _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC:
 
 
 @triton.jit
+def _k_cols(x_ptr, A_col, M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt,
+            VARYING_BC: tl.constexpr, EVEN: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr):
+    """State n's columns for a one-way sweep: a scratch column (a carry), A log2 e, and B or C."""
+    x = _col_load(x_ptr + n * dim, mask_c)
+    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
+    M = _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                  BLOCK_D, T)
+    return x, A2n, M
+
+
+@triton.jit
+def _rev_cols(h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n, s_B_n, s_C_n,
+              t, dim, d_col, mask_c, mask_dt, VARYING_BC: tl.constexpr, EVEN: tl.constexpr,
+              BLOCK_D: tl.constexpr, T: tl.constexpr):
+    """State n's columns for a reverse tile: its tile-start state, k, A log2 e, the dA sum so
+    far, B, C, and the dB, dC sums of (D, N) B, C (dA's again when B, C vary in time)."""
+    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c,
+                            mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+    k_in = _col_load(kp + n * dim, mask_c)
+    dA_o = _col_load(dA_p + n * dim, mask_c)
+    Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                   BLOCK_D, T)
+    dB_o = dA_o
+    dC_o = dA_o
+    if not VARYING_BC:
+        dB_o = _col_load(dB_p + n * dim, mask_c)
+        dC_o = _col_load(dC_p + n * dim, mask_c)
+    return h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o
+
+
+@triton.jit
 def _state_scan(a, b, h, offs_t, T: tl.constexpr):
     """h_t = a_t h_{t-1} + b_t along a tile held in registers ((BLOCK_D, T)), from the state
     h ((BLOCK_D, 1)) before it: every h_t, and the last."""
@@ -599,6 +630,51 @@ def _grad_scan(a, c, k, offs_t, T: tl.constexpr):
 
 
 @triton.jit
+def _shfl_xor(x, m: tl.constexpr, ASM: tl.constexpr):
+    """x of row r ^ m, for rows along lanes (m < 32): one butterfly shuffle per value on a
+    GPU (inline PTX: Triton has no shuffle of its own); under the interpreter, which runs
+    no assembly, the same permutation through a reshape."""
+    if ASM:
+        y = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r",
+                                      [x.to(tl.int32, bitcast=True), tl.full(x.shape, m, tl.int32)],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+        y = y.to(tl.float32, bitcast=True)
+    else:
+        R: tl.constexpr = x.shape[0]
+        K: tl.constexpr = x.shape[1]
+        y = tl.flip(x.reshape(R // (2 * m), 2, m, K), 1).reshape(R, K)
+    return y
+
+
+@triton.jit
+def _lane_sums(P, Q, lane, W: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr):
+    """Sums over W lanes (rows r with the same r // W) of two (BLOCK_D, T) tiles, T in
+    {1, 2, 4}, as a reduce-scatter: each butterfly round halves what a lane holds (P or Q,
+    then halves of the steps), so 2T sums cost 2T - 1 + log2(W / 2T) shuffles instead of
+    2T log2(W). Returns, per row ((BLOCK_D, 1)): a sum, whether it is Q's, its step, and
+    whether the row leads the W / 2T rows that hold that same sum."""
+    BLOCK_D: tl.constexpr = P.shape[0]
+    hi = (lane & (W // 2)) != 0
+    V = tl.where(hi, Q, P) + _shfl_xor(tl.where(hi, P, Q), W // 2, ASM)
+    step = tl.zeros_like(lane)
+    if T >= 2:
+        b = (lane & (W // 4)) != 0  # these lanes keep the odd steps
+        E, O = tl.split(V.reshape(BLOCK_D, T // 2, 2))
+        V = tl.where(b, O, E) + _shfl_xor(tl.where(b, E, O), W // 4, ASM)
+        step += b.to(tl.int32)
+    if T == 4:
+        b = (lane & (W // 8)) != 0  # these keep the second pair
+        E, O = tl.split(V.reshape(BLOCK_D, 1, 2))
+        V = tl.where(b, O, E) + _shfl_xor(tl.where(b, E, O), W // 8, ASM)
+        step += 2 * b.to(tl.int32)
+    G: tl.constexpr = W // (2 * T)  # lanes that end with the same sum
+    for s in tl.static_range(4):  # G <= 16: at most 4 plain rounds
+        if (G >> (s + 1)) > 0:
+            V += _shfl_xor(V, G >> (s + 1), ASM)
+    return V, hi, step, (lane % G) == 0
+
+
+@triton.jit
 def _selective_scan_bwd_rows_kernel(
     # pointers: inputs (A and (D, N) B, C transposed to (N, D)), checkpoints (B, D, L/CHUNK, N)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
@@ -613,7 +689,8 @@ def _selective_scan_bwd_rows_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr,
-    PASS: tl.constexpr, EVEN: tl.constexpr, NU: tl.constexpr,
+    PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr, BFLY: tl.constexpr,
+    ASM: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's T steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards.
@@ -625,16 +702,18 @@ def _selective_scan_bwd_rows_kernel(
     from the composition of the maps after it. Inside a segment, chunks of CHUNK steps go in
     reverse: from the forward's checkpoint, a forward sweep stores each tile's starting
     state in a scratch, then the tiles go in reverse: the tile's states from the stored one,
-    the gradient scan, every gradient. dB and dC of time-varying B, C are summed over the
-    block's channels before one atomic add per (block, n, t).
+    the gradient scan, every gradient.
 
-    The states are a runtime loop (n < dstate, NU states unrolled per iteration, so that
-    their loads overlap) inside each tile: a state's k, its dA sum and
-    its tile-start state live in scratch columns (contiguous over the block's channels, each
+    The states are a runtime loop inside each tile: a state's k, its dA sum and its
+    tile-start state live in scratch columns (contiguous over the block's channels, each
     thread reading back only what it wrote), not in registers. Unrolled over 16 states the
     loop body was 50 KB of machine code (past the instruction cache) and took a minute to
     compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
-    thread.
+    thread. With PREFETCH, each state's iteration first loads the next state's columns, so
+    that their latency (a round trip to L2) overlaps a state's work instead of stalling it.
+    dB and dC of time-varying B, C are summed over the block's channels before one atomic
+    add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
+    (`_lane_sums`), else by tl.sum (5 shuffle rounds per value).
     """
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -677,15 +756,21 @@ def _selective_scan_bwd_rows_kernel(
             dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
             _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
             S += tl.sum(dt, axis=1, keep_dims=True)
-            for n0 in range(0, dstate, NU):
-                for i in tl.static_range(NU):  # NU independent states per iteration (NU | N)
-                    n = n0 + i
-                    k_in = _col_load(kp + n * dim, mask_c)
-                    A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                    Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt,
-                                    VARYING_BC, EVEN, BLOCK_D, T)
-                    _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
-                    tl.store(kp + n * dim, k_out, mask=mask_c)
+            if PREFETCH:
+                k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t, dim, d_col,
+                                        mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+            for n in range(0, dstate):
+                if PREFETCH:  # the next state's columns (state 0 again after the last: unused)
+                    k_nx, A_nx, C_nx = _k_cols(kp, A_col, C_base, C_ptr, (n + 1) % dstate,
+                                               s_C_n, t, dim, d_col, mask_c, mask_dt,
+                                               VARYING_BC, EVEN, BLOCK_D, T)
+                else:
+                    k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, n, s_C_n, t, dim, d_col,
+                                            mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+                _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
+                tl.store(kp + n * dim, k_out, mask=mask_c)
+                if PREFETCH:
+                    k_in, A2n, Cn = k_nx, A_nx, C_nx
         tl.store(ss_base + seg * dim, S, mask=mask_c)
     else:
         kp = kap_ptr + (pid_b * n_seg + seg) * dstate * dim + d_col  # + n * dim
@@ -705,6 +790,7 @@ def _selective_scan_bwd_rows_kernel(
         dbias_acc = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
         if HAS_D:
             Dv = _col_load(D_ptr + d_col, mask_c)
+        lane = tl.arange(0, BLOCK_D)[:, None] % (BFLY if BFLY > 0 else 1)  # the row's lane
         n_chunks = tl.cdiv(L, CHUNK)
         ck_base = ckpt_ptr + ((pid_b * dim + d_col) * n_chunks) * dstate  # (BLOCK_D, 1)
         TPC: tl.constexpr = CHUNK // T  # tiles per chunk
@@ -726,15 +812,22 @@ def _selective_scan_bwd_rows_kernel(
                             other=None if EVEN else 0.0).to(tl.float32)
                 dtu = dt * u
                 h_ptr = tl_base + (j - j0) * dstate * dim
-                for n0 in range(0, dstate, NU):
-                    for i in tl.static_range(NU):
-                        n = n0 + i
-                        h_in = _col_load(h_ptr + n * dim, mask_c)
-                        A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                        Bn = _state_bc(B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c, mask_dt,
-                                        VARYING_BC, EVEN, BLOCK_D, T)
-                        _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
-                        tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
+                if PREFETCH:
+                    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t, dim,
+                                            d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+                for n in range(0, dstate):
+                    if PREFETCH:
+                        h_nx, A_nx, B_nx = _k_cols(h_ptr, A_col, B_base, B_ptr, (n + 1) % dstate,
+                                                   s_B_n, t, dim, d_col, mask_c, mask_dt,
+                                                   VARYING_BC, EVEN, BLOCK_D, T)
+                    else:
+                        h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t, dim,
+                                                d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                                                BLOCK_D, T)
+                    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
+                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
+                    if PREFETCH:
+                        h_in, A2n, Bn = h_nx, A_nx, B_nx
             # the chunk's tiles in reverse
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
@@ -750,38 +843,54 @@ def _selective_scan_bwd_rows_kernel(
                 ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
                 gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
                 h_ptr = tl_base + (j - j0) * dstate * dim
-                for n0 in range(0, dstate, NU):
-                    for i in tl.static_range(NU):
-                        n = n0 + i
-                        h_in = _col_load(h_ptr + n * dim, mask_c)
-                        k_in = _col_load(kp + n * dim, mask_c)
-                        A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-                        Bn = _state_bc(B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c, mask_dt,
-                                        VARYING_BC, EVEN, BLOCK_D, T)
-                        Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt,
-                                        VARYING_BC, EVEN, BLOCK_D, T)
-                        a = tl.exp2(dt * A2n)
-                        b = dtu * Bn
-                        h, _ = _state_scan(a, b, h_in, offs_t, T)
-                        if HAS_Z:
-                            y += h * Cn
-                        g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
-                        tl.store(kp + n * dim, k_out, mask=mask_c)
-                        q = g * (h - b)  # g_t a_t h_{t-1}
-                        ddt += q * (A2n * 0.6931471805599453)
-                        dA_n = _col_load(dA_p + n * dim, mask_c) + tl.sum(q * dt, axis=1, keep_dims=True)
-                        tl.store(dA_p + n * dim, dA_n, mask=mask_c)
-                        gB += g * Bn
-                        if VARYING_BC:
+                if PREFETCH:
+                    h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
+                        h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
+                        s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                        BLOCK_D, T)
+                for n in range(0, dstate):
+                    if PREFETCH:
+                        h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx = _rev_cols(
+                            h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr,
+                            (n + 1) % dstate, s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt,
+                            VARYING_BC, EVEN, BLOCK_D, T)
+                    else:
+                        h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
+                            h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n,
+                            s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                            BLOCK_D, T)
+                    a = tl.exp2(dt * A2n)
+                    b = dtu * Bn
+                    h, _ = _state_scan(a, b, h_in, offs_t, T)
+                    if HAS_Z:
+                        y += h * Cn
+                    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
+                    tl.store(kp + n * dim, k_out, mask=mask_c)
+                    q = g * (h - b)  # g_t a_t h_{t-1}
+                    ddt += q * (A2n * 0.6931471805599453)
+                    tl.store(dA_p + n * dim, dA_o + tl.sum(q * dt, axis=1, keep_dims=True),
+                             mask=mask_c)
+                    gB += g * Bn
+                    if VARYING_BC:
+                        if BFLY > 0:  # one atomic per (warp, n, t), from lanes that lead
+                            v, isq, stp, lead = _lane_sums(g * dtu, dy * h, lane, BFLY, T, ASM)
+                            ts = j * T + stp
+                            off = n * s_dB_n + ts
+                            tl.atomic_add(tl.where(isq, dC_base + off, dB_base + off), v,
+                                          mask=lead if EVEN else lead & (ts < L), sem="relaxed")
+                        else:
                             tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
                                           mask=None if EVEN else mask_t, sem="relaxed")
                             tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
                                           mask=None if EVEN else mask_t, sem="relaxed")
-                        else:
-                            dB_n = _col_load(dB_p + n * dim, mask_c) + tl.sum(g * dtu, axis=1, keep_dims=True)
-                            dC_n = _col_load(dC_p + n * dim, mask_c) + tl.sum(dy * h, axis=1, keep_dims=True)
-                            tl.store(dB_p + n * dim, dB_n, mask=mask_c)
-                            tl.store(dC_p + n * dim, dC_n, mask=mask_c)
+                    else:
+                        tl.store(dB_p + n * dim, dB_o + tl.sum(g * dtu, axis=1, keep_dims=True),
+                                 mask=mask_c)
+                        tl.store(dC_p + n * dim, dC_o + tl.sum(dy * h, axis=1, keep_dims=True),
+                                 mask=mask_c)
+                    if PREFETCH:
+                        h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = (
+                            h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx)
                 du = gB * dt
                 if HAS_D:
                     du += Dv * dy
@@ -997,8 +1106,8 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # 6.2-6.9 ms with 4, 8 or 16 segments; 64 channels per program (1 or 2 warps), 128 (4
 # warps) or NU = 2, 4 states per iteration: 6.4-8.0 ms. No autotuning: the atomics would
 # need a reset per trial.
-BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, NU=1)
-_INTERPRET_BWD_ROWS = dict(BLOCK_D=4, T=4, NU=2)  # the interpreter's rows-backward tile
+BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, PREFETCH=True, BFLY=True)
+_INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 
@@ -1308,13 +1417,16 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
                 *strides)
         even = length % launch["T"] == 0 and dpg % launch["BLOCK_D"] == 0
+        lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
+        bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
+            and launch["T"] in (1, 2, 4) else 0
+        launch = {k: v for k, v in launch.items() if k != "BFLY"}
         for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
-            nu = launch["NU"] if dstate % launch["NU"] == 0 else 1  # NU must divide N
-            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **dict(launch, NU=nu),
-                                                  PASS=pass_, EVEN=even)
+            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **launch, PASS=pass_,
+                                                  EVEN=even, BFLY=bfly, ASM=not _INTERPRET)
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,

@@ -40,10 +40,11 @@ def main() -> None:
     ap.add_argument("--segments", default="1,2,4,8")
     ap.add_argument("--launches", default="32x1,64x2,64x1,128x4",
                     help="BLOCK_D x num_warps of the rows backward")
-    ap.add_argument("--unroll", default="1", help="NU: states per iteration of its state loop")
+    ap.add_argument("--variants", default="11",
+                    help="PREFETCH and BFLY bits of the rows backward, e.g. 11,10,01,00")
     ap.add_argument("--record", action="store_true",
                     help="then record the selective_scan suite (triton provider) with the "
-                         "fastest unroll at 4K (MAMBABOOK_SCAN_PROVIDERS=triton to skip others)")
+                         "fastest launch at 4K (MAMBABOOK_SCAN_PROVIDERS=triton to skip others)")
     args = ap.parse_args()
     dev = torch.device("cuda")
     B, D, N = 8, 1536, 16
@@ -56,9 +57,10 @@ def main() -> None:
             json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
                        "records": records}, f, indent=1)
 
-    launches = [dict(BLOCK_D=int(bd), T=4, num_warps=int(w), NU=int(nu))
+    launches = [dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=v[0] == "1",
+                     BFLY=v[1] == "1")
                 for bd, w in (x.split("x") for x in args.launches.split(","))
-                for nu in args.unroll.split(",")]
+                for v in args.variants.split(",")]
     default = dict(ss.BWD_ROWS)
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname, dtype in DTYPES.items():
