@@ -21,6 +21,7 @@ MAMBABOOK_SCAN_FORWARD=loop|tile|rows|auto picks the forward that selective_scan
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import torch
@@ -1351,6 +1352,40 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
     return _FORWARD_CHOICE[key]
 
 
+_BLOCKED = re.compile(r"^(#blocked\d*) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], "
+                      r"threadsPerWarp = \[([\d, ]+)\], warpsPerCTA = \[([\d, ]+)\]", re.M)
+_SHUFFLED = re.compile(r'elementwise_inline_asm "shfl[^\n]*-> tensor<[\dx]+xi32, (#[\w]+)>')
+_LANES_OK: dict[int, bool] = {}  # per compiled kernel
+
+
+def _lanes_are_rows(compiled) -> bool:
+    """Whether every butterfly shuffle of a compiled rows backward acts on rows laid one per
+    lane (row r on lane r % 32, the rest of the row in the same thread, no warp split along
+    it): what `_lane_sums` assumes. Triton picks layouts itself; when a row stride is not a
+    multiple of 16, say, its loads are not vectorised and a warp spans 4 steps of 8 rows.
+    Read from the kernel's TTGIR, once per compiled kernel."""
+    key = id(compiled)
+    if key not in _LANES_OK:
+        _LANES_OK[key] = _rows_layout_in(compiled.asm["ttgir"])
+    return _LANES_OK[key]
+
+
+def _rows_layout_in(ttgir: str) -> bool:
+    """`_lanes_are_rows` on TTGIR text."""
+    layouts = {name: [[int(x) for x in part.split(",")] for part in parts]
+               for name, *parts in _BLOCKED.findall(ttgir)}
+    used = _SHUFFLED.findall(ttgir)
+    if not used:
+        return False
+    for name in used:
+        if name not in layouts:  # a slice, linear or other layout: not checked, not trusted
+            return False
+        per_thread, per_warp, warps = layouts[name]
+        if per_thread[0] != 1 or per_warp[0] != 32 or any(x != 1 for x in per_warp[1:] + warps[1:]):
+            return False
+    return True
+
+
 def _pick_backward() -> str:
     """"rows" (default) or "chunk": MAMBABOOK_SCAN_BACKWARD."""
     choice = os.environ.get(BACKWARD_ENV, "rows").strip().lower() or "rows"
@@ -1425,8 +1460,13 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
-            _selective_scan_bwd_rows_kernel[grid](*args, **flags, **launch, PASS=pass_,
-                                                  EVEN=even, BFLY=bfly, ASM=not _INTERPRET)
+            kw = dict(flags, **launch, PASS=pass_, EVEN=even, BFLY=bfly, ASM=not _INTERPRET)
+            if pass_ == 2 and bfly and not _INTERPRET:
+                # the butterfly is right only if Triton laid the tiles out one row per lane
+                done = _selective_scan_bwd_rows_kernel.warmup(*args, grid=grid, **kw)
+                if not _lanes_are_rows(done):
+                    kw["BFLY"] = 0
+            _selective_scan_bwd_rows_kernel[grid](*args, **kw)
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,

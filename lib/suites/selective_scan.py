@@ -207,6 +207,9 @@ def state_update_floor(B: int, D: int, N: int, state_itemsize: int = 4, itemsize
                 state_floor_ms=2 * B * D * N * state_itemsize / HBM_BYTES_PER_S * 1e3)
 
 
+GRAPH_STEPS, GRAPH_SETS = 20, 4  # the state update's many-step graph: steps, input sets
+
+
 @suite("selective_state_update")
 def selective_state_update_suite(quick: bool, device, progress: bool = False) -> list[Record]:
     from ..kernels.state_update_kernel import selective_state_update
@@ -214,27 +217,37 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
     gpu = torch.device(device).type == "cuda" and not quick
     B, D, N = (128, 5120, 16) if gpu else (4, 64, 16)
 
-    def make_with(fn):
+    def make_with(fn, sets: int = 1):
         def make(B, D, N):
-            g = lambda *s: torch.randn(*s, device=device)
-            state, x, dt, z = g(B, D, N), g(B, D), 0.5 * g(B, D) - 4, g(B, D)
-            A, Bm, Cm, Dv, bias = -torch.rand(D, N, device=device), g(B, N), g(B, N), g(D), g(D)
-            return lambda: fn(state, x, dt, A, Bm, Cm, Dv, z, bias, True)
+            def inputs():
+                g = lambda *s: torch.randn(*s, device=device)
+                state, x, dt, z = g(B, D, N), g(B, D), 0.5 * g(B, D) - 4, g(B, D)
+                A, Bm, Cm, Dv, bias = -torch.rand(D, N, device=device), g(B, N), g(B, N), g(D), g(D)
+                return state, x, dt, A, Bm, Cm, Dv, z, bias
+            many = [inputs() for _ in range(sets)]
+            calls = [lambda a=a: fn(*a, True) for a in many]
+            return calls[0] if sets == 1 else calls
         return make
 
-    def graphed(make):
-        """The same call captured in a CUDA graph and replayed: no Python launch overhead
-        (how a decoding loop runs it), so the time is the GPU's."""
+    def graphed(make, steps: int = 1):
+        """The call captured in a CUDA graph and replayed: no Python launch overhead (how a
+        decoding loop runs it), so the time is the GPU's. With steps > 1 the graph holds
+        that many steps rotating over GRAPH_SETS input sets (the state of one set is out of
+        L2 when its turn comes, as with a model's other layers in between); the record is
+        per step, without the graph's own launch."""
         def make_graphed(B, D, N):
-            fn = make(B, D, N)
+            fns = make(B, D, N)
+            fns = fns if isinstance(fns, list) else [fns]
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                fn()  # compile and warm up outside the capture
+                for fn in fns:
+                    fn()  # compile and warm up outside the capture
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                fn()
+                for k in range(steps):
+                    fns[k % len(fns)]()
             return graph.replay
         return make_graphed
 
@@ -243,8 +256,14 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
     if gpu:
         providers["triton_cudagraph"] = graphed(providers["triton"])
         providers["ref_cudagraph"] = graphed(providers["ref"])
+        providers[f"triton_graph{GRAPH_STEPS}"] = graphed(
+            make_with(selective_state_update, GRAPH_SETS), GRAPH_STEPS)
     records = sweep("selective_state_update", providers, [dict(B=B, D=D, N=N)], device=device,
                     min_run_time=0.02 if not gpu else 0.2, progress=progress)
+    for r in records:
+        if r.provider.endswith(f"_graph{GRAPH_STEPS}") and r.status == "ok" and r.ms:
+            r.ms /= GRAPH_STEPS  # per step
+            r.extra.update(steps_per_graph=GRAPH_STEPS, input_sets=GRAPH_SETS)
     floor = state_update_floor(B, D, N)
     for r in records:
         r.extra.update({f"floor_{k}": v for k, v in floor.items()})

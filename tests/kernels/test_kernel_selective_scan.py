@@ -399,3 +399,33 @@ def test_scan_floor_counts_and_panels():
     panel = scaling_records(recs, "fwd", "fp32")
     assert [r.provider for r in panel] == ["triton", "sdpa_causal_bf16"]
     assert [(r.provider, r.ms) for r in floor_records(recs, "fwd", "fp32")] == [("floor", 0.1)]
+
+
+# ----------------------------------------------------------------------------- butterfly layout
+ROWS = "#blocked1 = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [32, 1], warpsPerCTA = [1, 1], order = [1, 0]}>"
+SPREAD = "#blocked1 = #ttg.blocked<{sizePerThread = [1, 1], threadsPerWarp = [8, 4], warpsPerCTA = [1, 1], order = [1, 0]}>"
+SHUFFLE = ('%y = tt.elementwise_inline_asm "shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;" '
+           '{constraints = "=r,r,r", packed_element = 1 : i32, pure = true} %x, %m : '
+           'tensor<32x4xi32, #blocked1>, tensor<32x4xi32, #blocked1> -> tensor<32x4xi32, #blocked1>')
+
+
+def test_butterfly_needs_rows_along_lanes():
+    """The rows backward's butterfly runs only where the TTGIR puts one row per lane: a warp
+    spread over steps, an unknown layout or no shuffle at all falls back to tl.sum."""
+    assert ss._rows_layout_in(ROWS + "\n" + SHUFFLE)
+    assert not ss._rows_layout_in(SPREAD + "\n" + SHUFFLE)
+    assert not ss._rows_layout_in(ROWS + "\n" + SHUFFLE.replace("#blocked1>", "#linear>"))
+    assert not ss._rows_layout_in(ROWS)
+    split = ROWS.replace("warpsPerCTA = [1, 1]", "warpsPerCTA = [1, 2]")
+    assert not ss._rows_layout_in(split + "\n" + SHUFFLE)
+
+
+@pytest.mark.gpu
+def test_selective_scan_gpu_butterfly_in_use(monkeypatch):
+    """At sizes whose strides are multiples of 16 (L = 4096), Triton lays the rows backward's
+    tiles one row per lane, so the butterfly runs (else dB, dC would cost 4x the shuffles)."""
+    monkeypatch.setenv(ss.BACKWARD_ENV, "rows")
+    ss._LANES_OK.clear()
+    inputs = make_inputs(2, 512, 4096, 16, device="cuda")
+    check_against_ref(inputs, True, torch.float32)
+    assert ss._LANES_OK and all(ss._LANES_OK.values())
