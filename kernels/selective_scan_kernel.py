@@ -1105,8 +1105,10 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
 # benchmarks/experiments/backward_layouts.py; results/nvidia-h200/backward_rows_sweep.json):
 # 6.2-6.9 ms with 4, 8 or 16 segments; 64 channels per program (1 or 2 warps), 128 (4
-# warps) or NU = 2, 4 states per iteration: 6.4-8.0 ms. No autotuning: the atomics would
-# need a reset per trial.
+# warps) or 2, 4 states per iteration: 6.4-8.0 ms. Then (2026-11-29, 4 segments) the next
+# state's columns prefetched (PREFETCH) and the dB/dC butterfly (BFLY): fp32 6.22 -> 5.27 ms,
+# bf16 5.88 -> 4.60 ms; 2 segments 7.0 / 5.9, 8 segments 5.7 / 5.3. No autotuning: the
+# atomics would need a reset per trial.
 BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, PREFETCH=True, BFLY=True)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
