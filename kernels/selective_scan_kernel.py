@@ -631,57 +631,6 @@ def _grad_scan(a, c, k, offs_t, T: tl.constexpr):
 
 
 @triton.jit
-def _k_state(kp, n, k_in, A2n, Cn, dt, dy, dim, mask_c, offs_t, T: tl.constexpr):
-    """PASS 1, state n on a tile: k through the tile's gradient scan, back to its column."""
-    _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
-    tl.store(kp + n * dim, k_out, mask=mask_c)
-
-
-@triton.jit
-def _h_state(h_ptr, n, h_in, A2n, Bn, dt, dtu, dim, dstate, mask_c, offs_t, T: tl.constexpr):
-    """The forward sweep, state n on a tile: the state entering the next tile, stored."""
-    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
-    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
-
-
-@triton.jit
-def _rev_state(n, h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o, dt, dtu, dy, y, ddt, gB, t, j, L,
-               kp, dA_p, dB_p, dC_p, dB_base, dC_base, s_dB_n, dim, mask_c, mask_t, lane, offs_t,
-               HAS_Z: tl.constexpr, VARYING_BC: tl.constexpr, EVEN: tl.constexpr,
-               BFLY: tl.constexpr, ASM: tl.constexpr, T: tl.constexpr):
-    """A reverse tile, state n: its states and gradient scan, k and the dA sum back to their
-    columns, dB and dC (atomics, or the (D, N) sums), and the tile's sums over states (y,
-    ddt, gB = sum_n g B) updated."""
-    a = tl.exp2(dt * A2n)
-    b = dtu * Bn
-    h, _ = _state_scan(a, b, h_in, offs_t, T)
-    if HAS_Z:
-        y += h * Cn
-    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
-    tl.store(kp + n * dim, k_out, mask=mask_c)
-    q = g * (h - b)  # g_t a_t h_{t-1}
-    ddt += q * (A2n * 0.6931471805599453)
-    tl.store(dA_p + n * dim, dA_o + tl.sum(q * dt, axis=1, keep_dims=True), mask=mask_c)
-    gB += g * Bn
-    if VARYING_BC:
-        if BFLY > 0:  # one atomic per (warp, n, t), from the lanes that lead
-            v, isq, stp, lead = _lane_sums(g * dtu, dy * h, lane, BFLY, T, ASM)
-            ts = j * T + stp
-            off = n * s_dB_n + ts
-            tl.atomic_add(tl.where(isq, dC_base + off, dB_base + off), v,
-                          mask=lead if EVEN else lead & (ts < L), sem="relaxed")
-        else:
-            tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
-                          mask=None if EVEN else mask_t, sem="relaxed")
-            tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
-                          mask=None if EVEN else mask_t, sem="relaxed")
-    else:
-        tl.store(dB_p + n * dim, dB_o + tl.sum(g * dtu, axis=1, keep_dims=True), mask=mask_c)
-        tl.store(dC_p + n * dim, dC_o + tl.sum(dy * h, axis=1, keep_dims=True), mask=mask_c)
-    return y, ddt, gB
-
-
-@triton.jit
 def _shfl_xor(x, m: tl.constexpr, ASM: tl.constexpr):
     """x of row r ^ m, for rows along lanes (m < 32): one butterfly shuffle per value on a
     GPU (inline PTX: Triton has no shuffle of its own); under the interpreter, which runs
@@ -761,11 +710,8 @@ def _selective_scan_bwd_rows_kernel(
     thread reading back only what it wrote), not in registers. Unrolled over 16 states the
     loop body was 50 KB of machine code (past the instruction cache) and took a minute to
     compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
-    thread. With PREFETCH (N even), the states go in pairs: the odd state's columns load
-    while the even one works, and the next pair's even columns while the odd one works, so
+    thread. With PREFETCH, each state's iteration first loads the next state's columns, so
     that their latency (a round trip to L2) overlaps a state's work instead of stalling it.
-    (Rotating one set of prefetched registers through a loop of single states made ptxas
-    copy them at the end of each iteration, and the copies waited for the loads.)
     dB and dC of time-varying B, C are summed over the block's channels before one atomic
     add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
     (`_lane_sums`), else by tl.sum (5 shuffle rounds per value).
@@ -811,23 +757,21 @@ def _selective_scan_bwd_rows_kernel(
             dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
             _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
             S += tl.sum(dt, axis=1, keep_dims=True)
-            if PREFETCH:  # states in pairs: the odd one's columns load during the even one
-                k_ev, A_ev, C_ev = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t, dim, d_col,
-                                           mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                for n0 in range(0, dstate, 2):
-                    k_od, A_od, C_od = _k_cols(kp, A_col, C_base, C_ptr, n0 + 1, s_C_n, t, dim,
-                                               d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                    _k_state(kp, n0, k_ev, A_ev, C_ev, dt, dy, dim, mask_c, offs_t, T)
-                    # the next pair's even state (state 0 again after the last: unused)
-                    k_ev, A_ev, C_ev = _k_cols(kp, A_col, C_base, C_ptr, (n0 + 2) % dstate, s_C_n,
-                                               t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                                               BLOCK_D, T)
-                    _k_state(kp, n0 + 1, k_od, A_od, C_od, dt, dy, dim, mask_c, offs_t, T)
-            else:
-                for n in range(0, dstate):
+            if PREFETCH:
+                k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t, dim, d_col,
+                                        mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+            for n in range(0, dstate):
+                if PREFETCH:  # the next state's columns (state 0 again after the last: unused)
+                    k_nx, A_nx, C_nx = _k_cols(kp, A_col, C_base, C_ptr, (n + 1) % dstate,
+                                               s_C_n, t, dim, d_col, mask_c, mask_dt,
+                                               VARYING_BC, EVEN, BLOCK_D, T)
+                else:
                     k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, n, s_C_n, t, dim, d_col,
                                             mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                    _k_state(kp, n, k_in, A2n, Cn, dt, dy, dim, mask_c, offs_t, T)
+                _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
+                tl.store(kp + n * dim, k_out, mask=mask_c)
+                if PREFETCH:
+                    k_in, A2n, Cn = k_nx, A_nx, C_nx
         tl.store(ss_base + seg * dim, S, mask=mask_c)
     else:
         kp = kap_ptr + (pid_b * n_seg + seg) * dstate * dim + d_col  # + n * dim
@@ -852,10 +796,10 @@ def _selective_scan_bwd_rows_kernel(
         ck_base = ckpt_ptr + ((pid_b * dim + d_col) * n_chunks) * dstate  # (BLOCK_D, 1)
         TPC: tl.constexpr = CHUNK // T  # tiles per chunk
         tl_base = tiles_ptr + (pid_b * n_seg + seg) * TPC * dstate * dim + d_col
-        kc0 = (seg * seg_len) // CHUNK
-        kc1 = tl.cdiv(s_end, CHUNK)
-        for ki in range(0, kc1 - kc0):
-            k = kc1 - 1 - ki  # chunks in reverse
+        k0 = (seg * seg_len) // CHUNK
+        k1 = tl.cdiv(s_end, CHUNK)
+        for ki in range(0, k1 - k0):
+            k = k1 - 1 - ki  # chunks in reverse
             j0 = k * TPC
             j1 = tl.minimum(j0 + TPC, tl.cdiv(L, T))  # the chunk's tiles: j0 .. j1 - 1
             # forward over the chunk from its checkpoint: the state entering each tile
@@ -870,24 +814,21 @@ def _selective_scan_bwd_rows_kernel(
                 dtu = dt * u
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if PREFETCH:
-                    h_ev, A_ev, B_ev = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t, dim,
-                                               d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                    for n0 in range(0, dstate, 2):
-                        h_od, A_od, B_od = _k_cols(h_ptr, A_col, B_base, B_ptr, n0 + 1, s_B_n, t,
-                                                   dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                                                   BLOCK_D, T)
-                        _h_state(h_ptr, n0, h_ev, A_ev, B_ev, dt, dtu, dim, dstate, mask_c,
-                                 offs_t, T)
-                        h_ev, A_ev, B_ev = _k_cols(h_ptr, A_col, B_base, B_ptr, (n0 + 2) % dstate,
+                    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t, dim,
+                                            d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+                for n in range(0, dstate):
+                    if PREFETCH:
+                        h_nx, A_nx, B_nx = _k_cols(h_ptr, A_col, B_base, B_ptr, (n + 1) % dstate,
                                                    s_B_n, t, dim, d_col, mask_c, mask_dt,
                                                    VARYING_BC, EVEN, BLOCK_D, T)
-                        _h_state(h_ptr, n0 + 1, h_od, A_od, B_od, dt, dtu, dim, dstate, mask_c,
-                                 offs_t, T)
-                else:
-                    for n in range(0, dstate):
+                    else:
                         h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t, dim,
-                                                d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                        _h_state(h_ptr, n, h_in, A2n, Bn, dt, dtu, dim, dstate, mask_c, offs_t, T)
+                                                d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                                                BLOCK_D, T)
+                    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
+                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
+                    if PREFETCH:
+                        h_in, A2n, Bn = h_nx, A_nx, B_nx
             # the chunk's tiles in reverse
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
@@ -903,39 +844,54 @@ def _selective_scan_bwd_rows_kernel(
                 ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
                 gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
                 h_ptr = tl_base + (j - j0) * dstate * dim
-                if PREFETCH:  # states in pairs, as above
-                    h_ev, k_ev, A_ev, dA_ev, B_ev, C_ev, dB_ev, dC_ev = _rev_cols(
+                if PREFETCH:
+                    h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                         h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
-                        s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                    for n0 in range(0, dstate, 2):
-                        h_od, k_od, A_od, dA_od, B_od, C_od, dB_od, dC_od = _rev_cols(
+                        s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
+                        BLOCK_D, T)
+                for n in range(0, dstate):
+                    if PREFETCH:
+                        h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr,
-                            n0 + 1, s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC,
-                            EVEN, BLOCK_D, T)
-                        y, ddt, gB = _rev_state(
-                            n0, h_ev, k_ev, A_ev, dA_ev, B_ev, C_ev, dB_ev, dC_ev, dt, dtu, dy,
-                            y, ddt, gB, t, j, L, kp, dA_p, dB_p, dC_p, dB_base, dC_base, s_dB_n,
-                            dim, mask_c, mask_t, lane, offs_t, HAS_Z, VARYING_BC, EVEN, BFLY, ASM,
-                            T)
-                        h_ev, k_ev, A_ev, dA_ev, B_ev, C_ev, dB_ev, dC_ev = _rev_cols(
-                            h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr,
-                            (n0 + 2) % dstate, s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt,
+                            (n + 1) % dstate, s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt,
                             VARYING_BC, EVEN, BLOCK_D, T)
-                        y, ddt, gB = _rev_state(
-                            n0 + 1, h_od, k_od, A_od, dA_od, B_od, C_od, dB_od, dC_od, dt, dtu,
-                            dy, y, ddt, gB, t, j, L, kp, dA_p, dB_p, dC_p, dB_base, dC_base,
-                            s_dB_n, dim, mask_c, mask_t, lane, offs_t, HAS_Z, VARYING_BC, EVEN,
-                            BFLY, ASM, T)
-                else:
-                    for n in range(0, dstate):
+                    else:
                         h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n,
                             s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
                             BLOCK_D, T)
-                        y, ddt, gB = _rev_state(
-                            n, h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o, dt, dtu, dy, y, ddt, gB,
-                            t, j, L, kp, dA_p, dB_p, dC_p, dB_base, dC_base, s_dB_n, dim, mask_c,
-                            mask_t, lane, offs_t, HAS_Z, VARYING_BC, EVEN, BFLY, ASM, T)
+                    a = tl.exp2(dt * A2n)
+                    b = dtu * Bn
+                    h, _ = _state_scan(a, b, h_in, offs_t, T)
+                    if HAS_Z:
+                        y += h * Cn
+                    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
+                    tl.store(kp + n * dim, k_out, mask=mask_c)
+                    q = g * (h - b)  # g_t a_t h_{t-1}
+                    ddt += q * (A2n * 0.6931471805599453)
+                    tl.store(dA_p + n * dim, dA_o + tl.sum(q * dt, axis=1, keep_dims=True),
+                             mask=mask_c)
+                    gB += g * Bn
+                    if VARYING_BC:
+                        if BFLY > 0:  # one atomic per (warp, n, t), from lanes that lead
+                            v, isq, stp, lead = _lane_sums(g * dtu, dy * h, lane, BFLY, T, ASM)
+                            ts = j * T + stp
+                            off = n * s_dB_n + ts
+                            tl.atomic_add(tl.where(isq, dC_base + off, dB_base + off), v,
+                                          mask=lead if EVEN else lead & (ts < L), sem="relaxed")
+                        else:
+                            tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
+                                          mask=None if EVEN else mask_t, sem="relaxed")
+                            tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
+                                          mask=None if EVEN else mask_t, sem="relaxed")
+                    else:
+                        tl.store(dB_p + n * dim, dB_o + tl.sum(g * dtu, axis=1, keep_dims=True),
+                                 mask=mask_c)
+                        tl.store(dC_p + n * dim, dC_o + tl.sum(dy * h, axis=1, keep_dims=True),
+                                 mask=mask_c)
+                    if PREFETCH:
+                        h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = (
+                            h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx)
                 du = gB * dt
                 if HAS_D:
                     du += Dv * dy
@@ -1502,7 +1458,6 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
             and launch["T"] in (1, 2, 4) else 0
         launch = {k: v for k, v in launch.items() if k != "BFLY"}
-        launch["PREFETCH"] = launch.get("PREFETCH", True) and dstate % 2 == 0  # states in pairs
         for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
             if segs == 0:
                 continue
