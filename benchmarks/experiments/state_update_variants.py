@@ -6,7 +6,10 @@ One step h <- exp(dt A) h + dt B x, out = (C h + D x) silu(z) at B=128, D=5120, 
 (B, N)); the state (B, D, N) fp32 is updated in place. The library kernel reaches ~68% of
 the floor of `state_update_floor`; the variants below change one thing each:
 
-  lib       the library kernel (mambabook.kernels.state_update_kernel), its own launch
+  lib       the library kernel (mambabook.kernels.state_update_kernel), its own launch.
+            Since 6aae600 that kernel is `early` below, launched at 64 x 2: lib and early
+            now run the same code. The JSON in benchmarks/results/nvidia-h200 was measured
+            at d416847, when lib still loaded in the old order (29.7 us)
   cols      per-channel values (x, dt, z, dt_bias, D, out) loaded and stored as (BLOCK_D, 1)
             columns, so they share the state tile's layout (no 1-D -> 2-D layout conversions)
   cols_ef   cols with eviction_policy="evict_first" on the state load and store

@@ -217,27 +217,22 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
     gpu = torch.device(device).type == "cuda" and not quick
     B, D, N = (128, 5120, 16) if gpu else (4, 64, 16)
 
-    def make_with(fn, sets: int = 1):
+    def make_with(fn):
         def make(B, D, N):
-            def inputs():
-                g = lambda *s: torch.randn(*s, device=device)
-                state, x, dt, z = g(B, D, N), g(B, D), 0.5 * g(B, D) - 4, g(B, D)
-                A, Bm, Cm, Dv, bias = -torch.rand(D, N, device=device), g(B, N), g(B, N), g(D), g(D)
-                return state, x, dt, A, Bm, Cm, Dv, z, bias
-            many = [inputs() for _ in range(sets)]
-            calls = [lambda a=a: fn(*a, True) for a in many]
-            return calls[0] if sets == 1 else calls
+            g = lambda *s: torch.randn(*s, device=device)
+            state, x, dt, z = g(B, D, N), g(B, D), 0.5 * g(B, D) - 4, g(B, D)
+            A, Bm, Cm, Dv, bias = -torch.rand(D, N, device=device), g(B, N), g(B, N), g(D), g(D)
+            return lambda: fn(state, x, dt, A, Bm, Cm, Dv, z, bias, True)
         return make
 
-    def graphed(make, steps: int = 1):
+    def graphed(make, steps: int = 1, sets: int = 1):
         """The call captured in a CUDA graph and replayed: no Python launch overhead (how a
         decoding loop runs it), so the time is the GPU's. With steps > 1 the graph holds
-        that many steps rotating over GRAPH_SETS input sets (the state of one set is out of
+        that many steps rotating over `sets` input sets (the state of one set is out of
         L2 when its turn comes, as with a model's other layers in between); the record is
         per step, without the graph's own launch."""
         def make_graphed(B, D, N):
-            fns = make(B, D, N)
-            fns = fns if isinstance(fns, list) else [fns]
+            fns = [make(B, D, N) for _ in range(sets)]  # each with its own inputs
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -256,8 +251,8 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
     if gpu:
         providers["triton_cudagraph"] = graphed(providers["triton"])
         providers["ref_cudagraph"] = graphed(providers["ref"])
-        providers[f"triton_graph{GRAPH_STEPS}"] = graphed(
-            make_with(selective_state_update, GRAPH_SETS), GRAPH_STEPS)
+        providers[f"triton_graph{GRAPH_STEPS}"] = graphed(providers["triton"], GRAPH_STEPS,
+                                                          GRAPH_SETS)
     records = sweep("selective_state_update", providers, [dict(B=B, D=D, N=N)], device=device,
                     min_run_time=0.02 if not gpu else 0.2, progress=progress)
     for r in records:
