@@ -375,6 +375,162 @@ def _selective_scan_fwd_rows_kernel(
         tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
 
 
+
+@triton.jit
+def _lanes_load(base, t0, L, R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr):
+    """One chunk of a (B, D, L) row, as R (32, V) float32 pieces: lane l holds the steps
+    t0 + l R V .. t0 + l R V + R V - 1, piece r the r-th V of them (one 16-byte load each,
+    so Triton keeps a piece's V steps in one thread and its 32 rows along the lanes)."""
+    rows = t0 + tl.arange(0, 32)[:, None] * (R * V) + tl.arange(0, V)[None, :]
+    out = ()
+    for r in tl.static_range(R):
+        t = rows + r * V
+        x = tl.load(base + t, mask=None if EVEN else t < L, other=None if EVEN else 0.0)
+        out = out + (x.to(tl.float32),)
+    return out
+
+
+@triton.jit
+def _selective_scan_fwd_lanes_kernel(
+    # pointers and strides as in the rows forward (no segments: one warp per channel)
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    L, dim, dstate, dpg,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
+    R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """The "lanes" forward: one warp per channel, its 32 lanes along time.
+
+    A chunk of 32 T steps (T = R V: R loads of V elements, 16 bytes each) is cut into 32
+    runs of T consecutive steps, one per lane. For each state a lane scans its run in
+    registers from a zero state (the running product P of a and the partial state H: 2
+    instructions per step), the warp scans the 32 runs' summaries (P and H at the run's
+    end) across lanes, and each lane then adds what entered its run: h_t = H_t + P_t h_in,
+    one FMA per step. The state entering the chunk, one (32,) tensor per state (the same
+    value in every lane), is carried in a tuple; the last lane's end state becomes the
+    next chunk's.
+
+    Unlike the rows forward (a thread per channel: too few threads unless L is cut into
+    segments that are swept twice) there are B x D warps and every step is computed once;
+    the price is the cross-lane scan, paid once per (chunk, state), that is once per T
+    steps of a lane. The state before every CHUNK steps is saved when SAVE_CKPT (CHUNK a
+    multiple of T): the checkpoints of the other forwards. With EVEN (L a multiple of
+    32 T) no load or store is masked.
+    """
+    W: tl.constexpr = 32
+    T: tl.constexpr = R * V
+    d = tl.program_id(0).to(tl.int64)  # channel
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    grp = d // dpg
+    lane = tl.arange(0, W)
+    prev = tl.maximum(lane - 1, 0)
+    last_lane = tl.full((W,), W - 1, tl.int32)
+    is_last = (tl.arange(0, V) == V - 1)[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + d)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d)
+    u_base = u_ptr + pid_b * s_u_b + d * s_u_d
+    dt_base = delta_ptr + pid_b * s_dt_b + d * s_dt_d
+    z_base = z_ptr + pid_b * s_z_b + d * s_z_d
+    o_base = out_ptr + pid_b * s_o_b + d * s_o_d
+    B_base = B_ptr + pid_b * s_B_b + grp * s_B_g
+    C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
+    ck_base = ckpt_ptr + (pid_b * dim + d) * tl.cdiv(L, CHUNK) * dstate
+    hc = ()  # per state: the state entering the chunk, in every lane
+    for _n in tl.static_range(N):
+        hc = hc + (tl.zeros((W,), dtype=tl.float32),)
+    n_chunks = tl.cdiv(L, W * T)
+    if PREFETCH:
+        u_nx = _lanes_load(u_base, 0, L, R, V, EVEN)
+        dt_nx = _lanes_load(dt_base, 0, L, R, V, EVEN)
+    for c in range(0, n_chunks):
+        t0 = c * (W * T)
+        if PREFETCH:
+            us = u_nx
+            dts = dt_nx
+            t_nx = tl.where(c + 1 < n_chunks, t0 + W * T, 0)
+            u_nx = _lanes_load(u_base, t_nx, L, R, V, EVEN)
+            dt_nx = _lanes_load(dt_base, t_nx, L, R, V, EVEN)
+        else:
+            us = _lanes_load(u_base, t0, L, R, V, EVEN)
+            dts = _lanes_load(dt_base, t0, L, R, V, EVEN)
+        dtus = ()
+        ys = ()
+        dts_ = ()
+        for r in tl.static_range(R):
+            dt = dts[r]
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            if not EVEN:  # padded steps: a = 1, b = 0
+                t = t0 + lane[:, None] * T + r * V + tl.arange(0, V)[None, :]
+                dt = tl.where(t < L, dt, 0.0)
+            dts_ = dts_ + (dt,)
+            dtus = dtus + (dt * us[r],)
+            if HAS_D:
+                ys = ys + (Dv * us[r],)
+            else:
+                ys = ys + (tl.zeros((W, V), dtype=tl.float32),)
+        hc_new = ()
+        for n in tl.static_range(N):
+            A2n = tl.load(A_ptr + d * dstate + n) * 1.4426950408889634
+            if VARYING_BC:
+                Bs = _lanes_load(B_base + n * s_B_n, t0, L, R, V, EVEN)
+                Cs = _lanes_load(C_base + n * s_C_n, t0, L, R, V, EVEN)
+            else:
+                Bv = tl.load(B_ptr + d * dstate + n).to(tl.float32)
+                Cv = tl.load(C_ptr + d * dstate + n).to(tl.float32)
+            Ps = ()
+            Hs = ()
+            p_run = tl.full((W,), 1.0, tl.float32)  # the run's summary so far
+            h_run = tl.zeros((W,), dtype=tl.float32)
+            for r in tl.static_range(R):
+                if VARYING_BC:
+                    b = dtus[r] * Bs[r]
+                else:
+                    b = dtus[r] * Bv
+                P, H = tl.associative_scan((tl.exp2(dts_[r] * A2n), b), axis=1,
+                                           combine_fn=_combine_fwd)
+                p = tl.sum(tl.where(is_last, P, 0.0), axis=1)
+                q = tl.sum(tl.where(is_last, H, 0.0), axis=1)
+                h_run = p * h_run + q
+                p_run = p_run * p
+                Ps = Ps + (P,)
+                Hs = Hs + (H,)
+            Pi, Hi = tl.associative_scan((p_run, h_run), axis=0, combine_fn=_combine_fwd)
+            h0 = hc[n]
+            h_end = Pi * h0 + Hi  # the state after each lane's run
+            h_in = tl.where(lane == 0, h0, tl.gather(h_end, prev, axis=0))
+            hc_new = hc_new + (tl.gather(h_end, last_lane, axis=0),)
+            if SAVE_CKPT:
+                t_run = t0 + lane * T
+                tl.store(ck_base + (t_run // CHUNK) * dstate + n, h_in,
+                         mask=((t_run % CHUNK) == 0) & (t_run < L))
+            yn = ()
+            for r in tl.static_range(R):
+                h = Hs[r] + Ps[r] * h_in[:, None]
+                if VARYING_BC:
+                    yn = yn + (ys[r] + h * Cs[r],)
+                else:
+                    yn = yn + (ys[r] + h * Cv,)
+                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=1)
+            ys = yn
+        hc = hc_new
+        if HAS_Z:
+            zs = _lanes_load(z_base, t0, L, R, V, EVEN)
+        for r in tl.static_range(R):
+            y = ys[r]
+            if HAS_Z:
+                y *= zs[r] * tl.sigmoid(zs[r])
+            t = t0 + lane[:, None] * T + r * V + tl.arange(0, V)[None, :]
+            tl.store(o_base + t, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else t < L)
+    for n in tl.static_range(N):
+        tl.store(last_ptr + (pid_b * dim + d) * dstate + n + 0 * lane, hc[n], mask=lane == 0)
+
 @triton.jit
 def _selective_scan_bwd_kernel(
     # pointers: inputs
@@ -1101,6 +1257,11 @@ _INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
 ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this many threads
 ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
 
+# The lanes forward: one warp per channel, LANES_T consecutive steps per lane (a multiple of
+# one 16-byte load), the next chunk's u and delta loaded before this one's states.
+LANES_T = 16
+LANES_PREFETCH = True
+
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
 # benchmarks/experiments/backward_layouts.py; results/nvidia-h200/backward_rows_sweep.json):
@@ -1114,7 +1275,7 @@ _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the inte
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
 
-FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | auto (default): which forward runs
+FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | lanes | auto (default)
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
 
 
@@ -1224,6 +1385,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     if method == "tile":
         return _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                               groups)
+    if method == "lanes":
+        return _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
+                               groups)
     if method == "rows":
         return _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                               groups)
@@ -1321,13 +1485,40 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 
+def _lanes_vector(*tensors) -> int:
+    """Elements per 16-byte load for the lanes forward: every (32, R, V) tile it loads or
+    stores must give each thread R whole vectors, so the widest dtype sets V."""
+    return 16 // max(t.element_size() for t in tensors)
+
+
+def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
+    """Launch the lanes forward (arguments prepared by _scan_fwd): one warp per channel,
+    runs of T = LANES_T steps per lane (the interpreter: 4), checkpoints every CHUNK."""
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    B, C, sB, sC = _bc_operands(B, C)
+    flags = dict(flags, N=dstate)
+    flags.pop("BLOCK_N")
+    streams = [u, delta, zz, out] + ([B, C] if B.dim() > 2 else [])
+    vec = 2 if _INTERPRET else _lanes_vector(*streams)
+    run = 4 if _INTERPRET else LANES_T
+    if flags["SAVE_CKPT"] and flags["CHUNK"] % run:
+        raise ValueError(f"the lanes forward needs runs ({run} steps) that divide the "
+                         f"checkpoint interval ({flags['CHUNK']})")
+    cfg = dict(R=run // vec, V=vec, EVEN=length % (32 * run) == 0, PREFETCH=LANES_PREFETCH)
+    _selective_scan_fwd_lanes_kernel[(dim, bsz)](
+        u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+        *_row_strides(u, delta, zz, out), *sB, *sC, **flags, **cfg, num_warps=1)
+    return out, last, (ckpt if flags["SAVE_CKPT"] else None)
+
+
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
-    """"loop", "tile" or "rows": MAMBABOOK_SCAN_FORWARD when it names one; with "auto" (the
-    default), on CUDA, the three are timed once per shape/dtype key (L rounded up to a power
-    of 2) and the fastest is kept; elsewhere (the interpreter) "loop"."""
+    """"loop", "tile", "rows" or "lanes": MAMBABOOK_SCAN_FORWARD when it names one; with
+    "auto" (the default), on CUDA, the four are timed once per shape/dtype key (L rounded up
+    to a power of 2) and the fastest is kept; elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("loop", "tile", "rows", "auto"):
-        raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows or auto, got {choice!r}")
+    if choice not in ("loop", "tile", "rows", "lanes", "auto"):
+        raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes or auto, got {choice!r}")
     if choice != "auto":
         return choice
     if u.device.type != "cuda":
@@ -1341,7 +1532,7 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
         ms = {}
-        for m in ("loop", "tile", "rows"):
+        for m in ("loop", "tile", "rows", "lanes"):
             try:
                 ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,
                                 warmup_ms=5, rep_ms=25)

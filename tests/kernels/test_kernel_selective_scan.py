@@ -335,7 +335,7 @@ def test_selective_scan_gpu_no_dsz_odd_sizes():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("forward", ["tile", "rows", "auto"])
+@pytest.mark.parametrize("forward", ["tile", "rows", "lanes", "auto"])
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
 def test_selective_scan_gpu_tile(layout, forward, monkeypatch):
     """The tile forward (autotuned tiles without autograd, T = CHUNK with it) and the timed
@@ -347,8 +347,9 @@ def test_selective_scan_gpu_tile(layout, forward, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_selective_scan_gpu_tile_bf16_odd(monkeypatch):
-    monkeypatch.setenv(ss.FORWARD_ENV, "tile")
+@pytest.mark.parametrize("forward", ["tile", "lanes"])
+def test_selective_scan_gpu_tile_bf16_odd(forward, monkeypatch):
+    monkeypatch.setenv(ss.FORWARD_ENV, forward)
     inputs = make_inputs(3, 97, 1001, 7, has_D=False, has_z=False, has_bias=False,
                          dtype=torch.bfloat16, device="cuda")
     check_against_ref(inputs, False, torch.bfloat16, grads=False)
