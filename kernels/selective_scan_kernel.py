@@ -376,90 +376,99 @@ def _selective_scan_fwd_rows_kernel(
 
 
 
+
 @triton.jit
-def _lanes_load(base, t0, L, R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr):
-    """One chunk of a (B, D, L) row, as R (32, V) float32 pieces: lane l holds the steps
-    t0 + l R V .. t0 + l R V + R V - 1, piece r the r-th V of them (one 16-byte load each,
-    so Triton keeps a piece's V steps in one thread and its 32 rows along the lanes)."""
-    rows = t0 + tl.arange(0, 32)[:, None] * (R * V) + tl.arange(0, V)[None, :]
+def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
+                EVEN: tl.constexpr):
+    """One chunk of CPW rows of a (B, D, L) tensor (row: (CPW, 1, 1) pointers; a (CPW, 1, 1)
+    zero offset for B or C, the same for every channel), as R (CPW, LT, V) float32 pieces:
+    lane (c, j) holds steps t0 + j R V .. t0 + j R V + R V - 1 of channel c, piece r the
+    r-th V of them. Each piece is one 16-byte load per lane, so Triton keeps its V steps in
+    one thread and lays the CPW x LT runs along the lanes."""
+    t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
     out = ()
     for r in tl.static_range(R):
-        t = rows + r * V
-        x = tl.load(base + t, mask=None if EVEN else t < L, other=None if EVEN else 0.0)
+        m = None if EVEN else mask_d & (t + r * V < L)
+        x = tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0)
         out = out + (x.to(tl.float32),)
     return out
 
 
 @triton.jit
 def _selective_scan_fwd_lanes_kernel(
-    # pointers and strides as in the rows forward (no segments: one warp per channel)
+    # pointers and strides as in the rows forward (no segments)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
     L, dim, dstate, dpg,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
-    R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
+    CPW: tl.constexpr, R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
-    """The "lanes" forward: one warp per channel, its 32 lanes along time.
+    """The "lanes" forward: one warp per CPW channels, its lanes along time.
 
-    A chunk of 32 T steps (T = R V: R loads of V elements, 16 bytes each) is cut into 32
-    runs of T consecutive steps, one per lane. For each state a lane scans its run in
-    registers from a zero state (the running product P of a and the partial state H: 2
-    instructions per step), the warp scans the 32 runs' summaries (P and H at the run's
-    end) across lanes, and each lane then adds what entered its run: h_t = H_t + P_t h_in,
-    one FMA per step. The state entering the chunk, one (32,) tensor per state (the same
-    value in every lane), is carried in a tuple; the last lane's end state becomes the
-    next chunk's.
+    Each channel gets LT = 32 / CPW lanes. A chunk of LT T steps (T = R V: R loads of V
+    elements, 16 bytes each) is cut into LT runs of T consecutive steps, one per lane. For
+    each state a lane scans its run in registers from a zero state (the running product P
+    of a and the partial state H: 2 instructions per step), the LT lanes of a channel scan
+    their runs' summaries (P and H at the run's end) with shuffles, and each lane then adds
+    what entered its run: h_t = H_t + P_t h_in, one FMA per step. The state entering the
+    chunk (one (CPW, LT) tensor per state, the same value in a channel's lanes) is carried
+    in a tuple; a channel's last lane's end state becomes the next chunk's.
 
     Unlike the rows forward (a thread per channel: too few threads unless L is cut into
-    segments that are swept twice) there are B x D warps and every step is computed once;
-    the price is the cross-lane scan, paid once per (chunk, state), that is once per T
-    steps of a lane. The state before every CHUNK steps is saved when SAVE_CKPT (CHUNK a
-    multiple of T): the checkpoints of the other forwards. With EVEN (L a multiple of
-    32 T) no load or store is masked.
+    segments that are swept twice) every step is computed once, by B x D x LT threads. The
+    CPW channels of a warp load the same B and C steps in the same instruction, so the
+    cache serves each once; with CPW = 1 every channel reads all of B and C through L2 (at
+    B=8, D=1536, L=4K, fp32: 6.4 GB, which bounds the kernel near L2's bandwidth). The state
+    before every CHUNK steps is saved when SAVE_CKPT (CHUNK a multiple of T): the checkpoints
+    of the other forwards. With EVEN (L a multiple of LT T, the channels a multiple of CPW)
+    no load or store is masked.
     """
-    W: tl.constexpr = 32
+    LT: tl.constexpr = 32 // CPW
     T: tl.constexpr = R * V
-    d = tl.program_id(0).to(tl.int64)  # channel
+    grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
-    grp = d // dpg
-    lane = tl.arange(0, W)
-    prev = tl.maximum(lane - 1, 0)
-    last_lane = tl.full((W,), W - 1, tl.int32)
-    is_last = (tl.arange(0, V) == V - 1)[None, :]
+    d3 = offs_d[:, None, None]
+    m3 = mask_d[:, None, None]
+    j = tl.arange(0, LT)[None, :]  # (1, LT): a lane's place along time
+    zero2 = tl.zeros((CPW, LT), dtype=tl.int32)
+    prev = tl.maximum(j - 1, 0) + zero2
+    last_lane = (LT - 1) + zero2
+    is_last = (tl.arange(0, V) == V - 1)[None, None, :]
     if HAS_D:
-        Dv = tl.load(D_ptr + d)
+        Dv = tl.load(D_ptr + d3, mask=m3, other=0.0)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d)
-    u_base = u_ptr + pid_b * s_u_b + d * s_u_d
-    dt_base = delta_ptr + pid_b * s_dt_b + d * s_dt_d
-    z_base = z_ptr + pid_b * s_z_b + d * s_z_d
-    o_base = out_ptr + pid_b * s_o_b + d * s_o_d
-    B_base = B_ptr + pid_b * s_B_b + grp * s_B_g
-    C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
-    ck_base = ckpt_ptr + (pid_b * dim + d) * tl.cdiv(L, CHUNK) * dstate
-    hc = ()  # per state: the state entering the chunk, in every lane
+        bias = tl.load(bias_ptr + d3, mask=m3, other=0.0)
+    u_row = u_ptr + pid_b * s_u_b + d3 * s_u_d
+    dt_row = delta_ptr + pid_b * s_dt_b + d3 * s_dt_d
+    z_row = z_ptr + pid_b * s_z_b + d3 * s_z_d
+    o_row = out_ptr + pid_b * s_o_b + d3 * s_o_d
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g + 0 * d3  # the same steps for every channel
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g + 0 * d3
+    ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * dstate  # (CPW, 1)
+    hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
     for _n in tl.static_range(N):
-        hc = hc + (tl.zeros((W,), dtype=tl.float32),)
-    n_chunks = tl.cdiv(L, W * T)
+        hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)
+    n_chunks = tl.cdiv(L, LT * T)
     if PREFETCH:
-        u_nx = _lanes_load(u_base, 0, L, R, V, EVEN)
-        dt_nx = _lanes_load(dt_base, 0, L, R, V, EVEN)
+        u_nx = _lanes_load(u_row, 0, m3, L, LT, R, V, EVEN)
+        dt_nx = _lanes_load(dt_row, 0, m3, L, LT, R, V, EVEN)
     for c in range(0, n_chunks):
-        t0 = c * (W * T)
+        t0 = c * (LT * T)
         if PREFETCH:
             us = u_nx
             dts = dt_nx
-            t_nx = tl.where(c + 1 < n_chunks, t0 + W * T, 0)
-            u_nx = _lanes_load(u_base, t_nx, L, R, V, EVEN)
-            dt_nx = _lanes_load(dt_base, t_nx, L, R, V, EVEN)
+            t_nx = tl.where(c + 1 < n_chunks, t0 + LT * T, 0)
+            u_nx = _lanes_load(u_row, t_nx, m3, L, LT, R, V, EVEN)
+            dt_nx = _lanes_load(dt_row, t_nx, m3, L, LT, R, V, EVEN)
         else:
-            us = _lanes_load(u_base, t0, L, R, V, EVEN)
-            dts = _lanes_load(dt_base, t0, L, R, V, EVEN)
+            us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN)
+            dts = _lanes_load(dt_row, t0, m3, L, LT, R, V, EVEN)
+        dts_ = ()
         dtus = ()
         ys = ()
-        dts_ = ()
         for r in tl.static_range(R):
             dt = dts[r]
             if HAS_BIAS:
@@ -467,69 +476,72 @@ def _selective_scan_fwd_lanes_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             if not EVEN:  # padded steps: a = 1, b = 0
-                t = t0 + lane[:, None] * T + r * V + tl.arange(0, V)[None, :]
+                t = (t0 + r * V + tl.arange(0, LT)[None, :, None] * T
+                     + tl.arange(0, V)[None, None, :])
                 dt = tl.where(t < L, dt, 0.0)
             dts_ = dts_ + (dt,)
             dtus = dtus + (dt * us[r],)
             if HAS_D:
                 ys = ys + (Dv * us[r],)
             else:
-                ys = ys + (tl.zeros((W, V), dtype=tl.float32),)
+                ys = ys + (tl.zeros_like(dt),)
         hc_new = ()
         for n in tl.static_range(N):
-            A2n = tl.load(A_ptr + d * dstate + n) * 1.4426950408889634
+            A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
             if VARYING_BC:
-                Bs = _lanes_load(B_base + n * s_B_n, t0, L, R, V, EVEN)
-                Cs = _lanes_load(C_base + n * s_C_n, t0, L, R, V, EVEN)
+                Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN)
+                Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN)
             else:
-                Bv = tl.load(B_ptr + d * dstate + n).to(tl.float32)
-                Cv = tl.load(C_ptr + d * dstate + n).to(tl.float32)
+                Bv = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+                Cv = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
             Ps = ()
             Hs = ()
-            p_run = tl.full((W,), 1.0, tl.float32)  # the run's summary so far
-            h_run = tl.zeros((W,), dtype=tl.float32)
+            p_run = tl.full((CPW, LT), 1.0, tl.float32)  # the run's summary so far
+            h_run = tl.zeros((CPW, LT), dtype=tl.float32)
             for r in tl.static_range(R):
                 if VARYING_BC:
                     b = dtus[r] * Bs[r]
                 else:
                     b = dtus[r] * Bv
-                P, H = tl.associative_scan((tl.exp2(dts_[r] * A2n), b), axis=1,
+                P, H = tl.associative_scan((tl.exp2(dts_[r] * A2n), b), axis=2,
                                            combine_fn=_combine_fwd)
-                p = tl.sum(tl.where(is_last, P, 0.0), axis=1)
-                q = tl.sum(tl.where(is_last, H, 0.0), axis=1)
+                p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
+                q = tl.sum(tl.where(is_last, H, 0.0), axis=2)
                 h_run = p * h_run + q
                 p_run = p_run * p
                 Ps = Ps + (P,)
                 Hs = Hs + (H,)
-            Pi, Hi = tl.associative_scan((p_run, h_run), axis=0, combine_fn=_combine_fwd)
+            Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
             h0 = hc[n]
             h_end = Pi * h0 + Hi  # the state after each lane's run
-            h_in = tl.where(lane == 0, h0, tl.gather(h_end, prev, axis=0))
-            hc_new = hc_new + (tl.gather(h_end, last_lane, axis=0),)
+            h_in = tl.where(j == 0, h0, tl.gather(h_end, prev, axis=1))
+            hc_new = hc_new + (tl.gather(h_end, last_lane, axis=1),)
             if SAVE_CKPT:
-                t_run = t0 + lane * T
-                tl.store(ck_base + (t_run // CHUNK) * dstate + n, h_in,
-                         mask=((t_run % CHUNK) == 0) & (t_run < L))
+                t_run = t0 + j * T
+                tl.store(ck_row + (t_run // CHUNK) * dstate + n, h_in,
+                         mask=mask_d[:, None] & ((t_run % CHUNK) == 0) & (t_run < L))
             yn = ()
             for r in tl.static_range(R):
-                h = Hs[r] + Ps[r] * h_in[:, None]
+                h = Hs[r] + Ps[r] * h_in[:, :, None]
                 if VARYING_BC:
                     yn = yn + (ys[r] + h * Cs[r],)
                 else:
                     yn = yn + (ys[r] + h * Cv,)
-                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=1)
+                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
             ys = yn
         hc = hc_new
         if HAS_Z:
-            zs = _lanes_load(z_base, t0, L, R, V, EVEN)
+            zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN)
         for r in tl.static_range(R):
             y = ys[r]
             if HAS_Z:
                 y *= zs[r] * tl.sigmoid(zs[r])
-            t = t0 + lane[:, None] * T + r * V + tl.arange(0, V)[None, :]
-            tl.store(o_base + t, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else t < L)
+            t = t0 + r * V + tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]
+            tl.store(o_row + t, y.to(out_ptr.dtype.element_ty),
+                     mask=None if EVEN else m3 & (t < L))
+    last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
     for n in tl.static_range(N):
-        tl.store(last_ptr + (pid_b * dim + d) * dstate + n + 0 * lane, hc[n], mask=lane == 0)
+        tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
 
 @triton.jit
 def _selective_scan_bwd_kernel(
@@ -1260,7 +1272,9 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # The lanes forward: one warp per channel, LANES_T consecutive steps per lane (a multiple of
 # one 16-byte load), the next chunk's u and delta loaded before this one's states.
 LANES_T = 16
-LANES_PREFETCH = True
+LANES_CPW = 8  # channels per warp (32 / LANES_CPW lanes along time per channel)
+LANES_PREFETCH = False
+LANES_MAXNREG: int | None = None  # a register cap for ptxas (None: its own choice)
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
@@ -1492,8 +1506,9 @@ def _lanes_vector(*tensors) -> int:
 
 
 def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
-    """Launch the lanes forward (arguments prepared by _scan_fwd): one warp per channel,
-    runs of T = LANES_T steps per lane (the interpreter: 4), checkpoints every CHUNK."""
+    """Launch the lanes forward (arguments prepared by _scan_fwd): LANES_CPW channels per
+    warp, runs of LANES_T steps per lane (the interpreter: 2 channels, runs of 4 steps),
+    checkpoints every CHUNK."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     B, C, sB, sC = _bc_operands(B, C)
@@ -1501,14 +1516,16 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     flags.pop("BLOCK_N")
     streams = [u, delta, zz, out] + ([B, C] if B.dim() > 2 else [])
     vec = 2 if _INTERPRET else _lanes_vector(*streams)
-    run = 4 if _INTERPRET else LANES_T
+    run, cpw = (4, 2) if _INTERPRET else (LANES_T, LANES_CPW)
     if flags["SAVE_CKPT"] and flags["CHUNK"] % run:
         raise ValueError(f"the lanes forward needs runs ({run} steps) that divide the "
                          f"checkpoint interval ({flags['CHUNK']})")
-    cfg = dict(R=run // vec, V=vec, EVEN=length % (32 * run) == 0, PREFETCH=LANES_PREFETCH)
-    _selective_scan_fwd_lanes_kernel[(dim, bsz)](
+    even = length % (32 // cpw * run) == 0 and dpg % cpw == 0
+    _selective_scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cpw), bsz)](
         u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
-        *_row_strides(u, delta, zz, out), *sB, *sC, **flags, **cfg, num_warps=1)
+        *_row_strides(u, delta, zz, out), *sB, *sC, **flags, CPW=cpw, R=run // vec, V=vec,
+        EVEN=even, PREFETCH=LANES_PREFETCH, num_warps=1,
+        **({} if _INTERPRET or LANES_MAXNREG is None else dict(maxnreg=LANES_MAXNREG)))
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 

@@ -1,13 +1,13 @@
 # ruff: noqa: B023  (each lambda is timed inside its own loop iteration)
-"""The lanes forward (one warp per channel, lanes along time) against the rows and tile
-forwards on the H200, issue 5; chapter 7 and benchmarks/selective_scan_notes.md.
+"""The lanes forward (lanes along time, CPW channels per warp) against the rows forward on
+the H200, issue 5; chapter 7 and benchmarks/selective_scan_notes.md.
 
 Times, side by side in one run, at B=8, D=1536, N=16, time-varying B and C, with D, z,
-delta_bias and softplus: the forward without checkpoints at each L, the forward with the
-backward's checkpoints at 4K, and forward+backward at 4K (autograd.grad, the rows
-backward) with each forward; the lanes forward with runs of 16 or 32 steps per lane and
-with the next chunk's loads issued early or not. Every lanes result is checked against the
-loop forward (outputs, last state, checkpoints). Needs a CUDA GPU.
+delta_bias and softplus: the lanes forward's launches (runs of T steps per lane, CPW
+channels per warp, a register cap) at 4K; the best of them and the rows forward at the
+other lengths; both with the backward's checkpoints at 4K; and forward+backward at 4K
+(autograd.grad, the rows backward) with each forward. Every lanes result is checked against
+the loop forward (outputs, last state, checkpoints). Needs a CUDA GPU.
 
     python3 benchmarks/experiments/lanes_forward.py --out /tmp/lanes_forward.json
 """
@@ -37,56 +37,78 @@ def max_rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
+def set_lanes(run, cpw, maxnreg=None, prefetch=False):
+    ss.LANES_T, ss.LANES_CPW, ss.LANES_MAXNREG, ss.LANES_PREFETCH = run, cpw, maxnreg, prefetch
+
+
 def main():
     from triton.testing import do_bench
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--lengths", default="2048,4096,16384,65536")
-    ap.add_argument("--runs", default="16,32", help="steps per lane (LANES_T) to try")
+    ap.add_argument("--lengths", default="2048,16384,65536", help="besides 4096")
+    ap.add_argument("--configs", default="16x1,16x2,16x4,16x8,8x4,8x8,16x8r128",
+                    help="lanes configs at 4K: TxCPW[rMAXNREG]")
+    ap.add_argument("--dtypes", default="fp32,bf16")
     args = ap.parse_args()
     bench = lambda f: do_bench(f, warmup=25, rep=100)
-    variants = [(int(t), pf) for t in args.runs.split(",") for pf in (True, False)]
     rows = []
 
     def record(**r):
         rows.append(r)
         print(json.dumps(r), flush=True)
 
-    for name, dtype in DTYPES.items():
-        for length in map(int, args.lengths.split(",")):
+    def parse(cfg):
+        run, rest = cfg.split("x")
+        cpw, _, mr = rest.partition("r")
+        return int(run), int(cpw), int(mr) if mr else None
+
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
+        torch.manual_seed(0)
+        x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
+        ref_out, ref_last, _ = forward(x, "loop")
+        best = None
+        for cfg in args.configs.split(","):
+            set_lanes(*parse(cfg))
+            out, last, _ = forward(x, "lanes")
+            ms = bench(lambda: forward(x, "lanes"))
+            record(dtype=name, L=4096, provider="lanes", config=cfg, ms=ms,
+                   err_out=max_rel_err(out, ref_out), err_last=max_rel_err(last, ref_last))
+            if best is None or ms < best[1]:
+                best = (cfg, ms)
+        set_lanes(*parse(best[0]))
+        record(dtype=name, L=4096, provider="rows", ms=bench(lambda: forward(x, "rows")))
+        for length in map(int, filter(None, args.lengths.split(","))):
             torch.manual_seed(0)
             x = make_scan_inputs(8, 1536, length, 16, dtype, "cuda")
             ref_out, ref_last, _ = forward(x, "loop")
-            for method in ("rows", "tile"):
-                record(dtype=name, L=length, provider=method, ms=bench(lambda: forward(x, method)))
-            for run, pf in variants:
-                ss.LANES_T, ss.LANES_PREFETCH = run, pf
-                out, last, _ = forward(x, "lanes")
-                record(dtype=name, L=length, provider="lanes", T=run, prefetch=pf,
-                       ms=bench(lambda: forward(x, "lanes")),
-                       err_out=max_rel_err(out, ref_out), err_last=max_rel_err(last, ref_last))
-            ss.LANES_T, ss.LANES_PREFETCH = 16, True
+            out, last, _ = forward(x, "lanes")
+            record(dtype=name, L=length, provider="lanes", config=best[0],
+                   ms=bench(lambda: forward(x, "lanes")),
+                   err_out=max_rel_err(out, ref_out), err_last=max_rel_err(last, ref_last))
+            record(dtype=name, L=length, provider="rows", ms=bench(lambda: forward(x, "rows")))
         torch.manual_seed(0)
         x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
         _, _, ref_ck = forward(x, "loop", True)
-        for method in ("rows", "tile", "lanes"):
+        for method in ("rows", "lanes"):
             _, _, ck = forward(x, method, True)
-            record(dtype=name, L=4096, provider=method + "+checkpoints",
+            record(dtype=name, L=4096, provider=method + "+checkpoints", config=best[0],
                    ms=bench(lambda: forward(x, method, True)), err_ckpt=max_rel_err(ck, ref_ck))
         xg = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda", requires_grad=True)
         dout = torch.randn_like(xg["u"])
         inputs = [xg[k] for k in ARGS]
-        for method in ("rows", "tile", "lanes"):
+        for method in ("rows", "lanes"):
             os.environ[ss.FORWARD_ENV] = method
 
             def fwd_bwd():
                 out = selective_scan(*inputs, delta_softplus=True)
                 return torch.autograd.grad(out, inputs, dout)
 
-            record(dtype=name, L=4096, provider=f"fwd+bwd ({method} forward)", ms=bench(fwd_bwd))
+            record(dtype=name, L=4096, provider=f"fwd+bwd ({method} forward)", config=best[0],
+                   ms=bench(fwd_bwd))
         os.environ.pop(ss.FORWARD_ENV)
-    json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
+        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
 
 
 if __name__ == "__main__":
