@@ -379,18 +379,32 @@ def _selective_scan_fwd_rows_kernel(
 
 @triton.jit
 def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
-                EVEN: tl.constexpr):
+                EVEN: tl.constexpr, PAIRS: tl.constexpr):
     """One chunk of CPW rows of a (B, D, L) tensor (row: (CPW, 1, 1) pointers; a (CPW, 1, 1)
     zero offset for B or C, the same for every channel), as R (CPW, LT, V) float32 pieces:
     lane (c, j) holds steps t0 + j R V .. t0 + j R V + R V - 1 of channel c, piece r the
     r-th V of them. Each piece is one 16-byte load per lane, so Triton keeps its V steps in
-    one thread and lays the CPW x LT runs along the lanes."""
-    t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
+    one thread and lays the CPW x LT runs along the lanes.
+
+    PAIRS (unmasked loads, even offsets): bfloat16 is read as int32 pairs and widened with
+    one shift or one AND per value (a bfloat16 is the top half of a float32); Triton's own
+    conversion spends about 1.5 instructions per value."""
     out = ()
-    for r in tl.static_range(R):
-        m = None if EVEN else mask_d & (t + r * V < L)
-        x = tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0)
-        out = out + (x.to(tl.float32),)
+    if PAIRS and row.dtype.element_ty == tl.bfloat16:
+        row32 = row.to(tl.pointer_type(tl.int32), bitcast=True)
+        t = (t0 // 2 + tl.arange(0, LT)[None, :, None] * (R * V // 2)
+             + tl.arange(0, V // 2)[None, None, :])
+        for r in tl.static_range(R):
+            x = tl.load(row32 + t + r * (V // 2))
+            lo = (x << 16).to(tl.float32, bitcast=True)
+            hi = (x & -65536).to(tl.float32, bitcast=True)
+            out = out + (tl.reshape(tl.join(lo, hi), (x.shape[0], LT, V)),)
+    else:
+        t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
+        for r in tl.static_range(R):
+            m = None if EVEN else mask_d & (t + r * V < L)
+            x = tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0)
+            out = out + (x.to(tl.float32),)
     return out
 
 
@@ -403,8 +417,8 @@ def _selective_scan_fwd_lanes_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
-    CPW: tl.constexpr, R: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    CPW: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """The "lanes" forward: one warp per CPW channels, its lanes along time.
 
@@ -427,7 +441,7 @@ def _selective_scan_fwd_lanes_kernel(
     no load or store is masked.
     """
     LT: tl.constexpr = 32 // CPW
-    T: tl.constexpr = R * V
+    R: tl.constexpr = T // V
     grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     d3 = offs_d[:, None, None]
@@ -451,21 +465,10 @@ def _selective_scan_fwd_lanes_kernel(
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
     for _n in tl.static_range(N):
         hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)
-    n_chunks = tl.cdiv(L, LT * T)
-    if PREFETCH:
-        u_nx = _lanes_load(u_row, 0, m3, L, LT, R, V, EVEN)
-        dt_nx = _lanes_load(dt_row, 0, m3, L, LT, R, V, EVEN)
-    for c in range(0, n_chunks):
+    for c in range(0, tl.cdiv(L, LT * T)):
         t0 = c * (LT * T)
-        if PREFETCH:
-            us = u_nx
-            dts = dt_nx
-            t_nx = tl.where(c + 1 < n_chunks, t0 + LT * T, 0)
-            u_nx = _lanes_load(u_row, t_nx, m3, L, LT, R, V, EVEN)
-            dt_nx = _lanes_load(dt_row, t_nx, m3, L, LT, R, V, EVEN)
-        else:
-            us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN)
-            dts = _lanes_load(dt_row, t0, m3, L, LT, R, V, EVEN)
+        us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
+        dts = _lanes_load(dt_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
         dts_ = ()
         dtus = ()
         ys = ()
@@ -489,8 +492,8 @@ def _selective_scan_fwd_lanes_kernel(
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
             if VARYING_BC:
-                Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN)
-                Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN)
+                Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
+                Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
             else:
                 Bv = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cv = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
@@ -531,7 +534,7 @@ def _selective_scan_fwd_lanes_kernel(
             ys = yn
         hc = hc_new
         if HAS_Z:
-            zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN)
+            zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
         for r in tl.static_range(R):
             y = ys[r]
             if HAS_Z:
@@ -1269,12 +1272,21 @@ _INTERPRET_ROWS = dict(BLOCK_D=4, T=4)  # the interpreter's rows tile
 ROWS_THREADS = 49152  # the rows forward cuts L into segments until about this many threads
 ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); None: automatic
 
-# The lanes forward: one warp per channel, LANES_T consecutive steps per lane (a multiple of
-# one 16-byte load), the next chunk's u and delta loaded before this one's states.
-LANES_T = 16
-LANES_CPW = 8  # channels per warp (32 / LANES_CPW lanes along time per channel)
-LANES_PREFETCH = False
-LANES_MAXNREG: int | None = None  # a register cap for ptxas (None: its own choice)
+# The lanes forward's launches: (channels per warp, steps per lane, register cap), with
+# one warp per program. Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-29,
+# benchmarks/experiments/lanes_forward.py): fp32 (8, 16, 128 registers) 0.89 ms, (4, 16,
+# -) 0.95, (8, 16, -) 1.10, (1, 16, -) 1.17, (8, 8, -) 1.07; bf16 (4, 16, -) 0.66 ms,
+# (8, 16, 128) 0.73, (8, 16, -) 0.89. Every run is 16 steps (the checkpoint interval CHUNK
+# is a multiple of 16 for any N).
+LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
+                 for cpw, mr in [(8, 128), (4, 128), (4, None), (2, 128), (8, 168), (4, 168)]]
+_lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
+    LANES_CONFIGS, key=["dstate", "dpg", "V", "SAVE_CKPT", "VARYING_BC", "CHUNK"])(
+        triton.heuristics({
+            "EVEN": lambda a: a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0,
+            "PAIRS": lambda a: _lanes_pairs(a)})(_selective_scan_fwd_lanes_kernel)))
+_INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 steps a channel
+LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
@@ -1505,10 +1517,17 @@ def _lanes_vector(*tensors) -> int:
     return 16 // max(t.element_size() for t in tensors)
 
 
+def _lanes_pairs(a: dict) -> bool:
+    """Whether the lanes forward may read bfloat16 as int32 pairs: no masks, even strides."""
+    strides = [a[k] for k in a if k.startswith("s_")]
+    return (a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0
+            and all(s % 2 == 0 for s in strides))
+
+
 def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
-    """Launch the lanes forward (arguments prepared by _scan_fwd): LANES_CPW channels per
-    warp, runs of LANES_T steps per lane (the interpreter: 2 channels, runs of 4 steps),
-    checkpoints every CHUNK."""
+    """Launch the lanes forward (arguments prepared by _scan_fwd), checkpoints every CHUNK:
+    autotuned over LANES_CONFIGS on a GPU, LANES_FIXED when set (sweeps), the interpreter's
+    small launch under TRITON_INTERPRET."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
     B, C, sB, sC = _bc_operands(B, C)
@@ -1516,16 +1535,21 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     flags.pop("BLOCK_N")
     streams = [u, delta, zz, out] + ([B, C] if B.dim() > 2 else [])
     vec = 2 if _INTERPRET else _lanes_vector(*streams)
-    run, cpw = (4, 2) if _INTERPRET else (LANES_T, LANES_CPW)
-    if flags["SAVE_CKPT"] and flags["CHUNK"] % run:
-        raise ValueError(f"the lanes forward needs runs ({run} steps) that divide the "
-                         f"checkpoint interval ({flags['CHUNK']})")
-    even = length % (32 // cpw * run) == 0 and dpg % cpw == 0
-    _selective_scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cpw), bsz)](
-        u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
-        *_row_strides(u, delta, zz, out), *sB, *sC, **flags, CPW=cpw, R=run // vec, V=vec,
-        EVEN=even, PREFETCH=LANES_PREFETCH, num_warps=1,
-        **({} if _INTERPRET or LANES_MAXNREG is None else dict(maxnreg=LANES_MAXNREG)))
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+            *_row_strides(u, delta, zz, out), *sB, *sC)
+    fixed = _INTERPRET_LANES if _INTERPRET else LANES_FIXED
+    if fixed is not None:
+        cfg = dict(fixed)
+        maxnreg = cfg.pop("maxnreg", None)
+        named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
+        pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)
+        even = length % (32 // cfg["CPW"] * cfg["T"]) == 0 and dpg % cfg["CPW"] == 0
+        _selective_scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cfg["CPW"]), bsz)](
+            *args, **flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, num_warps=1,
+            **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
+    else:
+        grid = lambda meta: (groups * triton.cdiv(dpg, meta["CPW"]), bsz)
+        _lanes_kernel_tuned[grid](*args, **flags, V=vec)
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 

@@ -37,8 +37,16 @@ def max_rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
-def set_lanes(run, cpw, maxnreg=None, prefetch=False):
-    ss.LANES_T, ss.LANES_CPW, ss.LANES_MAXNREG, ss.LANES_PREFETCH = run, cpw, maxnreg, prefetch
+def parse(cfg):
+    """"16x8r128np" -> LANES_FIXED: runs of 16 steps, 8 channels per warp, at most 128
+    registers, no int32 pairs for bfloat16; "auto" -> None (the library's autotuning)."""
+    if cfg == "auto":
+        return None
+    run, rest = cfg.split("x")
+    no_pairs = rest.endswith("np")
+    cpw, _, mr = rest.removesuffix("np").partition("r")
+    out = dict(T=int(run), CPW=int(cpw), maxnreg=int(mr) if mr else None)
+    return dict(out, PAIRS=False) if no_pairs else out
 
 
 def main():
@@ -47,8 +55,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="2048,16384,65536", help="besides 4096")
-    ap.add_argument("--configs", default="16x1,16x2,16x4,16x8,8x4,8x8,16x8r128",
-                    help="lanes configs at 4K: TxCPW[rMAXNREG]")
+    ap.add_argument("--configs", default="auto,16x8r128,16x4r128,16x4,16x2r128,16x8r168",
+                    help="lanes launches at 4K: TxCPW[rMAXNREG][np], or auto")
+    ap.add_argument("--quick", action="store_true", help="only the launches at 4K")
     ap.add_argument("--dtypes", default="fp32,bf16")
     args = ap.parse_args()
     bench = lambda f: do_bench(f, warmup=25, rep=100)
@@ -58,11 +67,6 @@ def main():
         rows.append(r)
         print(json.dumps(r), flush=True)
 
-    def parse(cfg):
-        run, rest = cfg.split("x")
-        cpw, _, mr = rest.partition("r")
-        return int(run), int(cpw), int(mr) if mr else None
-
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
         torch.manual_seed(0)
@@ -70,15 +74,19 @@ def main():
         ref_out, ref_last, _ = forward(x, "loop")
         best = None
         for cfg in args.configs.split(","):
-            set_lanes(*parse(cfg))
+            ss.LANES_FIXED = parse(cfg)
             out, last, _ = forward(x, "lanes")
             ms = bench(lambda: forward(x, "lanes"))
-            record(dtype=name, L=4096, provider="lanes", config=cfg, ms=ms,
+            chosen = ([str(c) for c in ss._lanes_kernel_tuned.cache.values()] if cfg == "auto"
+                      else None)
+            record(dtype=name, L=4096, provider="lanes", config=cfg, ms=ms, autotuned=chosen,
                    err_out=max_rel_err(out, ref_out), err_last=max_rel_err(last, ref_last))
             if best is None or ms < best[1]:
                 best = (cfg, ms)
-        set_lanes(*parse(best[0]))
+        ss.LANES_FIXED = parse(best[0])
         record(dtype=name, L=4096, provider="rows", ms=bench(lambda: forward(x, "rows")))
+        if args.quick:
+            continue
         for length in map(int, filter(None, args.lengths.split(","))):
             torch.manual_seed(0)
             x = make_scan_inputs(8, 1536, length, 16, dtype, "cuda")
@@ -108,7 +116,7 @@ def main():
             record(dtype=name, L=4096, provider=f"fwd+bwd ({method} forward)", config=best[0],
                    ms=bench(fwd_bwd))
         os.environ.pop(ss.FORWARD_ENV)
-        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
+    json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
 
 
 if __name__ == "__main__":
