@@ -1279,7 +1279,7 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # (8, 16, 128) 0.73, (8, 16, -) 0.89. Every run is 16 steps (the checkpoint interval CHUNK
 # is a multiple of 16 for any N).
 LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
-                 for cpw, mr in [(8, 128), (4, 128), (4, None), (2, 128), (8, 168), (4, 168)]]
+                 for cpw, mr in [(8, 128), (4, 128), (2, 128)]]
 _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
     LANES_CONFIGS, key=["dstate", "dpg", "V", "SAVE_CKPT", "VARYING_BC", "CHUNK"])(
         triton.heuristics({
