@@ -1540,6 +1540,10 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     fixed = _INTERPRET_LANES if _INTERPRET else LANES_FIXED
     if fixed is not None:
         cfg = dict(fixed)
+        if cfg["T"] % vec or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):
+            raise ValueError(f"the lanes forward's runs (T = {cfg['T']} steps) must be a multiple "
+                             f"of one 16-byte load ({vec} steps) and divide the checkpoint "
+                             f"interval ({flags['CHUNK']})")
         maxnreg = cfg.pop("maxnreg", None)
         named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
         pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)

@@ -178,8 +178,12 @@ def test_selective_scan_bad_inputs():
 
 # ----------------------------------------------------------------------------- the tile forward
 def use_forward(mp, name, block_d=4, tile=16):
-    """Route selective_scan's forward to "tile" or "rows" with the interpreter's (BLOCK_D, T)."""
+    """Route selective_scan's forward to "tile", "rows" or "lanes" with the interpreter's
+    (BLOCK_D, T) (lanes: BLOCK_D channels per warp, runs of T steps)."""
     mp.setenv(ss.FORWARD_ENV, name)
+    if name == "lanes":
+        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=block_d, T=tile))
+        return
     mp.setattr(ss, {"tile": "_INTERPRET_TILE", "rows": "_INTERPRET_ROWS"}[name],
                dict(BLOCK_D=block_d, T=tile))
 
@@ -230,17 +234,21 @@ def test_selective_scan_rows_matches_ref(bsz, dim, length, dstate, layout, has_D
 
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
 @pytest.mark.parametrize("method, length, segments", [
-    ("tile", 45, None), ("rows", 45, 1), ("rows", 48, 1), ("rows", 45, 3), ("rows", 48, 2)])
+    ("tile", 45, None), ("rows", 45, 1), ("rows", 48, 1), ("rows", 45, 3), ("rows", 48, 2),
+    ("lanes", 45, None), ("lanes", 48, None)])
 def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments):
-    """With checkpoints, the tile and rows forwards save the loop forward's states (before
-    every CHUNK steps), out and last state; the rows forward masked (L = 45) and unmasked
-    (L = 48, D = 6 = 3 blocks of 2), in one segment or several."""
+    """With checkpoints, the tile, rows and lanes forwards save the loop forward's states
+    (before every CHUNK steps), out and last state; the rows and lanes forwards masked
+    (L = 45) and unmasked (L = 48, D = 6 = 3 blocks of 2; lanes: chunks of 16 steps of 2
+    channels), the rows forward in one segment or several."""
     inputs = make_inputs(2, 6, length, 5, layout=layout, groups=3)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ss, "_config", small_chunks(8))
         if method == "rows":
             mp.setattr(ss, "_INTERPRET_ROWS", dict(BLOCK_D=2, T=4))
             mp.setattr(ss, "ROWS_SEGMENTS", segments)
+        if method == "lanes":  # 4 lanes of 4 steps per channel, 8 channels per warp
+            mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=8, T=4))
         got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method=method)
         want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
     assert got[2].shape == want[2].shape == (2, 6, 6, 5)
@@ -249,7 +257,7 @@ def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("forward, dstate", [("tile", 4), ("rows", 16)])
+@pytest.mark.parametrize("forward, dstate", [("tile", 4), ("rows", 16), ("lanes", 16)])
 def test_selective_scan_tile_rows_half_inputs(dtype, forward, dstate):
     inputs = make_inputs(2, 5, 19, dstate, dtype=dtype)
     with pytest.MonkeyPatch.context() as mp:
@@ -264,12 +272,69 @@ def test_selective_scan_forward_choice(monkeypatch):
     args = (*inputs.values(), True, False)
     monkeypatch.delenv(ss.FORWARD_ENV, raising=False)
     assert ss._pick_forward(*args) == "loop"
-    for name in ("loop", "tile", "rows"):
+    for name in ("loop", "tile", "rows", "lanes"):
         monkeypatch.setenv(ss.FORWARD_ENV, name)
         assert ss._pick_forward(*args) == name
     monkeypatch.setenv(ss.FORWARD_ENV, "fast")
     with pytest.raises(ValueError, match=ss.FORWARD_ENV):
         ss.selective_scan(**inputs)
+
+
+# ----------------------------------------------------------------------------- the lanes forward
+@settings(max_examples=14, deadline=None)
+@given(**CASES, cpw=st.sampled_from([2, 8, 16, 32]), run=st.sampled_from([2, 4]),
+       grads=st.booleans())
+def test_selective_scan_lanes_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
+                                          has_bias, softplus, cpw, run, grads):
+    """The lanes forward (CPW channels per warp, 32 / CPW lanes along time per channel, a run
+    of T steps per lane scanned in registers, the runs' summaries scanned across lanes, the
+    state carried from chunk to chunk) equals the ref for every layout and option, masked
+    (L, D not multiples of the chunk and of CPW) and not, one lane per channel (CPW = 32)
+    included; with grads its checkpoints feed the backward."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.FORWARD_ENV, "lanes")
+        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=cpw, T=run))
+        mp.setattr(ss, "_config", small_chunks(4))
+        check_against_ref(inputs, softplus, torch.float32, grads=grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_selective_scan_lanes_bf16_pairs(dtype, monkeypatch):
+    """Unmasked bfloat16 inputs are read as int32 pairs (two values widened by one shift and
+    one AND); the result equals the ref and the plain conversion. float32 never is."""
+    inputs = make_inputs(2, 4, 64, 3, dtype=dtype)  # 2 warps of 2 channels, 16 lanes x 4 steps
+    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
+    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
+    rule, seen = ss._lanes_pairs, []
+    monkeypatch.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
+    check_against_ref(inputs, True, dtype, grads=False)
+    assert seen == [True]  # decided per launch; only bfloat16 pointers take the int32 path
+    paired = ss._scan_fwd(**inputs, softplus=True, save_ckpt=False, method="lanes")[0]
+    monkeypatch.setattr(ss, "_lanes_pairs", lambda a: False)
+    plain = ss._scan_fwd(**inputs, softplus=True, save_ckpt=False, method="lanes")[0]
+    torch.testing.assert_close(paired, plain, rtol=0, atol=0)
+    even = dict(L=64, dpg=4, CPW=2, T=4, s_u_b=256, s_u_d=64)
+    assert rule(even)
+    assert not rule({**even, "L": 63})  # masked: the pairs path has no masks
+    assert not rule({**even, "dpg": 3})
+    assert not rule({**even, "s_u_b": 255})  # an odd stride: a pair would straddle two rows
+
+
+def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
+    """Runs that are not whole 16-byte loads, or that do not divide the checkpoint interval,
+    are refused with a ValueError naming both."""
+    inputs = make_inputs(1, 2, 16, 2)
+    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
+    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=3))
+    with pytest.raises(ValueError, match="16-byte load"):
+        ss.selective_scan(**inputs)
+    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
+    monkeypatch.setattr(ss, "_config", small_chunks(2))
+    with pytest.raises(ValueError, match="checkpoint interval"):
+        ss.selective_scan(**{k: v.requires_grad_() if k == "u" else v
+                             for k, v in inputs.items()})
 
 
 # ----------------------------------------------------------------------------- the rows backward
