@@ -435,7 +435,8 @@ def _selective_scan_fwd_lanes_kernel(
     segments that are swept twice) every step is computed once, by B x D x LT threads. The
     CPW channels of a warp load the same B and C steps in the same instruction, so the
     cache serves each once; with CPW = 1 every channel reads all of B and C through L2 (at
-    B=8, D=1536, L=4K, fp32: 6.4 GB, which bounds the kernel near L2's bandwidth). The state
+    B=8, D=1536, L=4K, fp32: 6.4 GB, 5.5 TB/s over the 1.17 ms that launch took: most
+    likely bound by L2, not profiled; 2-8 channels per warp ran in 0.81-0.95 ms). The state
     before every CHUNK steps is saved when SAVE_CKPT (CHUNK a multiple of T): the checkpoints
     of the other forwards. With EVEN (L a multiple of LT T, the channels a multiple of CPW)
     no load or store is masked.
@@ -1274,10 +1275,12 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 
 # The lanes forward's launches: (channels per warp, steps per lane, register cap), with
 # one warp per program. Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-29,
-# benchmarks/experiments/lanes_forward.py): fp32 (8, 16, 128 registers) 0.89 ms, (4, 16,
-# -) 0.95, (8, 16, -) 1.10, (1, 16, -) 1.17, (8, 8, -) 1.07; bf16 (4, 16, -) 0.66 ms,
-# (8, 16, 128) 0.73, (8, 16, -) 0.89. Every run is 16 steps (the checkpoint interval CHUNK
-# is a multiple of 16 for any N).
+# benchmarks/experiments/lanes_forward.py, results/nvidia-h200/lanes_forward.json): fp32
+# (8, 16, 128 registers) 0.89 ms, (4, 16, -) 0.95, (8, 16, -) 1.10, (1, 16, -) 1.17,
+# (8, 8, -) 1.07; bf16 (2, 16, 128) 0.64 ms, (4, 16, 168) 0.65, (4, 16, -) 0.66-0.70,
+# (8, 16, 128) 0.69-0.73, (4, 16, 128) 0.79. Autotuned over the three with 128 registers:
+# fp32 0.81 ms, bf16 0.64 ms (the suite at 11fc828). Every run is 16 steps (the checkpoint
+# interval CHUNK is a multiple of 16 for any N).
 LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
                  for cpw, mr in [(8, 128), (4, 128), (2, 128)]]
 _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
