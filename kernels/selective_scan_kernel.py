@@ -375,8 +375,6 @@ def _selective_scan_fwd_rows_kernel(
         tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :], hc, mask=mask_dn)
 
 
-
-
 @triton.jit
 def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
                 EVEN: tl.constexpr, PAIRS: tl.constexpr):
@@ -546,6 +544,7 @@ def _selective_scan_fwd_lanes_kernel(
     last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
     for n in tl.static_range(N):
         tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
+
 
 @triton.jit
 def _selective_scan_bwd_kernel(
@@ -1515,16 +1514,20 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
 
 
 def _lanes_vector(*tensors) -> int:
-    """Elements per 16-byte load for the lanes forward: every (32, R, V) tile it loads or
-    stores must give each thread R whole vectors, so the widest dtype sets V."""
+    """Elements per 16-byte load for the lanes forward: every (CPW, LT, V) piece it loads or
+    stores must be whole vectors of every dtype involved, so the widest dtype sets V."""
     return 16 // max(t.element_size() for t in tensors)
 
 
 def _lanes_pairs(a: dict) -> bool:
-    """Whether the lanes forward may read bfloat16 as int32 pairs: no masks, even strides."""
+    """Whether the lanes forward may read bfloat16 as int32 pairs (a: the launch's arguments
+    by name): no masks, even strides, and every bfloat16 tensor 4-byte aligned (a view that
+    starts at an odd element would make the int32 loads misaligned)."""
     strides = [a[k] for k in a if k.startswith("s_")]
+    aligned = all(v.data_ptr() % 4 == 0 for k, v in a.items()
+                  if k.endswith("_ptr") and isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16)
     return (a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0
-            and all(s % 2 == 0 for s in strides))
+            and all(s % 2 == 0 for s in strides) and aligned)
 
 
 def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):

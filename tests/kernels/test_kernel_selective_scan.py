@@ -320,6 +320,26 @@ def test_selective_scan_lanes_bf16_pairs(dtype, monkeypatch):
     assert not rule({**even, "L": 63})  # masked: the pairs path has no masks
     assert not rule({**even, "dpg": 3})
     assert not rule({**even, "s_u_b": 255})  # an odd stride: a pair would straddle two rows
+    shifted = torch.zeros(129, dtype=torch.bfloat16)[1:]  # starts 2 bytes into its storage
+    assert not rule({**even, "u_ptr": shifted})
+    assert rule({**even, "u_ptr": shifted.float()})  # only bfloat16 is read as pairs
+
+
+def test_selective_scan_lanes_bf16_view_at_odd_offset(monkeypatch):
+    """bfloat16 inputs that start at an odd element of their storage (so not 4-byte
+    aligned) are read value by value, not as int32 pairs, and still equal the ref."""
+    inputs = make_inputs(2, 4, 65, 3, dtype=torch.bfloat16)
+    shifted = {k: (v[..., 1:] if v is not None and v.dim() == 3 else v) for k, v in inputs.items()}
+    assert shifted["u"].data_ptr() % 4 == 2 and shifted["u"].shape[-1] == 64
+    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
+    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
+    rule, seen = ss._lanes_pairs, []
+    monkeypatch.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
+    out, last, _ = ss._scan_fwd(**shifted, softplus=True, save_ckpt=False, method="lanes")
+    assert seen == [False]
+    out_ref, last_ref = selective_scan_ref(**shifted, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, out_ref, **tol(torch.bfloat16))
+    torch.testing.assert_close(last, last_ref, **tol(torch.bfloat16))
 
 
 def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
