@@ -1288,6 +1288,11 @@ _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
             "EVEN": lambda a: a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0,
             "PAIRS": lambda a: _lanes_pairs(a)})(_selective_scan_fwd_lanes_kernel)))
 _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 steps a channel
+# The lanes forward unrolls its N states: at N = 64 one launch took 3 minutes to compile for
+# sm_90 (on the CPU machine, triton 3.9) and spilled heavily (1,175 spill instructions at the
+# 128-register cap), so "auto" only times it up to this N (MAMBABOOK_SCAN_FORWARD=lanes runs
+# it for any N).
+LANES_AUTO_MAX_N = 32
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
@@ -1566,7 +1571,8 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
     """"loop", "tile", "rows" or "lanes": MAMBABOOK_SCAN_FORWARD when it names one; with
     "auto" (the default), on CUDA, the four are timed once per shape/dtype key (L rounded up
-    to a power of 2) and the fastest is kept; elsewhere (the interpreter) "loop"."""
+    to a power of 2) and the fastest is kept (lanes only for N <= LANES_AUTO_MAX_N);
+    elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
     if choice not in ("loop", "tile", "rows", "lanes", "auto"):
         raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes or auto, got {choice!r}")
@@ -1583,7 +1589,8 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
         ms = {}
-        for m in ("loop", "tile", "rows", "lanes"):
+        methods = ("loop", "tile", "rows") + (("lanes",) if A.shape[1] <= LANES_AUTO_MAX_N else ())
+        for m in methods:
             try:
                 ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,
                                 warmup_ms=5, rep_ms=25)

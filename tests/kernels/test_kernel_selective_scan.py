@@ -342,6 +342,35 @@ def test_selective_scan_lanes_bf16_view_at_odd_offset(monkeypatch):
     torch.testing.assert_close(last, last_ref, **tol(torch.bfloat16))
 
 
+@pytest.mark.parametrize("dstate, want", [(16, "lanes"), (ss.LANES_AUTO_MAX_N + 1, "rows")])
+def test_selective_scan_auto_forward_times_each(dstate, want, monkeypatch):
+    """On CUDA, "auto" times every forward once per key and keeps the fastest; the lanes
+    forward only up to LANES_AUTO_MAX_N states (the timings here are stand-ins: a CUDA
+    tensor is faked, and each forward's "time" is a fixed number)."""
+    from types import SimpleNamespace
+
+    import mambabook.bench
+
+    fake_ms = {"loop": 4.0, "tile": 3.0, "rows": 2.0, "lanes": 1.0}
+    timed = []
+
+    def time_fn(fn, device, **kw):
+        method = fn.__defaults__[0]  # the forward the lambda launches
+        timed.append(method)
+        return fake_ms[method]
+
+    monkeypatch.setattr(mambabook.bench, "time_fn", time_fn)
+    monkeypatch.delenv(ss.FORWARD_ENV, raising=False)
+    monkeypatch.setattr(ss, "_FORWARD_CHOICE", {})
+    u = SimpleNamespace(shape=(2, 8, 100), dtype=torch.float32,
+                        device=SimpleNamespace(type="cuda", index=0))
+    A, B = torch.zeros(8, dstate), torch.zeros(2, dstate, 100)
+    args = (u, u, A, B, B, None, None, None, True, False)
+    assert ss._pick_forward(*args) == want
+    assert timed == ["loop", "tile", "rows"] + (["lanes"] if want == "lanes" else [])
+    assert ss._pick_forward(*args) == want and len(timed) == 3 + (want == "lanes")  # cached
+
+
 def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
     """Runs that are not whole 16-byte loads, or that do not divide the checkpoint interval,
     are refused with a ValueError naming both."""
