@@ -685,6 +685,256 @@ def _selective_scan_bwd_kernel(
 
 
 @triton.jit
+def _selective_scan_bwd_lanes_kernel(
+    # pointers and strides as in the chunk backward
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    L, dim, dstate, dpg,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
+    CPW: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
+):
+    """The "lanes" backward (opt-in, MAMBABOOK_SCAN_BACKWARD=lanes; not yet measured on a GPU):
+    the lanes forward's layout walked through the chunks in reverse.
+
+    A program holds BD channels of one batch row (CPW per warp, LT = 32 / CPW lanes along
+    time each, runs of T steps per lane). Per chunk (LT T steps, a multiple of the
+    checkpoint interval CHUNK) and state it recomputes the states from the chunk's first
+    checkpoint with the forward's three phases, then runs the same three phases backwards
+    for k_t = a_t g_t = a_t (C_t dy_t + k_{t+1}) (g_t = dL/dh_t): each lane from the end of
+    its run with k = 0 (g from zero, and Q_t = the product of the a's after t), a reverse
+    scan of the runs' maps k -> q k + K across lanes, then g_t = G_t + Q_t k_in. Every step
+    is computed once and nothing goes through scratch memory. dB and dC of time-varying B, C
+    are summed over the program's BD channels (shuffles within a warp, shared memory across
+    warps) before one atomic add per (program, state, step); the other sums are kept per
+    channel and written once (dA, dD, dbias and (D, N) dB, dC: per batch row, summed by
+    the wrapper). Every load and store is masked (L and D need not be multiples).
+    """
+    LT: tl.constexpr = 32 // CPW
+    R: tl.constexpr = T // V
+    grp, offs_d, mask_d = _channel_block(dpg, BD)  # channels (BD,)
+    pid_b = tl.program_id(1).to(tl.int64)  # batch row
+    d3 = offs_d[:, None, None]
+    m3 = mask_d[:, None, None]
+    j = tl.arange(0, LT)[None, :]  # (1, LT): a lane's place along time
+    zero2 = tl.zeros((BD, LT), dtype=tl.int32)
+    prev = tl.maximum(j - 1, 0) + zero2
+    nxt = tl.minimum(j + 1, LT - 1) + zero2
+    col = tl.arange(0, V)[None, None, :]
+    is_last = col == V - 1
+    steps = tl.arange(0, LT)[None, :, None] * T + col  # (1, LT, V): a piece's steps in a chunk
+    steps2 = tl.arange(0, LT)[:, None] * T + tl.arange(0, V)[None, :]  # (LT, V): after sum over channels
+    if HAS_D:
+        Dv = tl.load(D_ptr + d3, mask=m3, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d3, mask=m3, other=0.0)
+    u_row = u_ptr + pid_b * s_u_b + d3 * s_u_d
+    du_row = du_ptr + pid_b * s_u_b + d3 * s_u_d  # du, ddelta: u's layout
+    ddt_row = ddelta_ptr + pid_b * s_u_b + d3 * s_u_d
+    dt_row = delta_ptr + pid_b * s_dt_b + d3 * s_dt_d
+    z_row = z_ptr + pid_b * s_z_b + d3 * s_z_d
+    dz_row = dz_ptr + pid_b * s_z_b + d3 * s_z_d
+    do_row = dout_ptr + pid_b * s_do_b + d3 * s_do_d
+    B_row = B_ptr + pid_b * s_B_b + grp * s_B_g + 0 * d3  # the same steps for every channel
+    C_row = C_ptr + pid_b * s_C_b + grp * s_C_g + 0 * d3
+    dB_row = dB_ptr + pid_b * s_dB_b + grp * s_dB_g  # dB and dC (time-varying)
+    dC_row = dC_ptr + pid_b * s_dB_b + grp * s_dB_g
+    ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * dstate + 0 * j
+    zeros2 = tl.zeros((BD, LT), dtype=tl.float32)
+    kc = ()  # per state: k = a g at the first step after the chunk, in every lane
+    dA_acc = ()
+    dB_acc = ()
+    dC_acc = ()
+    for _n in tl.static_range(N):
+        kc = kc + (zeros2,)
+        dA_acc = dA_acc + (zeros2,)
+        if not VARYING_BC:
+            dB_acc = dB_acc + (zeros2,)
+            dC_acc = dC_acc + (zeros2,)
+    dD_acc = zeros2
+    dbias_acc = zeros2
+    n_chunks = tl.cdiv(L, LT * T)
+    for ci in range(0, n_chunks):
+        c = n_chunks - 1 - ci  # chunks in reverse order
+        t0 = c * (LT * T)
+        us = _lanes_load(u_row, t0, m3, L, LT, R, V, False, False)
+        raws = _lanes_load(dt_row, t0, m3, L, LT, R, V, False, False)
+        dos = _lanes_load(do_row, t0, m3, L, LT, R, V, False, False)
+        if HAS_Z:
+            zs = _lanes_load(z_row, t0, m3, L, LT, R, V, False, False)
+        dts = ()
+        dtus = ()
+        dys = ()
+        ys = ()
+        for r in tl.static_range(R):
+            ok = m3 & (t0 + r * V + steps < L)
+            raw = raws[r]
+            if HAS_BIAS:
+                raw += bias
+            dt = raw
+            if SOFTPLUS:
+                dt = _softplus(raw)
+            dt = tl.where(ok, dt, 0.0)  # padded steps: a = 1, b = 0
+            dts = dts + (dt,)
+            dtus = dtus + (dt * us[r],)
+            if HAS_Z:
+                dy = dos[r] * zs[r] * tl.sigmoid(zs[r])
+            else:
+                dy = dos[r]
+            dys = dys + (tl.where(ok, dy, 0.0),)
+            if HAS_D:
+                ys = ys + (Dv * us[r],)
+            else:
+                ys = ys + (tl.zeros_like(dt),)
+        dus = ()  # sum over states of g B
+        dds = ()  # sum over states of A g a h_{t-1}
+        for r in tl.static_range(R):
+            dus = dus + (tl.zeros_like(dts[r]),)
+            dds = dds + (tl.zeros_like(dts[r]),)
+        kc_new = ()
+        dA_new = ()
+        dB_new = ()
+        dC_new = ()
+        for n in tl.static_range(N):
+            An = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0)
+            A2n = An * 1.4426950408889634
+            if VARYING_BC:
+                Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, False, False)
+                Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, False, False)
+            else:
+                Bv = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+                Cv = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+            # the states of the chunk, from its first checkpoint (the forward's three phases)
+            h_chunk = tl.load(ck_row + (t0 // CHUNK) * dstate + n, mask=mask_d[:, None], other=0.0)
+            As = ()
+            bs = ()
+            Ps = ()
+            Hs = ()
+            p_run = tl.full((BD, LT), 1.0, tl.float32)
+            h_run = zeros2
+            for r in tl.static_range(R):
+                a = tl.exp2(dts[r] * A2n)
+                if VARYING_BC:
+                    b = dtus[r] * Bs[r]
+                else:
+                    b = dtus[r] * Bv
+                P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
+                h_run = tl.sum(tl.where(is_last, P, 0.0), axis=2) * h_run \
+                    + tl.sum(tl.where(is_last, H, 0.0), axis=2)
+                p_run = p_run * tl.sum(tl.where(is_last, P, 0.0), axis=2)
+                As = As + (a,)
+                bs = bs + (b,)
+                Ps = Ps + (P,)
+                Hs = Hs + (H,)
+            Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
+            h_end = Pi * h_chunk + Hi
+            h_in = tl.where(j == 0, h_chunk, tl.gather(h_end, prev, axis=1))
+            hs = ()
+            for r in tl.static_range(R):
+                h = Hs[r] + Ps[r] * h_in[:, :, None]
+                hs = hs + (h,)
+                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
+            # g backwards: each run from its end with k = 0 (G, and Q = product of later a's)
+            kk = zeros2
+            q = tl.full((BD, LT), 1.0, tl.float32)
+            Gs = ()
+            Qs = ()
+            for r in tl.static_range(R - 1, -1, -1):
+                if VARYING_BC:
+                    cdy = Cs[r] * dys[r]
+                else:
+                    cdy = Cv * dys[r]
+                G = tl.zeros_like(cdy)
+                Q = tl.zeros_like(cdy)
+                for ii in tl.static_range(V):
+                    sel = col == V - 1 - ii
+                    g_i = tl.sum(tl.where(sel, cdy, 0.0), axis=2) + kk
+                    G = tl.where(sel, g_i[:, :, None], G)
+                    Q = tl.where(sel, q[:, :, None], Q)
+                    a_i = tl.sum(tl.where(sel, As[r], 0.0), axis=2)
+                    kk = a_i * g_i
+                    q = q * a_i
+                Gs = (G,) + Gs
+                Qs = (Q,) + Qs
+            # the runs' maps k -> q k + kk, composed from the last lane backwards
+            Pr, Kr = tl.associative_scan((q, kk), axis=1, combine_fn=_combine_fwd, reverse=True)
+            k_start = Pr * kc[n] + Kr  # k at each run's first step
+            k_in = tl.where(j == LT - 1, kc[n], tl.gather(k_start, nxt, axis=1))
+            kc_new = kc_new + (tl.gather(k_start, zero2, axis=1),)
+            dA_n = dA_acc[n]
+            if not VARYING_BC:
+                dB_n = dB_acc[n]
+                dC_n = dC_acc[n]
+            dun = ()
+            ddn = ()
+            yn = ()
+            for r in tl.static_range(R):
+                g = Gs[r] + Qs[r] * k_in[:, :, None]
+                w = g * (hs[r] - bs[r])  # g a_t h_{t-1}
+                ddn = ddn + (dds[r] + An * w,)
+                dA_n += tl.sum(dts[r] * w, axis=2)
+                if VARYING_BC:
+                    dun = dun + (dus[r] + g * Bs[r],)
+                    t2 = t0 + r * V + steps2
+                    tl.atomic_add(dB_row + n * s_dB_n + t2, tl.sum(g * dtus[r], axis=0),
+                                  mask=t2 < L, sem="relaxed")
+                    tl.atomic_add(dC_row + n * s_dB_n + t2, tl.sum(dys[r] * hs[r], axis=0),
+                                  mask=t2 < L, sem="relaxed")
+                    yn = yn + (ys[r] + hs[r] * Cs[r],)
+                else:
+                    dun = dun + (dus[r] + g * Bv,)
+                    dB_n += tl.sum(g * dtus[r], axis=2)
+                    dC_n += tl.sum(dys[r] * hs[r], axis=2)
+                    yn = yn + (ys[r] + hs[r] * Cv,)
+            ys = yn  # y (for dz): D u + the states' C h so far
+            dus = dun
+            dds = ddn
+            dA_new = dA_new + (dA_n,)
+            if not VARYING_BC:
+                dB_new = dB_new + (dB_n,)
+                dC_new = dC_new + (dC_n,)
+        kc = kc_new
+        dA_acc = dA_new
+        if not VARYING_BC:
+            dB_acc = dB_new
+            dC_acc = dC_new
+        for r in tl.static_range(R):
+            t = t0 + r * V + steps
+            ok = m3 & (t < L)
+            du = dts[r] * dus[r]
+            if HAS_D:
+                du += Dv * dys[r]
+                dD_acc += tl.sum(dys[r] * us[r], axis=2)
+            ddt = us[r] * dus[r] + dds[r]
+            if SOFTPLUS:
+                raw = raws[r]
+                if HAS_BIAS:
+                    raw += bias
+                ddt = ddt * tl.sigmoid(raw)
+            ddt = tl.where(ok, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=2)
+            if HAS_Z:
+                sz = tl.sigmoid(zs[r])
+                dz = dos[r] * ys[r] * sz * (1.0 + zs[r] * (1.0 - sz))
+                tl.store(dz_row + t, dz.to(dz_ptr.dtype.element_ty), mask=ok)
+            tl.store(du_row + t, du.to(du_ptr.dtype.element_ty), mask=ok)
+            tl.store(ddt_row + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=ok)
+    part = (pid_b * dim + offs_d) * dstate  # into (B, D, N)
+    for n in tl.static_range(N):
+        tl.store(dA_ptr + part + n, tl.sum(dA_acc[n], axis=1), mask=mask_d)
+        if not VARYING_BC:
+            tl.store(dB_ptr + part + n, tl.sum(dB_acc[n], axis=1), mask=mask_d)
+            tl.store(dC_ptr + part + n, tl.sum(dC_acc[n], axis=1), mask=mask_d)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + offs_d, tl.sum(dD_acc, axis=1), mask=mask_d)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * dim + offs_d, tl.sum(dbias_acc, axis=1), mask=mask_d)
+
+
+@triton.jit
 def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 EVEN: tl.constexpr):
     """delta on a (BLOCK_D, T) tile in float32 with its bias ((BLOCK_D, 1)) and softplus, 0 on
@@ -1306,7 +1556,14 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, PREFETCH=True, BFLY=True)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
-BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default): which backward runs
+BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
+# The lanes backward's launch (opt-in; written at the end of session 5 and not yet measured
+# on a GPU): CPW channels per warp, num_warps warps per program (the program's channels
+# share one atomic per (state, step) for time-varying dB, dC), runs of T steps per lane.
+# Its chunks (32 / CPW x T steps) must be a multiple of the checkpoint interval CHUNK;
+# where they are not, the rows backward runs instead.
+BWD_LANES = dict(CPW=4, T=8, num_warps=8)
+_INTERPRET_BWD_LANES = dict(CPW=2, T=4, num_warps=2)  # the interpreter's launch
 
 FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | lanes | auto (default)
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
@@ -1638,10 +1895,10 @@ def _rows_layout_in(ttgir: str) -> bool:
 
 
 def _pick_backward() -> str:
-    """"rows" (default) or "chunk": MAMBABOOK_SCAN_BACKWARD."""
+    """"rows" (default), "chunk" or "lanes" (not yet measured): MAMBABOOK_SCAN_BACKWARD."""
     choice = os.environ.get(BACKWARD_ENV, "rows").strip().lower() or "rows"
-    if choice not in ("chunk", "rows"):
-        raise ValueError(f"{BACKWARD_ENV} must be chunk or rows, got {choice!r}")
+    if choice not in ("chunk", "rows", "lanes"):
+        raise ValueError(f"{BACKWARD_ENV} must be chunk, rows or lanes, got {choice!r}")
     return choice
 
 
@@ -1656,6 +1913,9 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=True)
     dpg = dim // groups
+    launch = _INTERPRET_BWD_LANES if _INTERPRET else BWD_LANES
+    if method == "lanes" and (32 // launch["CPW"] * launch["T"]) % cfg["CHUNK"]:
+        method = "rows"  # its chunks must start at checkpoints
     rows = method == "rows"
     n_seg = 1
     if rows:
@@ -1718,6 +1978,14 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                 if not _lanes_are_rows(done):
                     kw["BFLY"] = 0
             _selective_scan_bwd_rows_kernel[grid](*args, **kw)
+    elif method == "lanes":
+        streams = [u, delta, zz, dout, du, ddelta] + ([B, C] if varying else [])
+        vec = 2 if _INTERPRET else _lanes_vector(*streams)
+        bd = launch["CPW"] * launch["num_warps"]
+        grid = (groups * triton.cdiv(dpg, bd), bsz)
+        _selective_scan_bwd_lanes_kernel[grid](
+            *args, length, dim, dstate, dpg, *strides, **flags, N=dstate, CPW=launch["CPW"],
+            BD=bd, T=launch["T"], V=vec, num_warps=launch["num_warps"])
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,

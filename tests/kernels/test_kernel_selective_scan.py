@@ -411,12 +411,59 @@ def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layo
         check_against_ref(inputs, softplus, torch.float32)
 
 
+@settings(max_examples=12, deadline=None)
+@given(**CASES, cpw=st.sampled_from([2, 8, 16]), run=st.sampled_from([2, 4]),
+       warps=st.sampled_from([1, 2]), chunk=st.sampled_from([2, 4]))
+def test_selective_scan_lanes_backward_matches_ref(bsz, dim, length, dstate, layout, has_D,
+                                                   has_z, has_bias, softplus, cpw, run, warps,
+                                                   chunk):
+    """The lanes backward (CPW channels per warp, warps x CPW channels per program, runs of
+    T steps per lane; the forward recomputed from each chunk's checkpoint, g by the same
+    three phases backwards, dB and dC summed over the program's channels) gives every
+    gradient of the ref, for every layout and option, masked and not."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    calls = []
+    kernel = ss._selective_scan_bwd_lanes_kernel
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "lanes")
+        mp.setattr(ss, "_INTERPRET_BWD_LANES", dict(CPW=cpw, T=run, num_warps=warps))
+        mp.setattr(ss, "_config", small_chunks(chunk))
+        mp.setattr(ss, "_selective_scan_bwd_lanes_kernel",
+                   type("Spy", (), {"__getitem__": lambda self, g: calls.append(g) or kernel[g]})())
+        check_against_ref(inputs, softplus, torch.float32)
+    assert len(calls) == 1  # the lanes backward ran (its chunks start at checkpoints)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_lanes_backward_half_inputs(dtype, monkeypatch):
+    inputs = make_inputs(2, 5, 37, 16, dtype=dtype)
+    monkeypatch.setenv(ss.BACKWARD_ENV, "lanes")
+    monkeypatch.setattr(ss, "_config", small_chunks(8))
+    check_against_ref(inputs, True, dtype)
+
+
+def test_selective_scan_lanes_backward_needs_whole_chunks(monkeypatch):
+    """Where the lanes backward's chunks (32 / CPW x T steps) do not start at checkpoints,
+    the rows backward runs instead, with the same gradients."""
+    inputs = make_inputs(1, 3, 20, 2)
+    monkeypatch.setenv(ss.BACKWARD_ENV, "lanes")
+    monkeypatch.setattr(ss, "_INTERPRET_BWD_LANES", dict(CPW=16, T=2, num_warps=1))  # 4 steps
+    monkeypatch.setattr(ss, "_config", small_chunks(8))
+    calls = []
+    monkeypatch.setattr(ss, "_selective_scan_bwd_lanes_kernel",
+                        type("Spy", (), {"__getitem__": lambda self, g: calls.append(g)})())
+    check_against_ref(inputs, True, torch.float32)
+    assert calls == []
+
+
 def test_selective_scan_backward_choice(monkeypatch):
     """MAMBABOOK_SCAN_BACKWARD picks the backward (rows by default); others are refused."""
     monkeypatch.delenv(ss.BACKWARD_ENV, raising=False)
     assert ss._pick_backward() == "rows"
-    monkeypatch.setenv(ss.BACKWARD_ENV, "chunk")
-    assert ss._pick_backward() == "chunk"
+    for name in ("chunk", "rows", "lanes"):
+        monkeypatch.setenv(ss.BACKWARD_ENV, name)
+        assert ss._pick_backward() == name
     monkeypatch.setenv(ss.BACKWARD_ENV, "fast")
     inputs = make_inputs(1, 3, 5, 2)
     leaves = {k: v.requires_grad_() if v is not None else None for k, v in inputs.items()}
@@ -427,7 +474,7 @@ def test_selective_scan_backward_choice(monkeypatch):
 
 # ----------------------------------------------------------------------------- GPU, real sizes
 @pytest.mark.gpu
-@pytest.mark.parametrize("backward", ["chunk", "rows"])
+@pytest.mark.parametrize("backward", ["chunk", "rows", "lanes"])
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
 def test_selective_scan_gpu_fp32(layout, backward, monkeypatch):
     monkeypatch.setenv(ss.BACKWARD_ENV, backward)
