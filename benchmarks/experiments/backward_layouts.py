@@ -1,7 +1,8 @@
 # ruff: noqa: B023  (each closure is timed inside its own loop iteration)
 """The selective scan's backward on the H200: the chunk backward against the rows backward
-(several launch shapes and numbers of segments), and forward + backward through
-autograd with each; gradients of every variant checked against the chunk backward.
+(several launch shapes and numbers of segments) and, with --lanes, the lanes backward's
+launches; forward + backward through autograd with each; gradients of every variant
+checked against the chunk backward.
 
 B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; needs a GPU.
 
@@ -42,6 +43,9 @@ def main() -> None:
                     help="BLOCK_D x num_warps of the rows backward")
     ap.add_argument("--variants", default="11",
                     help="PREFETCH and BFLY bits of the rows backward, e.g. 11,10,01,00")
+    ap.add_argument("--lanes", default="",
+                    help="launches of the lanes backward to time, CPW x warps x T, e.g. "
+                         "4x8x8,8x1x8,4x1x8 (empty: none)")
     ap.add_argument("--record", action="store_true",
                     help="then record the selective_scan suite (triton provider) with the "
                          "fastest launch at 4K (MAMBABOOK_SCAN_PROVIDERS=triton to skip others)")
@@ -87,9 +91,23 @@ def main() -> None:
                              segments=segs, ms=ms, rel_err_vs_chunk=err))
             ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
+            default_lanes = dict(ss.BWD_LANES)
+            for spec in filter(None, args.lanes.split(",")):
+                cpw, w, t = (int(v) for v in spec.split("x"))
+                ss.BWD_LANES = dict(CPW=cpw, T=t, num_warps=w)
+                try:
+                    err = grads_close(bwd("lanes"), want)
+                    ms = time_fn(lambda: bwd("lanes"), dev)
+                except Exception as e:  # noqa: BLE001 - a launch that fails is a result too
+                    log(dict(L=L, dtype=dname, what="bwd", method="lanes", launch=ss.BWD_LANES,
+                             error=repr(e)[:300]))
+                    continue
+                log(dict(L=L, dtype=dname, what="bwd", method="lanes", launch=ss.BWD_LANES,
+                         ms=ms, rel_err_vs_chunk=err))
+            ss.BWD_LANES = default_lanes
             # forward + backward through autograd, as a user calls it
             leaves = make_scan_inputs(B, D, L, N, dtype, dev, requires_grad=True)
-            for m in ("chunk", "rows"):
+            for m in ("chunk", "rows") + (("lanes",) if args.lanes else ()):
                 os.environ[ss.BACKWARD_ENV] = m
 
                 def step():
