@@ -407,6 +407,50 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
+def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
+                  VARYING_BC: tl.constexpr):
+    """One state's h over a chunk of the lanes kernels, by the three phases: each lane's run
+    from a zero state (P = product of a, H = partial state; 2 instructions per step), the
+    runs' summaries (P, H at a run's end) scanned across a channel's lanes, then
+    h = H + P h_in (1 per step).
+
+    dts, dtus: R pieces (CPW, LT, V) of delta and delta u; Bx: R pieces of B (time-varying)
+    or one (CPW, 1, 1) value; A2n: (CPW, 1, 1) A log2(e); h0: (CPW, LT) the state entering
+    the chunk. Returns the pieces of a, b = delta u B and h, the state entering each lane's
+    run ((CPW, LT)), and the state after the chunk (in every lane of a channel)."""
+    As = ()
+    bs = ()
+    Ps = ()
+    Hs = ()
+    p_run = tl.full(h0.shape, 1.0, tl.float32)  # the run's summary so far
+    h_run = tl.zeros(h0.shape, dtype=tl.float32)
+    for r in tl.static_range(R):
+        a = tl.exp2(dts[r] * A2n)
+        if VARYING_BC:
+            b = dtus[r] * Bx[r]
+        else:
+            b = dtus[r] * Bx
+        P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
+        p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
+        h_run = p * h_run + tl.sum(tl.where(is_last, H, 0.0), axis=2)
+        p_run = p_run * p
+        As = As + (a,)
+        bs = bs + (b,)
+        Ps = Ps + (P,)
+        Hs = Hs + (H,)
+    Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
+    h_end = Pi * h0 + Hi  # the state after each lane's run
+    h_run_in = tl.where(j == 0, h0, tl.gather(h_end, prev, axis=1))
+    hs = ()
+    h_in = h_run_in
+    for r in tl.static_range(R):
+        h = Hs[r] + Ps[r] * h_in[:, :, None]
+        hs = hs + (h,)
+        h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
+    return As, bs, hs, h_run_in, tl.gather(h_end, last_lane, axis=1)
+
+
+@triton.jit
 def _selective_scan_fwd_lanes_kernel(
     # pointers and strides as in the rows forward (no segments)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
@@ -491,45 +535,24 @@ def _selective_scan_fwd_lanes_kernel(
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
             if VARYING_BC:
-                Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
-                Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
+                Bx = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
+                Cx = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
             else:
-                Bv = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
-                Cv = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
-            Ps = ()
-            Hs = ()
-            p_run = tl.full((CPW, LT), 1.0, tl.float32)  # the run's summary so far
-            h_run = tl.zeros((CPW, LT), dtype=tl.float32)
-            for r in tl.static_range(R):
-                if VARYING_BC:
-                    b = dtus[r] * Bs[r]
-                else:
-                    b = dtus[r] * Bv
-                P, H = tl.associative_scan((tl.exp2(dts_[r] * A2n), b), axis=2,
-                                           combine_fn=_combine_fwd)
-                p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
-                q = tl.sum(tl.where(is_last, H, 0.0), axis=2)
-                h_run = p * h_run + q
-                p_run = p_run * p
-                Ps = Ps + (P,)
-                Hs = Hs + (H,)
-            Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
-            h0 = hc[n]
-            h_end = Pi * h0 + Hi  # the state after each lane's run
-            h_in = tl.where(j == 0, h0, tl.gather(h_end, prev, axis=1))
-            hc_new = hc_new + (tl.gather(h_end, last_lane, axis=1),)
+                Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+                Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+            _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
+                                                   last_lane, is_last, R, VARYING_BC)
+            hc_new = hc_new + (h_next,)
             if SAVE_CKPT:
                 t_run = t0 + j * T
                 tl.store(ck_row + (t_run // CHUNK) * dstate + n, h_in,
                          mask=mask_d[:, None] & ((t_run % CHUNK) == 0) & (t_run < L))
             yn = ()
             for r in tl.static_range(R):
-                h = Hs[r] + Ps[r] * h_in[:, :, None]
                 if VARYING_BC:
-                    yn = yn + (ys[r] + h * Cs[r],)
+                    yn = yn + (ys[r] + hs[r] * Cx[r],)
                 else:
-                    yn = yn + (ys[r] + h * Cv,)
-                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
+                    yn = yn + (ys[r] + hs[r] * Cx,)
             ys = yn
         hc = hc_new
         if HAS_Z:
@@ -803,39 +826,15 @@ def _selective_scan_bwd_lanes_kernel(
             if VARYING_BC:
                 Bs = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, False, False)
                 Cs = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, False, False)
+                Bx = Bs
             else:
                 Bv = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cv = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
+                Bx = Bv
             # the states of the chunk, from its first checkpoint (the forward's three phases)
             h_chunk = tl.load(ck_row + (t0 // CHUNK) * dstate + n, mask=mask_d[:, None], other=0.0)
-            As = ()
-            bs = ()
-            Ps = ()
-            Hs = ()
-            p_run = tl.full((BD, LT), 1.0, tl.float32)
-            h_run = zeros2
-            for r in tl.static_range(R):
-                a = tl.exp2(dts[r] * A2n)
-                if VARYING_BC:
-                    b = dtus[r] * Bs[r]
-                else:
-                    b = dtus[r] * Bv
-                P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
-                h_run = tl.sum(tl.where(is_last, P, 0.0), axis=2) * h_run \
-                    + tl.sum(tl.where(is_last, H, 0.0), axis=2)
-                p_run = p_run * tl.sum(tl.where(is_last, P, 0.0), axis=2)
-                As = As + (a,)
-                bs = bs + (b,)
-                Ps = Ps + (P,)
-                Hs = Hs + (H,)
-            Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
-            h_end = Pi * h_chunk + Hi
-            h_in = tl.where(j == 0, h_chunk, tl.gather(h_end, prev, axis=1))
-            hs = ()
-            for r in tl.static_range(R):
-                h = Hs[r] + Ps[r] * h_in[:, :, None]
-                hs = hs + (h,)
-                h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
+            As, bs, hs, _, _ = _lanes_states(dts, dtus, Bx, A2n, h_chunk, j, prev, zero2,
+                                             is_last, R, VARYING_BC)
             # g backwards: each run from its end with k = 0 (G, and Q = product of later a's)
             kk = zeros2
             q = tl.full((BD, LT), 1.0, tl.float32)
