@@ -494,6 +494,7 @@ def _selective_scan_fwd_lanes_kernel(
     prev = tl.maximum(j - 1, 0) + zero2
     last_lane = (LT - 1) + zero2
     is_last = (tl.arange(0, V) == V - 1)[None, None, :]
+    steps = tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]  # (1, LT, V)
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=m3, other=0.0)
     if HAS_BIAS:
@@ -522,9 +523,7 @@ def _selective_scan_fwd_lanes_kernel(
             if SOFTPLUS:
                 dt = _softplus(dt)
             if not EVEN:  # padded steps: a = 1, b = 0
-                t = (t0 + r * V + tl.arange(0, LT)[None, :, None] * T
-                     + tl.arange(0, V)[None, None, :])
-                dt = tl.where(t < L, dt, 0.0)
+                dt = tl.where(t0 + r * V + steps < L, dt, 0.0)
             dts_ = dts_ + (dt,)
             dtus = dtus + (dt * us[r],)
             if HAS_D:
@@ -561,7 +560,7 @@ def _selective_scan_fwd_lanes_kernel(
             y = ys[r]
             if HAS_Z:
                 y *= zs[r] * tl.sigmoid(zs[r])
-            t = t0 + r * V + tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]
+            t = t0 + r * V + steps
             tl.store(o_row + t, y.to(out_ptr.dtype.element_ty),
                      mask=None if EVEN else m3 & (t < L))
     last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
@@ -1534,7 +1533,7 @@ LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
 _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
     LANES_CONFIGS, key=["dstate", "dpg", "V", "SAVE_CKPT", "VARYING_BC", "CHUNK"])(
         triton.heuristics({
-            "EVEN": lambda a: a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0,
+            "EVEN": lambda a: _lanes_even(a["L"], a["dpg"], a["CPW"], a["T"]),
             "PAIRS": lambda a: _lanes_pairs(a)})(_selective_scan_fwd_lanes_kernel)))
 _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 steps a channel
 # The lanes forward unrolls its N states: at N = 64 one launch took 3 minutes to compile for
@@ -1780,6 +1779,16 @@ def _lanes_vector(*tensors) -> int:
     return 16 // max(t.element_size() for t in tensors)
 
 
+def _lanes_chunk(cpw: int, run: int) -> int:
+    """Steps of one chunk of the lanes kernels: 32 / CPW lanes per channel, runs of T steps."""
+    return 32 // cpw * run
+
+
+def _lanes_even(length: int, dpg: int, cpw: int, run: int) -> bool:
+    """Whether the lanes forward needs no masks: whole chunks and whole warps of channels."""
+    return length % _lanes_chunk(cpw, run) == 0 and dpg % cpw == 0
+
+
 def _lanes_pairs(a: dict) -> bool:
     """Whether the lanes forward may read bfloat16 as int32 pairs (a: the launch's arguments
     by name): no masks, even strides, and every bfloat16 tensor 4-byte aligned (a view that
@@ -1787,7 +1796,7 @@ def _lanes_pairs(a: dict) -> bool:
     strides = [a[k] for k in a if k.startswith("s_")]
     aligned = all(v.data_ptr() % 4 == 0 for k, v in a.items()
                   if k.endswith("_ptr") and isinstance(v, torch.Tensor) and v.dtype == torch.bfloat16)
-    return (a["L"] % (32 // a["CPW"] * a["T"]) == 0 and a["dpg"] % a["CPW"] == 0
+    return (_lanes_even(a["L"], a["dpg"], a["CPW"], a["T"])
             and all(s % 2 == 0 for s in strides) and aligned)
 
 
@@ -1814,7 +1823,7 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
         maxnreg = cfg.pop("maxnreg", None)
         named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
         pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)
-        even = length % (32 // cfg["CPW"] * cfg["T"]) == 0 and dpg % cfg["CPW"] == 0
+        even = _lanes_even(length, dpg, cfg["CPW"], cfg["T"])
         _selective_scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cfg["CPW"]), bsz)](
             *args, **flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, num_warps=1,
             **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
@@ -1862,23 +1871,23 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 _BLOCKED = re.compile(r"^(#blocked\d*) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], "
                       r"threadsPerWarp = \[([\d, ]+)\], warpsPerCTA = \[([\d, ]+)\]", re.M)
 _SHUFFLED = re.compile(r'elementwise_inline_asm "shfl[^\n]*-> tensor<[\dx]+xi32, (#[\w]+)>')
-_LANES_OK: dict[int, bool] = {}  # per compiled kernel
+_BFLY_LAYOUT_OK: dict[int, bool] = {}  # per compiled kernel
 
 
-def _lanes_are_rows(compiled) -> bool:
+def _butterfly_layout_ok(compiled) -> bool:
     """Whether every butterfly shuffle of a compiled rows backward acts on rows laid one per
     lane (row r on lane r % 32, the rest of the row in the same thread, no warp split along
     it): what `_lane_sums` assumes. Triton picks layouts itself; when a row stride is not a
     multiple of 16, say, its loads are not vectorised and a warp spans 4 steps of 8 rows.
     Read from the kernel's TTGIR, once per compiled kernel."""
     key = id(compiled)
-    if key not in _LANES_OK:
-        _LANES_OK[key] = _rows_layout_in(compiled.asm["ttgir"])
-    return _LANES_OK[key]
+    if key not in _BFLY_LAYOUT_OK:
+        _BFLY_LAYOUT_OK[key] = _rows_layout_in(compiled.asm["ttgir"])
+    return _BFLY_LAYOUT_OK[key]
 
 
 def _rows_layout_in(ttgir: str) -> bool:
-    """`_lanes_are_rows` on TTGIR text."""
+    """`_butterfly_layout_ok` on TTGIR text."""
     layouts = {name: [[int(x) for x in part.split(",")] for part in parts]
                for name, *parts in _BLOCKED.findall(ttgir)}
     used = _SHUFFLED.findall(ttgir)
@@ -1912,8 +1921,8 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=True)
     dpg = dim // groups
-    launch = _INTERPRET_BWD_LANES if _INTERPRET else BWD_LANES
-    if method == "lanes" and (32 // launch["CPW"] * launch["T"]) % cfg["CHUNK"]:
+    lanes_launch = _INTERPRET_BWD_LANES if _INTERPRET else BWD_LANES
+    if method == "lanes" and _lanes_chunk(lanes_launch["CPW"], lanes_launch["T"]) % cfg["CHUNK"]:
         method = "rows"  # its chunks must start at checkpoints
     rows = method == "rows"
     n_seg = 1
@@ -1974,12 +1983,13 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
             if pass_ == 2 and bfly and not _INTERPRET:
                 # the butterfly is right only if Triton laid the tiles out one row per lane
                 done = _selective_scan_bwd_rows_kernel.warmup(*args, grid=grid, **kw)
-                if not _lanes_are_rows(done):
+                if not _butterfly_layout_ok(done):
                     kw["BFLY"] = 0
             _selective_scan_bwd_rows_kernel[grid](*args, **kw)
     elif method == "lanes":
         streams = [u, delta, zz, dout, du, ddelta] + ([B, C] if varying else [])
         vec = 2 if _INTERPRET else _lanes_vector(*streams)
+        launch = lanes_launch
         bd = launch["CPW"] * launch["num_warps"]
         grid = (groups * triton.cdiv(dpg, bd), bsz)
         _selective_scan_bwd_lanes_kernel[grid](

@@ -19,22 +19,18 @@ import json
 import os
 
 import torch
+from forward_layouts import DTYPES, max_rel_err  # this folder's sibling script
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance
 from mambabook.kernels import selective_scan
 from mambabook.suites.selective_scan import make_scan_inputs
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def forward(x, method, ckpt=False):
     return ss._scan_fwd(*(x[k] for k in ARGS), True, ckpt, method=method)
-
-
-def max_rel_err(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
 def parse(cfg):

@@ -47,6 +47,17 @@ def make_inputs(bsz, dim, length, dstate, layout="BNL", groups=1, has_D=True, ha
     return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=bias)
 
 
+class LaunchSpy:
+    """Stands in for a Triton kernel: records each launch's grid, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.grids = kernel, []
+
+    def __getitem__(self, grid):
+        self.grids.append(grid)
+        return self.kernel[grid]
+
+
 def small_chunks(chunk):
     """A _config replacement that forces CHUNK (so short sequences span several chunks)."""
     def config(dstate, backward):
@@ -423,16 +434,14 @@ def test_selective_scan_lanes_backward_matches_ref(bsz, dim, length, dstate, lay
     gradient of the ref, for every layout and option, masked and not."""
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
-    calls = []
-    kernel = ss._selective_scan_bwd_lanes_kernel
+    spy = LaunchSpy(ss._selective_scan_bwd_lanes_kernel)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.BACKWARD_ENV, "lanes")
         mp.setattr(ss, "_INTERPRET_BWD_LANES", dict(CPW=cpw, T=run, num_warps=warps))
         mp.setattr(ss, "_config", small_chunks(chunk))
-        mp.setattr(ss, "_selective_scan_bwd_lanes_kernel",
-                   type("Spy", (), {"__getitem__": lambda self, g: calls.append(g) or kernel[g]})())
+        mp.setattr(ss, "_selective_scan_bwd_lanes_kernel", spy)
         check_against_ref(inputs, softplus, torch.float32)
-    assert len(calls) == 1  # the lanes backward ran (its chunks start at checkpoints)
+    assert len(spy.grids) == 1  # the lanes backward ran (its chunks start at checkpoints)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -450,11 +459,10 @@ def test_selective_scan_lanes_backward_needs_whole_chunks(monkeypatch):
     monkeypatch.setenv(ss.BACKWARD_ENV, "lanes")
     monkeypatch.setattr(ss, "_INTERPRET_BWD_LANES", dict(CPW=16, T=2, num_warps=1))  # 4 steps
     monkeypatch.setattr(ss, "_config", small_chunks(8))
-    calls = []
-    monkeypatch.setattr(ss, "_selective_scan_bwd_lanes_kernel",
-                        type("Spy", (), {"__getitem__": lambda self, g: calls.append(g)})())
+    spy = LaunchSpy(ss._selective_scan_bwd_lanes_kernel)
+    monkeypatch.setattr(ss, "_selective_scan_bwd_lanes_kernel", spy)
     check_against_ref(inputs, True, torch.float32)
-    assert calls == []
+    assert spy.grids == []
 
 
 def test_selective_scan_backward_choice(monkeypatch):
@@ -587,7 +595,7 @@ def test_selective_scan_gpu_butterfly_in_use(monkeypatch):
     """At sizes whose strides are multiples of 16 (L = 4096), Triton lays the rows backward's
     tiles one row per lane, so the butterfly runs (else dB, dC would cost 4x the shuffles)."""
     monkeypatch.setenv(ss.BACKWARD_ENV, "rows")
-    ss._LANES_OK.clear()
+    ss._BFLY_LAYOUT_OK.clear()
     inputs = make_inputs(2, 512, 4096, 16, device="cuda")
     check_against_ref(inputs, True, torch.float32)
-    assert ss._LANES_OK and all(ss._LANES_OK.values())
+    assert ss._BFLY_LAYOUT_OK and all(ss._BFLY_LAYOUT_OK.values())
