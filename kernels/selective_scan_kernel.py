@@ -376,44 +376,6 @@ def _selective_scan_fwd_rows_kernel(
 
 
 @triton.jit
-def _lanes_raw(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
-               EVEN: tl.constexpr, PAIRS: tl.constexpr):
-    """The loads of _lanes_load without the widening to float32: R pieces as stored, or as
-    int32 pairs (PAIRS, bfloat16), so that a load issued early (the lanes forward's PREF)
-    holds half the registers until its values are needed."""
-    out = ()
-    if PAIRS and row.dtype.element_ty == tl.bfloat16:
-        row32 = row.to(tl.pointer_type(tl.int32), bitcast=True)
-        t = (t0 // 2 + tl.arange(0, LT)[None, :, None] * (R * V // 2)
-             + tl.arange(0, V // 2)[None, None, :])
-        for r in tl.static_range(R):
-            out = out + (tl.load(row32 + t + r * (V // 2)),)
-    else:
-        t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
-        for r in tl.static_range(R):
-            m = None if EVEN else mask_d & (t + r * V < L)
-            out = out + (tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0),)
-    return out
-
-
-@triton.jit
-def _lanes_widen(raw, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr):
-    """_lanes_raw's pieces as float32 (CPW, LT, V): an int32 pair is widened with one shift
-    or one AND per value (a bfloat16 is the top half of a float32); Triton's own conversion
-    spends about 1.5 instructions per value."""
-    out = ()
-    for r in tl.static_range(R):
-        x = raw[r]
-        if x.dtype == tl.int32:
-            lo = (x << 16).to(tl.float32, bitcast=True)
-            hi = (x & -65536).to(tl.float32, bitcast=True)
-            out = out + (tl.reshape(tl.join(lo, hi), (x.shape[0], LT, V)),)
-        else:
-            out = out + (x.to(tl.float32),)
-    return out
-
-
-@triton.jit
 def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
                 EVEN: tl.constexpr, PAIRS: tl.constexpr):
     """One chunk of CPW rows of a (B, D, L) tensor (row: (CPW, 1, 1) pointers; a (CPW, 1, 1)
@@ -422,8 +384,26 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
     r-th V of them. Each piece is one 16-byte load per lane, so Triton keeps its V steps in
     one thread and lays the CPW x LT runs along the lanes.
 
-    PAIRS (unmasked loads, even offsets): bfloat16 is read as int32 pairs (_lanes_widen)."""
-    return _lanes_widen(_lanes_raw(row, t0, mask_d, L, LT, R, V, EVEN, PAIRS), LT, R, V)
+    PAIRS (unmasked loads, even offsets): bfloat16 is read as int32 pairs and widened with
+    one shift or one AND per value (a bfloat16 is the top half of a float32); Triton's own
+    conversion spends about 1.5 instructions per value."""
+    out = ()
+    if PAIRS and row.dtype.element_ty == tl.bfloat16:
+        row32 = row.to(tl.pointer_type(tl.int32), bitcast=True)
+        t = (t0 // 2 + tl.arange(0, LT)[None, :, None] * (R * V // 2)
+             + tl.arange(0, V // 2)[None, None, :])
+        for r in tl.static_range(R):
+            x = tl.load(row32 + t + r * (V // 2))
+            lo = (x << 16).to(tl.float32, bitcast=True)
+            hi = (x & -65536).to(tl.float32, bitcast=True)
+            out = out + (tl.reshape(tl.join(lo, hi), (x.shape[0], LT, V)),)
+    else:
+        t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
+        for r in tl.static_range(R):
+            m = None if EVEN else mask_d & (t + r * V < L)
+            x = tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0)
+            out = out + (x.to(tl.float32),)
+    return out
 
 
 @triton.jit
@@ -480,7 +460,7 @@ def _selective_scan_fwd_lanes_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     CPW: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
-    PAIRS: tl.constexpr, PREF: tl.constexpr = False, PF_AT: tl.constexpr = 0,
+    PAIRS: tl.constexpr,
 ):
     """The "lanes" forward: one warp per CPW channels, its lanes along time.
 
@@ -502,11 +482,6 @@ def _selective_scan_fwd_lanes_kernel(
     before every CHUNK steps is saved when SAVE_CKPT (CHUNK a multiple of T): the checkpoints
     of the other forwards. With EVEN (L a multiple of LT T, the channels a multiple of CPW)
     no load or store is masked.
-
-    PREF issues loads ahead of their use: a time-varying B one state ahead, C and z at the
-    start of their state and chunk, and the next chunk's u and delta at state PF_AT (the last
-    state if PF_AT >= N), each kept as loaded (bfloat16 pairs as int32) until it is widened
-    where it is used.
     """
     LT: tl.constexpr = 32 // CPW
     R: tl.constexpr = T // V
@@ -534,22 +509,10 @@ def _selective_scan_fwd_lanes_kernel(
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
     for _n in tl.static_range(N):
         hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)
-    n_chunks = tl.cdiv(L, LT * T)
-    if PREF:
-        u_raw = _lanes_raw(u_row, 0, m3, L, LT, R, V, EVEN, PAIRS)
-        dt_raw = _lanes_raw(dt_row, 0, m3, L, LT, R, V, EVEN, PAIRS)
-    for c in range(0, n_chunks):
+    for c in range(0, tl.cdiv(L, LT * T)):
         t0 = c * (LT * T)
-        if PREF:
-            us = _lanes_widen(u_raw, LT, R, V)
-            dts = _lanes_widen(dt_raw, LT, R, V)
-            if HAS_Z:
-                z_raw = _lanes_raw(z_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
-            if VARYING_BC:
-                B_raw = _lanes_raw(B_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
-        else:
-            us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
-            dts = _lanes_load(dt_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
+        us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
+        dts = _lanes_load(dt_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
         dts_ = ()
         dtus = ()
         ys = ()
@@ -570,26 +533,14 @@ def _selective_scan_fwd_lanes_kernel(
         hc_new = ()
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
-            if PREF and VARYING_BC:
-                C_raw = _lanes_raw(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
-                Bx = _lanes_widen(B_raw, LT, R, V)
-                if n + 1 < N:
-                    B_raw = _lanes_raw(B_row + (n + 1) * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
-            elif VARYING_BC:
+            if VARYING_BC:
                 Bx = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
                 Cx = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
             else:
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
-            if PREF and (n == PF_AT or (n == N - 1 and PF_AT >= N)):  # the next chunk's
-                # u and delta (the last chunk's again after the last chunk)
-                t_next = tl.minimum(c + 1, n_chunks - 1) * (LT * T)
-                u_raw = _lanes_raw(u_row, t_next, m3, L, LT, R, V, EVEN, PAIRS)
-                dt_raw = _lanes_raw(dt_row, t_next, m3, L, LT, R, V, EVEN, PAIRS)
             _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
                                                    last_lane, is_last, R, VARYING_BC)
-            if PREF and VARYING_BC:
-                Cx = _lanes_widen(C_raw, LT, R, V)
             hc_new = hc_new + (h_next,)
             if SAVE_CKPT:
                 t_run = t0 + j * T
@@ -604,10 +555,7 @@ def _selective_scan_fwd_lanes_kernel(
             ys = yn
         hc = hc_new
         if HAS_Z:
-            if PREF:
-                zs = _lanes_widen(z_raw, LT, R, V)
-            else:
-                zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
+            zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
         for r in tl.static_range(R):
             y = ys[r]
             if HAS_Z:
@@ -1580,9 +1528,8 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # (8, 16, 128) 0.69-0.73, (4, 16, 128) 0.79. Autotuned over the three with 128 registers:
 # fp32 0.81 ms, bf16 0.64 ms (the suite at 11fc828). Every run is 16 steps (the checkpoint
 # interval CHUNK is a multiple of 16 for any N).
-LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16, "PREF": pref, "PF_AT": 8}, num_warps=1,
-                               maxnreg=mr)
-                 for cpw, mr in [(8, 128), (4, 128), (2, 128)] for pref in (False, True)]
+LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
+                 for cpw, mr in [(8, 128), (4, 128), (2, 128)]]
 _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
     LANES_CONFIGS, key=["dstate", "dpg", "V", "SAVE_CKPT", "VARYING_BC", "CHUNK"])(
         triton.heuristics({
@@ -1874,8 +1821,6 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
                              f"of one 16-byte load ({vec} steps) and divide the checkpoint "
                              f"interval ({flags['CHUNK']})")
         maxnreg = cfg.pop("maxnreg", None)
-        if "PF_AT" in cfg:  # the state at which the next chunk is loaded; negative: from the end
-            cfg["PF_AT"] = min(max(cfg["PF_AT"] + (dstate if cfg["PF_AT"] < 0 else 0), 0), dstate - 1)
         named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
         pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)
         even = _lanes_even(length, dpg, cfg["CPW"], cfg["T"])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 
 import torch
 from forward_layouts import DTYPES, max_rel_err  # this folder's sibling script
@@ -35,18 +34,14 @@ def forward(x, method, ckpt=False):
 
 
 def parse(cfg):
-    """"16x8r128p8np" -> LANES_FIXED: runs of 16 steps, 8 channels per warp, at most 128
-    registers, loads issued early with the next chunk's at state 8 (PREF, PF_AT; p-1: the
-    last state), no int32 pairs for bfloat16; "auto" -> None (the library's autotuning)."""
+    """"16x8r128np" -> LANES_FIXED: runs of 16 steps, 8 channels per warp, at most 128
+    registers, no int32 pairs for bfloat16; "auto" -> None (the library's autotuning)."""
     if cfg == "auto":
         return None
-    m = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?(?:p(-?\d+))?(np)?", cfg)
-    if m is None:
-        raise ValueError(f"a launch is TxCPW[rMAXNREG][pAT][np] or auto, got {cfg!r}")
-    run, cpw, mr, at, no_pairs = m.groups()
+    run, rest = cfg.split("x")
+    no_pairs = rest.endswith("np")
+    cpw, _, mr = rest.removesuffix("np").partition("r")
     out = dict(T=int(run), CPW=int(cpw), maxnreg=int(mr) if mr else None)
-    if at is not None:
-        out.update(PREF=True, PF_AT=int(at))
     return dict(out, PAIRS=False) if no_pairs else out
 
 
@@ -57,17 +52,16 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="2048,16384,65536", help="besides 4096")
     ap.add_argument("--configs", default="auto,16x8r128,16x4r128,16x4,16x2r128,16x8r168",
-                    help="lanes launches at 4K: TxCPW[rMAXNREG][pAT][np], or auto")
+                    help="lanes launches at 4K: TxCPW[rMAXNREG][np], or auto")
     ap.add_argument("--quick", action="store_true", help="only the launches at 4K")
     ap.add_argument("--dtypes", default="fp32,bf16")
     args = ap.parse_args()
     bench = lambda f: do_bench(f, warmup=25, rep=100)
     rows = []
 
-    def record(**r):  # saved after each row, so a run cut short keeps what it measured
+    def record(**r):
         rows.append(r)
         print(json.dumps(r), flush=True)
-        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
 
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]

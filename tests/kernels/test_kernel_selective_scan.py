@@ -294,33 +294,29 @@ def test_selective_scan_forward_choice(monkeypatch):
 # ----------------------------------------------------------------------------- the lanes forward
 @settings(max_examples=14, deadline=None)
 @given(**CASES, cpw=st.sampled_from([2, 8, 16, 32]), run=st.sampled_from([2, 4]),
-       grads=st.booleans(), pref=st.sampled_from([None, 0, -1, 1]))
+       grads=st.booleans())
 def test_selective_scan_lanes_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
-                                          has_bias, softplus, cpw, run, grads, pref):
+                                          has_bias, softplus, cpw, run, grads):
     """The lanes forward (CPW channels per warp, 32 / CPW lanes along time per channel, a run
     of T steps per lane scanned in registers, the runs' summaries scanned across lanes, the
     state carried from chunk to chunk) equals the ref for every layout and option, masked
     (L, D not multiples of the chunk and of CPW) and not, one lane per channel (CPW = 32)
-    included; with grads its checkpoints feed the backward. With loads issued early (PREF;
-    the next chunk loaded at state PF_AT = pref) or not (pref None)."""
+    included; with grads its checkpoints feed the backward."""
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
-    early = {} if pref is None else dict(PREF=True, PF_AT=pref)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.FORWARD_ENV, "lanes")
-        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=cpw, T=run, **early))
+        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=cpw, T=run))
         mp.setattr(ss, "_config", small_chunks(4))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
-@pytest.mark.parametrize("pref", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_selective_scan_lanes_bf16_pairs(dtype, pref, monkeypatch):
+def test_selective_scan_lanes_bf16_pairs(dtype, monkeypatch):
     """Unmasked bfloat16 inputs are read as int32 pairs (two values widened by one shift and
-    one AND); the result equals the ref and the plain conversion. float32 never is. The
-    same with the loads issued early (PREF: pairs kept as int32 until used)."""
+    one AND); the result equals the ref and the plain conversion. float32 never is."""
     inputs = make_inputs(2, 4, 64, 3, dtype=dtype)  # 2 warps of 2 channels, 16 lanes x 4 steps
-    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4, PREF=pref, PF_AT=1))
+    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
     monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
     rule, seen = ss._lanes_pairs, []
     monkeypatch.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
