@@ -59,9 +59,10 @@ def main():
     bench = lambda f: do_bench(f, warmup=25, rep=100)
     rows = []
 
-    def record(**r):
+    def record(**r):  # saved after each row, so a run cut short keeps what it measured
         rows.append(r)
         print(json.dumps(r), flush=True)
+        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
 
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
