@@ -1,7 +1,7 @@
 #!/bin/bash
 # The H200 run of issue 5's kernels: GPU tests, (optionally) a block-size sweep, the suites.
 # Usage on the device machine, from the repository root: TUNE=1 bash benchmarks/gpu_selective_scan.sh
-# (TESTS=fast|million|none picks the GPU tests; SUITES=0 skips the suites)
+# (TESTS=all|fast|million|none picks the GPU tests; SUITES=0 skips the suites)
 # (MAMBABOOK_SCAN_PROVIDERS=triton re-measures only the kernel in the selective_scan suite)
 # Writes logs and JSON under $OUT (default /tmp/out).
 set -u
@@ -21,17 +21,26 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" 
 if [ "${TUNE:-0}" = 1 ]; then
   timeout 200 python3 benchmarks/tune_selective_scan.py --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log"
 fi
-# The GPU tests take longer than one device call allows next to the suites (the two
-# L = 1,000,000 tests ~4 minutes; each autotuned forward compiles its launches per shape):
-# TESTS=fast (default) runs all but those two, TESTS=million only them, TESTS=none neither.
-case "${TESTS:-fast}" in
+# The GPU tests compile many launches (each autotuned forward per shape, the lanes backward
+# ~1-2 minutes): one after another they take longer than a device call. With pytest-xdist
+# (on the H200 image) they run in WORKERS processes: all 31 in 324 s with 12 (session 6).
+# TESTS=all (default with xdist) | fast (all but the two L = 1,000,000 tests; default
+# without) | million (only those) | none.
+if python3 -c "import xdist" 2>/dev/null; then
+  PAR="-n ${WORKERS:-12}"; DEFAULT=all
+else
+  PAR=""; DEFAULT=fast
+fi
+TESTS=${TESTS:-$DEFAULT}
+case "$TESTS" in
+  all) SEL="gpu" ;;
   fast) SEL="not million" ;;
   million) SEL="million" ;;
   *) SEL="" ;;
 esac
 if [ -n "$SEL" ]; then
-  timeout "${TEST_TIMEOUT:-400}" python3 -m pytest -m gpu tests/kernels -v -p no:cacheprovider \
-    --durations=10 -k "$SEL" 2>&1 | tee "$OUT/pytest_gpu_${TESTS:-fast}.log" | grep -E "PASS|FAIL|ERROR|passed|failed"
+  timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu tests/kernels -v -p no:cacheprovider \
+    $PAR --durations=10 -k "$SEL" 2>&1 | tee "$OUT/pytest_gpu_$TESTS.log" | grep -E "PASS|FAIL|ERROR|passed|failed"
 fi
 # results land in $OUT/results/nvidia-h200/ (the selective_scan suite also saves after each
 # provider, so a run cut short keeps what it measured); copy them to benchmarks/results/
