@@ -718,8 +718,9 @@ def _selective_scan_bwd_lanes_kernel(
     VARYING_BC: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     CPW: tl.constexpr, BD: tl.constexpr, T: tl.constexpr, V: tl.constexpr,
 ):
-    """The "lanes" backward (opt-in, MAMBABOOK_SCAN_BACKWARD=lanes; not yet measured on a GPU):
-    the lanes forward's layout walked through the chunks in reverse.
+    """The "lanes" backward (opt-in, MAMBABOOK_SCAN_BACKWARD=lanes; slower than the rows
+    backward on the H200, see BWD_LANES): the lanes forward's layout walked through the chunks
+    in reverse.
 
     A program holds BD channels of one batch row (CPW per warp, LT = 32 / CPW lanes along
     time each, runs of T steps per lane). Per chunk (LT T steps, a multiple of the
@@ -1555,11 +1556,16 @@ BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, PREFETCH=True, BFLY=True)
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
-# The lanes backward's launch (opt-in; written at the end of session 5 and not yet measured
-# on a GPU): CPW channels per warp, num_warps warps per program (the program's channels
-# share one atomic per (state, step) for time-varying dB, dC), runs of T steps per lane.
-# Its chunks (32 / CPW x T steps) must be a multiple of the checkpoint interval CHUNK;
-# where they are not, the rows backward runs instead.
+# The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
+# (the program's channels share one atomic per (state, step) for time-varying dB, dC), runs
+# of T steps per lane. Its chunks (32 / CPW x T steps) must be a multiple of the checkpoint
+# interval CHUNK; where they are not, the rows backward runs instead. Measured on the H200
+# (2026-11-29, fp32, B=8, D=1536, N=16, L=4096; results/nvidia-h200/backward_lanes.json):
+# 8.1 ms with this launch, 7.07 ms with 8 channels in one warp, against the rows backward's
+# 5.29 ms. Nsight Compute (profile_lanes.json): 68 instructions per (step, state), 255
+# registers with spills, 8 warps per SM, issue slots busy 20%; stalls on shuffles and shared
+# memory (short scoreboard 32%), loads and spills (22%) and barriers (14%), most of them
+# from the dB/dC sums over the program's channels. Kept opt-in and tested, not the default.
 BWD_LANES = dict(CPW=4, T=8, num_warps=8)
 _INTERPRET_BWD_LANES = dict(CPW=2, T=4, num_warps=2)  # the interpreter's launch
 
@@ -1903,7 +1909,7 @@ def _rows_layout_in(ttgir: str) -> bool:
 
 
 def _pick_backward() -> str:
-    """"rows" (default), "chunk" or "lanes" (not yet measured): MAMBABOOK_SCAN_BACKWARD."""
+    """"rows" (default), "chunk" or "lanes" (slower; opt-in): MAMBABOOK_SCAN_BACKWARD."""
     choice = os.environ.get(BACKWARD_ENV, "rows").strip().lower() or "rows"
     if choice not in ("chunk", "rows", "lanes"):
         raise ValueError(f"{BACKWARD_ENV} must be chunk, rows or lanes, got {choice!r}")
