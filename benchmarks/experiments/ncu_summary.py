@@ -23,6 +23,7 @@ METRICS = {  # details page name -> key
     "Registers Per Thread": "registers_per_thread",
     "Block Size": "block_size",
     "Grid Size": "grid_size",
+    "# SMs": "sms",
     "Theoretical Active Warps per SM": "theoretical_warps_per_sm",
     "Achieved Active Warps Per SM": "achieved_warps_per_sm",
     "Local Memory Spilling Requests": "local_spill_requests",
