@@ -497,6 +497,7 @@ def _selective_scan_fwd_lanes_kernel(
     steps = tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]  # (1, LT, V)
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=m3, other=0.0)
+    bias = 0.0  # unused without HAS_BIAS
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d3, mask=m3, other=0.0)
     u_row = u_ptr + pid_b * s_u_b + d3 * s_u_d
@@ -517,13 +518,7 @@ def _selective_scan_fwd_lanes_kernel(
         dtus = ()
         ys = ()
         for r in tl.static_range(R):
-            dt = dts[r]
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            if not EVEN:  # padded steps: a = 1, b = 0
-                dt = tl.where(t0 + r * V + steps < L, dt, 0.0)
+            dt, _ = _delta_of(dts[r], bias, t0 + r * V + steps < L, HAS_BIAS, SOFTPLUS, EVEN)
             dts_ = dts_ + (dt,)
             dtus = dtus + (dt * us[r],)
             if HAS_D:
@@ -751,6 +746,7 @@ def _selective_scan_bwd_lanes_kernel(
     steps2 = tl.arange(0, LT)[:, None] * T + tl.arange(0, V)[None, :]  # (LT, V): after sum over channels
     if HAS_D:
         Dv = tl.load(D_ptr + d3, mask=m3, other=0.0)
+    bias = 0.0  # unused without HAS_BIAS
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d3, mask=m3, other=0.0)
     u_row = u_ptr + pid_b * s_u_b + d3 * s_u_d
@@ -791,15 +787,11 @@ def _selective_scan_bwd_lanes_kernel(
         dtus = ()
         dys = ()
         ys = ()
+        raws_ = ()  # delta + bias, for the softplus' derivative
         for r in tl.static_range(R):
             ok = m3 & (t0 + r * V + steps < L)
-            raw = raws[r]
-            if HAS_BIAS:
-                raw += bias
-            dt = raw
-            if SOFTPLUS:
-                dt = _softplus(raw)
-            dt = tl.where(ok, dt, 0.0)  # padded steps: a = 1, b = 0
+            dt, raw = _delta_of(raws[r], bias, ok, HAS_BIAS, SOFTPLUS, False)
+            raws_ = raws_ + (raw,)
             dts = dts + (dt,)
             dtus = dtus + (dt * us[r],)
             if HAS_Z:
@@ -908,10 +900,7 @@ def _selective_scan_bwd_lanes_kernel(
                 dD_acc += tl.sum(dys[r] * us[r], axis=2)
             ddt = us[r] * dus[r] + dds[r]
             if SOFTPLUS:
-                raw = raws[r]
-                if HAS_BIAS:
-                    raw += bias
-                ddt = ddt * tl.sigmoid(raw)
+                ddt = ddt * tl.sigmoid(raws_[r])
             ddt = tl.where(ok, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddt, axis=2)
@@ -934,21 +923,30 @@ def _selective_scan_bwd_lanes_kernel(
 
 
 @triton.jit
-def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                EVEN: tl.constexpr):
-    """delta on a (BLOCK_D, T) tile in float32 with its bias ((BLOCK_D, 1)) and softplus, 0 on
-    padded steps (there a = 1, b = 0: the state and its gradient pass through); and delta
-    before the softplus (the softplus' derivative is its sigmoid)."""
-    raw = tl.load(dt_base + t[None, :], mask=None if EVEN else mask_dt,
-                  other=None if EVEN else 0.0).to(tl.float32)
+def _delta_of(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+              EVEN: tl.constexpr):
+    """delta in float32 from its stored values (any shape) with its bias and softplus, 0 where
+    mask is False unless EVEN (padded steps: there a = 1, b = 0, so the state and its
+    gradient pass through); and delta before the softplus, bias added (the softplus'
+    derivative is its sigmoid)."""
+    raw = raw.to(tl.float32)
     if HAS_BIAS:
         raw += bias
     dt = raw
     if SOFTPLUS:
         dt = _softplus(raw)
     if not EVEN:
-        dt = tl.where(mask_dt, dt, 0.0)
+        dt = tl.where(mask, dt, 0.0)
     return dt, raw
+
+
+@triton.jit
+def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                EVEN: tl.constexpr):
+    """_delta_of on a (BLOCK_D, T) tile (bias (BLOCK_D, 1)) loaded from dt_base + t."""
+    raw = tl.load(dt_base + t[None, :], mask=None if EVEN else mask_dt,
+                  other=None if EVEN else 0.0)
+    return _delta_of(raw, bias, mask_dt, HAS_BIAS, SOFTPLUS, EVEN)
 
 
 @triton.jit
@@ -1995,12 +1993,11 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     elif method == "lanes":
         streams = [u, delta, zz, dout, du, ddelta] + ([B, C] if varying else [])
         vec = 2 if _INTERPRET else _lanes_vector(*streams)
-        launch = lanes_launch
-        bd = launch["CPW"] * launch["num_warps"]
+        bd = lanes_launch["CPW"] * lanes_launch["num_warps"]
         grid = (groups * triton.cdiv(dpg, bd), bsz)
         _selective_scan_bwd_lanes_kernel[grid](
-            *args, length, dim, dstate, dpg, *strides, **flags, N=dstate, CPW=launch["CPW"],
-            BD=bd, T=launch["T"], V=vec, num_warps=launch["num_warps"])
+            *args, length, dim, dstate, dpg, *strides, **flags, N=dstate, CPW=lanes_launch["CPW"],
+            BD=bd, T=lanes_launch["T"], V=vec, num_warps=lanes_launch["num_warps"])
     else:
         grid = (groups * triton.cdiv(dpg, cfg["BLOCK_D"]), bsz)
         _selective_scan_bwd_kernel[grid](*args, length, dim, dstate, dpg, *strides, **flags,
