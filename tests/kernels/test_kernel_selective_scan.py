@@ -292,6 +292,13 @@ def test_selective_scan_forward_choice(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the lanes forward
+def watch_pairs_rule(mp):
+    """Wrap ss._lanes_pairs so each launch's decision is recorded: (the real rule, decisions)."""
+    rule, seen = ss._lanes_pairs, []
+    mp.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
+    return rule, seen
+
+
 @settings(max_examples=14, deadline=None)
 @given(**CASES, cpw=st.sampled_from([2, 8, 16, 32]), run=st.sampled_from([2, 4]),
        grads=st.booleans())
@@ -305,8 +312,7 @@ def test_selective_scan_lanes_matches_ref(bsz, dim, length, dstate, layout, has_
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.FORWARD_ENV, "lanes")
-        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=cpw, T=run))
+        use_forward(mp, "lanes", cpw, run)
         mp.setattr(ss, "_config", small_chunks(4))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
@@ -316,10 +322,8 @@ def test_selective_scan_lanes_bf16_pairs(dtype, monkeypatch):
     """Unmasked bfloat16 inputs are read as int32 pairs (two values widened by one shift and
     one AND); the result equals the ref and the plain conversion. float32 never is."""
     inputs = make_inputs(2, 4, 64, 3, dtype=dtype)  # 2 warps of 2 channels, 16 lanes x 4 steps
-    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
-    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
-    rule, seen = ss._lanes_pairs, []
-    monkeypatch.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
+    use_forward(monkeypatch, "lanes", 2, 4)
+    rule, seen = watch_pairs_rule(monkeypatch)
     check_against_ref(inputs, True, dtype, grads=False)
     assert seen == [True]  # decided per launch; only bfloat16 pointers take the int32 path
     paired = ss._scan_fwd(**inputs, softplus=True, save_ckpt=False, method="lanes")[0]
@@ -342,10 +346,8 @@ def test_selective_scan_lanes_bf16_view_at_odd_offset(monkeypatch):
     inputs = make_inputs(2, 4, 65, 3, dtype=torch.bfloat16)
     shifted = {k: (v[..., 1:] if v is not None and v.dim() == 3 else v) for k, v in inputs.items()}
     assert shifted["u"].data_ptr() % 4 == 2 and shifted["u"].shape[-1] == 64
-    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
-    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
-    rule, seen = ss._lanes_pairs, []
-    monkeypatch.setattr(ss, "_lanes_pairs", lambda a: seen.append(rule(a)) or seen[-1])
+    use_forward(monkeypatch, "lanes", 2, 4)
+    _, seen = watch_pairs_rule(monkeypatch)
     out, last, _ = ss._scan_fwd(**shifted, softplus=True, save_ckpt=False, method="lanes")
     assert seen == [False]
     out_ref, last_ref = selective_scan_ref(**shifted, delta_softplus=True, return_last_state=True)
@@ -386,11 +388,10 @@ def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
     """Runs that are not whole 16-byte loads, or that do not divide the checkpoint interval,
     are refused with a ValueError naming both."""
     inputs = make_inputs(1, 2, 16, 2)
-    monkeypatch.setenv(ss.FORWARD_ENV, "lanes")
-    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=3))
+    use_forward(monkeypatch, "lanes", 2, 3)
     with pytest.raises(ValueError, match="16-byte load"):
         ss.selective_scan(**inputs)
-    monkeypatch.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=4))
+    use_forward(monkeypatch, "lanes", 2, 4)
     monkeypatch.setattr(ss, "_config", small_chunks(2))
     with pytest.raises(ValueError, match="checkpoint interval"):
         ss.selective_scan(**{k: v.requires_grad_() if k == "u" else v
