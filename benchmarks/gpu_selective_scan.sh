@@ -33,14 +33,14 @@ else
 fi
 TESTS=${TESTS:-$DEFAULT}
 case "$TESTS" in
-  all) SEL="gpu" ;;
-  fast) SEL="not million" ;;
-  million) SEL="million" ;;
-  *) SEL="" ;;
+  all) K=() ;;
+  fast) K=(-k "not million") ;;
+  million) K=(-k million) ;;
+  *) TESTS=none ;;
 esac
-if [ -n "$SEL" ]; then
+if [ "$TESTS" != none ]; then
   timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu tests/kernels -v -p no:cacheprovider \
-    $PAR --durations=10 -k "$SEL" 2>&1 | tee "$OUT/pytest_gpu_$TESTS.log" | grep -E "PASS|FAIL|ERROR|passed|failed"
+    $PAR --durations=10 ${K[@]+"${K[@]}"} 2>&1 | tee "$OUT/pytest_gpu_$TESTS.log" | grep -E "PASS|FAIL|ERROR|passed|failed"
 fi
 # results land in $OUT/results/nvidia-h200/ (the selective_scan suite also saves after each
 # provider, so a run cut short keeps what it measured); copy them to benchmarks/results/

@@ -12,13 +12,12 @@ import argparse
 import json
 
 import torch
+from forward_layouts import DTYPES  # this folder's sibling scripts
+from lanes_forward import ARGS
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance, time_fn
 from mambabook.suites.selective_scan import make_scan_inputs
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
 def main() -> None:
