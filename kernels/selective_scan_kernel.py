@@ -51,14 +51,6 @@ def _combine_bwd(fa_r, pe_r, v_r, fa_l, pe_l, v_l):
 
 
 @triton.jit
-def _right(a, b):
-    """A reduction's combine that keeps its right operand: reduced along an axis held in one
-    thread, it picks the last element with no instruction (a sum of the element and zeros
-    costs an add per pick)."""
-    return b
-
-
-@triton.jit
 def _softplus(x):
     # torch.nn.functional.softplus with threshold 20
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
@@ -415,53 +407,46 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
-def _lanes_states(dts, dtus, Bx, A2n, h0, dt_run, j, prev, last_lane, is_last,
-                  R: tl.constexpr, VARYING_BC: tl.constexpr):
-    """One state's h over a chunk of the lanes kernels, in three phases: each lane folds its
-    run from a zero state (H, the partial state at the run's end: 1 FMA per step), the runs'
-    maps h -> P h + H are scanned across a channel's lanes (P, the product of the run's a, is
-    exp2(A log2(e) sum(delta)), one exponential per run), and each lane folds its run again
-    from the state that entered it (1 FMA per step, keeping every h).
-
-    Folding twice costs the same as the product-and-partial form (P_t and H_t for every step,
-    then h_t = H_t + P_t h_in: 2 + 1 per step), minus the products: 2 instead of 3 per step.
-    A piece's last element is picked with a -0.0 fill (x + -0.0 is x, so the sum folds to a
-    register; with 0.0 it costs an add).
+def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
+                  VARYING_BC: tl.constexpr):
+    """One state's h over a chunk of the lanes kernels, by the three phases: each lane's run
+    from a zero state (P = product of a, H = partial state; 2 instructions per step), the
+    runs' summaries (P, H at a run's end) scanned across a channel's lanes, then
+    h = H + P h_in (1 per step).
 
     dts, dtus: R pieces (CPW, LT, V) of delta and delta u; Bx: R pieces of B (time-varying)
     or one (CPW, 1, 1) value; A2n: (CPW, 1, 1) A log2(e); h0: (CPW, LT) the state entering
-    the chunk; dt_run: (CPW, LT) each run's sum of delta. Returns the pieces of a, b = delta
-    u B and h, the state entering each lane's run ((CPW, LT)), and the state after the chunk
-    (in every lane of a channel)."""
-    first = (tl.arange(0, is_last.shape[2]) == 0)[None, None, :]
+    the chunk. Returns the pieces of a, b = delta u B and h, the state entering each lane's
+    run ((CPW, LT)), and the state after the chunk (in every lane of a channel)."""
     As = ()
     bs = ()
-    h_run = tl.zeros(h0.shape, dtype=tl.float32)  # the run's state so far, from zero
+    Ps = ()
+    Hs = ()
+    p_run = tl.full(h0.shape, 1.0, tl.float32)  # the run's summary so far
+    h_run = tl.zeros(h0.shape, dtype=tl.float32)
     for r in tl.static_range(R):
         a = tl.exp2(dts[r] * A2n)
         if VARYING_BC:
             b = dtus[r] * Bx[r]
         else:
             b = dtus[r] * Bx
-        if r == 0:
-            b0 = b
-        else:
-            b0 = tl.where(first, b + a * h_run[:, :, None], b)
-        _, H = tl.associative_scan((a, b0), axis=2, combine_fn=_combine_fwd)  # P unused: dead
-        h_run = tl.reduce(H, 2, _right)  # the last element
+        P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
+        p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
+        h_run = p * h_run + tl.sum(tl.where(is_last, H, 0.0), axis=2)
+        p_run = p_run * p
         As = As + (a,)
         bs = bs + (b,)
-    p_run = tl.exp2(tl.sum(A2n, axis=2) * dt_run)  # A2n: (CPW, 1, 1)
+        Ps = Ps + (P,)
+        Hs = Hs + (H,)
     Pi, Hi = tl.associative_scan((p_run, h_run), axis=1, combine_fn=_combine_fwd)
     h_end = Pi * h0 + Hi  # the state after each lane's run
     h_run_in = tl.where(j == 0, h0, tl.gather(h_end, prev, axis=1))
     hs = ()
     h_in = h_run_in
     for r in tl.static_range(R):
-        b0 = tl.where(first, bs[r] + As[r] * h_in[:, :, None], bs[r])
-        _, h = tl.associative_scan((As[r], b0), axis=2, combine_fn=_combine_fwd)
+        h = Hs[r] + Ps[r] * h_in[:, :, None]
         hs = hs + (h,)
-        h_in = tl.reduce(h, 2, _right)
+        h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
     return As, bs, hs, h_run_in, tl.gather(h_end, last_lane, axis=1)
 
 
@@ -540,9 +525,6 @@ def _selective_scan_fwd_lanes_kernel(
                 ys = ys + (Dv * us[r],)
             else:
                 ys = ys + (tl.zeros_like(dt),)
-        dt_run = tl.sum(dts_[0], axis=2)  # each run's sum of delta
-        for r in tl.static_range(1, R):
-            dt_run += tl.sum(dts_[r], axis=2)
         hc_new = ()
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
@@ -552,7 +534,7 @@ def _selective_scan_fwd_lanes_kernel(
             else:
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
-            _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], dt_run, j, prev,
+            _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
                                                    last_lane, is_last, R, VARYING_BC)
             hc_new = hc_new + (h_next,)
             if SAVE_CKPT:
@@ -821,9 +803,6 @@ def _selective_scan_bwd_lanes_kernel(
                 ys = ys + (Dv * us[r],)
             else:
                 ys = ys + (tl.zeros_like(dt),)
-        dt_run = tl.sum(dts[0], axis=2)  # each run's sum of delta
-        for r in tl.static_range(1, R):
-            dt_run += tl.sum(dts[r], axis=2)
         dus = ()  # sum over states of g B
         dds = ()  # sum over states of A g a h_{t-1}
         for r in tl.static_range(R):
@@ -846,8 +825,8 @@ def _selective_scan_bwd_lanes_kernel(
                 Bx = Bv
             # the states of the chunk, from its first checkpoint (the forward's three phases)
             h_chunk = tl.load(ck_row + (t0 // CHUNK) * dstate + n, mask=mask_d[:, None], other=0.0)
-            As, bs, hs, _, _ = _lanes_states(dts, dtus, Bx, A2n, h_chunk, dt_run, j, prev,
-                                             zero2, is_last, R, VARYING_BC)
+            As, bs, hs, _, _ = _lanes_states(dts, dtus, Bx, A2n, h_chunk, j, prev, zero2,
+                                             is_last, R, VARYING_BC)
             # g backwards: each run from its end with k = 0 (G, and Q = product of later a's)
             kk = zeros2
             q = tl.full((BD, LT), 1.0, tl.float32)
@@ -1562,10 +1541,6 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 # it for any N).
 LANES_AUTO_MAX_N = 32
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
-# Time-varying half-precision B and C are widened to float32 before the lanes forward (a
-# copy of (B, G, N, L): 4 MB at B=8, L=4K): every channel of the group reads each value, and
-# widening it in the kernel cost one instruction per (step, state) of bfloat16.
-LANES_WIDEN_BC = True
 
 # The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
 # fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
@@ -1748,8 +1723,6 @@ def _scan_fwd_tile(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     checkpoint interval, which becomes the tile length T when checkpoints are saved)."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
-    if LANES_WIDEN_BC and B.dim() > 2 and B.dtype != torch.float32:
-        B, C = B.float(), C.float()
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     chunk = flags.pop("CHUNK")
@@ -1783,8 +1756,6 @@ def _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
     with several segments, pass 1 then pass 2."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
-    if LANES_WIDEN_BC and B.dim() > 2 and B.dtype != torch.float32:
-        B, C = B.float(), C.float()
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     seg_len, n_seg = _rows_segments(bsz, dim, length, flags["CHUNK"], ROWS_SEGMENTS)
@@ -1839,8 +1810,6 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     small launch under TRITON_INTERPRET."""
     bsz, dim, length = u.shape
     dstate = A.shape[1]
-    if LANES_WIDEN_BC and B.dim() > 2 and B.dtype != torch.float32:
-        B, C = B.float(), C.float()
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     flags.pop("BLOCK_N")
