@@ -3,7 +3,7 @@ user's call then takes: B=8, D=1536, N=16, time-varying B and C, D, z, delta_bia
 softplus, without checkpoints (no autograd) and with them (inputs that require grad), next
 to each of the four forwards forced (auto's time is that of the forward it picked). Needs a GPU.
 
-    python3 benchmarks/experiments/auto_choice.py --out /tmp/auto_choice.json
+    python3 benchmarks/experiments/auto_choice.py --out /tmp/auto_choice.json [--dtypes bf16]
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="2048,4096,16384")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated: " + ", ".join(DTYPES))
     args = ap.parse_args()
     dev = torch.device("cuda")
     rows = []
-    for name, dtype in DTYPES.items():
+    for name in args.dtypes.split(","):
+        dtype = DTYPES[name]
         for length in map(int, args.lengths.split(",")):
             x = make_scan_inputs(8, 1536, length, 16, dtype, dev)
             fwd = [x[k] for k in ARGS]

@@ -1,7 +1,8 @@
 """Condense one Nsight Compute profile of a selective-scan kernel into JSON: a few metrics
 from ``ncu -i REP --page details``, and from ``ncu -i REP --page source --print-source sass
---csv`` the warp-stall reasons (share of all samples) and the instruction mix per
-(step, state) of the B=8, D=1536, L=4096, N=16 problem (warp instructions x 32 / B D L N).
+--csv`` the warp-stall reasons (share of all samples), the instruction mix per (step, state)
+of the B=8, D=1536, L=4096, N=16 problem (warp instructions x 32 / B D L N), and which kind
+of load (global LDG, spilled LDL, shared LDS) the long-scoreboard samples wait for.
 
     python3 benchmarks/experiments/ncu_summary.py DETAILS.txt SASS.csv [--work B*D*L*N]
 """
@@ -46,18 +47,52 @@ def details(path: str) -> dict:
     return out
 
 
+def _operands(words: list[str]) -> tuple[str, list[str]]:
+    """(opcode, operands) of one SASS instruction split into words (a leading @P predicate
+    skipped)."""
+    if words[0].startswith("@"):
+        words = words[1:]
+    return words[0], " ".join(words[1:]).split(",")
+
+
+def _registers(text: str) -> set[int]:
+    return {int(r) for r in re.findall(r"\bR(\d+)\b", text)}
+
+
+def _producer(code: list[list[str]], k: int) -> str:
+    """The load whose result instruction k waits for: scanning back in address order (no
+    branches followed, so approximate), the nearest LDG/LDL/LDS writing one of k's source
+    registers (a 64- or 128-bit load writes 2 or 4 consecutive registers)."""
+    op, ops = _operands(code[k])
+    stores = op.startswith(("ST", "RED", "ATOM"))
+    wanted = set().union(*(_registers(o) for o in (ops if stores else ops[1:])))
+    for j in range(k - 1, max(k - 400, -1), -1):
+        op2, ops2 = _operands(code[j])
+        if not op2.startswith(("LDG", "LDL", "LDS")):
+            continue
+        dest = sorted(_registers(ops2[0]))
+        width = 4 if ".128" in op2 else 2 if ".64" in op2 else 1
+        if dest and wanted & set(range(dest[0], dest[0] + width)):
+            return op2.split(".")[0] + (f".{32 * width}" if width > 1 else "")
+    return "unknown"
+
+
 def source(path: str, work: int) -> dict:
     rows = list(csv.reader(open(path)))
     head = next(r for r in rows if "Source" in r and "Address" in r)
     ix = {h: i for i, h in enumerate(head)}
     body = [r for r in rows[rows.index(head) + 1:] if len(r) >= len(head)]
     stalls = [h for h in head if h.startswith("stall_") and "Not Issued" not in h]
-    executed, samples = collections.Counter(), collections.Counter()
+    executed, samples, waits = collections.Counter(), collections.Counter(), collections.Counter()
     total_exec = total_samples = 0
-    for r in body:
-        words = r[ix["Source"]].split()
-        if not words:
+    code = [r[ix["Source"]].split() or ["NOP"] for r in body]
+    for k, r in enumerate(body):
+        words = code[k]
+        if words == ["NOP"]:
             continue
+        long_sb = int(r[ix["stall_long_sb"]] or 0) if "stall_long_sb" in ix else 0
+        if long_sb:
+            waits[_producer(code, k)] += long_sb
         op = (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
         n = int(r[ix["Instructions Executed"]] or 0)
         executed[op] += n
@@ -72,6 +107,9 @@ def source(path: str, work: int) -> dict:
         "mix_per_step_state": {op: round(n * per, 2) for op, n in executed.most_common(16)},
         "stall_share_pct": {k: round(100.0 * v / total_samples, 1)
                             for k, v in samples.most_common(10) if v},
+        # long-scoreboard samples by the kind of load waited for (see _producer)
+        "long_sb_by_load_pct": {k: round(100.0 * v / max(sum(waits.values()), 1), 1)
+                                for k, v in waits.most_common()},
     }
 
 

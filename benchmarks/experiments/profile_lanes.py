@@ -12,7 +12,12 @@ Session 6's profiles (benchmarks/results/nvidia-h200/profile_lanes.json) came fr
     ncu -i fwd_bf16.ncu-rep --page source --print-source sass --csv > fwd_bf16_sass.csv
     python3 benchmarks/experiments/ncu_summary.py fwd_bf16_details.txt fwd_bf16_sass.csv
 
-(and the same with ``regex:bwd_lanes`` and ``bwd fp32``).
+(and the same with ``regex:bwd_lanes`` and ``bwd fp32``). Session 7's profiles of the fp32
+forward and two variants of it (``lanes_variants.py``) used the same NCU line, with
+
+    python3 benchmarks/experiments/profile_lanes.py fwd fp32 - [/tmp/rerun.py | /tmp/v2.py]
+
+(``-``: the default launch, CPW=2, runs of 16, 128 registers).
 """
 
 import json
@@ -24,7 +29,11 @@ import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.suites.selective_scan import make_scan_inputs
 
 kind, dname = sys.argv[1], sys.argv[2]
-launch = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+launch = json.loads(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+if len(sys.argv) > 4:  # a variant of the kernel module (lanes_variants.py), forward only
+    from lanes_variants import load_variant
+
+    ss = load_variant("profiled", sys.argv[4])
 dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
 x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
 args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
