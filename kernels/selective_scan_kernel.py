@@ -1526,7 +1526,11 @@ ROWS_SEGMENTS: int | None = None  # fixed number of segments (tests, sweeps); No
 # (8, 8, -) 1.07; bf16 (2, 16, 128) 0.64 ms, (4, 16, 168) 0.65, (4, 16, -) 0.66-0.70,
 # (8, 16, 128) 0.69-0.73, (4, 16, 128) 0.79. Autotuned over the three with 128 registers:
 # fp32 0.81 ms, bf16 0.64 ms (the suite at 11fc828). Every run is 16 steps (the checkpoint
-# interval CHUNK is a multiple of 16 for any N).
+# interval CHUNK is a multiple of 16 for any N). Also measured slower at (2, 16), 2026-11-29
+# (session 7): caps of 144 / 168 registers (fewer spills but 14 / 12 warps per SM: fp32
+# 0.96 / 0.95 ms against 0.82, bf16 0.74 / 0.73 against 0.63), 8-byte loads (bf16 0.67),
+# and two forms of _lanes_states with 3-9% fewer instructions (fp32 0.87 and 0.95 ms; they
+# spill more or wait longer on loads: benchmarks/experiments/lanes_variants.py).
 LANES_CONFIGS = [triton.Config({"CPW": cpw, "T": 16}, num_warps=1, maxnreg=mr)
                  for cpw, mr in [(8, 128), (4, 128), (2, 128)]]
 _lanes_kernel_tuned = (None if _INTERPRET else triton.autotune(
