@@ -50,9 +50,9 @@ def details(path: str) -> dict:
 def _operands(words: list[str]) -> tuple[str, list[str]]:
     """(opcode, operands) of one SASS instruction split into words (a leading @P predicate
     skipped)."""
-    if words[0].startswith("@"):
+    if words and words[0].startswith("@"):
         words = words[1:]
-    return words[0], " ".join(words[1:]).split(",")
+    return (words[0] if words else ""), " ".join(words[1:]).split(",")
 
 
 def _registers(text: str) -> set[int]:
@@ -85,10 +85,10 @@ def source(path: str, work: int) -> dict:
     stalls = [h for h in head if h.startswith("stall_") and "Not Issued" not in h]
     executed, samples, waits = collections.Counter(), collections.Counter(), collections.Counter()
     total_exec = total_samples = 0
-    code = [r[ix["Source"]].split() or ["NOP"] for r in body]
+    code = [r[ix["Source"]].split() for r in body]
     for k, r in enumerate(body):
         words = code[k]
-        if words == ["NOP"]:
+        if not words:
             continue
         long_sb = int(r[ix["stall_long_sb"]] or 0) if "stall_long_sb" in ix else 0
         if long_sb:
