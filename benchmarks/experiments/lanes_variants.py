@@ -53,6 +53,9 @@ def main() -> None:
     for spec in args.variant:
         name, path = spec.split("=", 1)
         modules[name] = load_variant(name, path)
+    # each probe starts from the module's own choices (a probe's V or WIDEN does not carry over)
+    defaults = {name: (mod._lanes_vector, getattr(mod, "LANES_WIDEN_BC", None))
+                for name, mod in modules.items()}
     inputs = {}
     rows = []
     for probe in args.probes.split(","):
@@ -65,10 +68,10 @@ def main() -> None:
             inputs[dname] = (xs, ss._scan_fwd(*xs, True, False, method="loop"))
         xs, (ref_out, ref_last, _) = inputs[dname]
         mod.LANES_FIXED, _ = parse(launch)
-        if rest and rest[0]:
-            mod._lanes_vector = lambda *tensors, v=int(rest[0]): v
-        if len(rest) > 1 and hasattr(mod, "LANES_WIDEN_BC"):
-            mod.LANES_WIDEN_BC = rest[1] == "1"
+        vector, widen = defaults[vname]
+        mod._lanes_vector = (lambda *tensors, v=int(rest[0]): v) if rest and rest[0] else vector
+        if widen is not None:
+            mod.LANES_WIDEN_BC = rest[1] == "1" if len(rest) > 1 else widen
         run = lambda: mod._scan_fwd(*xs, True, False, method="lanes")
         out, last, _ = run()
         row = dict(probe=probe, dtype=dname, variant=vname, config=launch,
