@@ -26,7 +26,7 @@ import sys
 
 import torch
 from forward_layouts import DTYPES, max_rel_err  # this folder's sibling scripts
-from lanes_forward import ARGS, parse
+from lanes_forward import ARGS, forward, parse
 from triton.testing import do_bench
 
 import mambabook.kernels.selective_scan_kernel as ss
@@ -64,8 +64,7 @@ def main() -> None:
         if dname not in inputs:
             torch.manual_seed(0)
             x = make_scan_inputs(8, 1536, 4096, 16, DTYPES[dname], "cuda")
-            xs = [x[k] for k in ARGS]
-            inputs[dname] = (xs, ss._scan_fwd(*xs, True, False, method="loop"))
+            inputs[dname] = ([x[k] for k in ARGS], forward(x, "loop"))
         xs, (ref_out, ref_last, _) = inputs[dname]
         mod.LANES_FIXED, _ = parse(launch)
         vector, widen = defaults[vname]

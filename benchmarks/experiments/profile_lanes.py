@@ -24,6 +24,8 @@ import json
 import sys
 
 import torch
+from forward_layouts import DTYPES  # this folder's sibling scripts
+from lanes_forward import ARGS
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.suites.selective_scan import make_scan_inputs
@@ -34,9 +36,8 @@ if len(sys.argv) > 4:  # a variant of the kernel module (lanes_variants.py), for
     from lanes_variants import load_variant
 
     ss = load_variant("profiled", sys.argv[4])
-dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
-x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
-args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
+x = make_scan_inputs(8, 1536, 4096, 16, DTYPES[dname], "cuda")
+args = (*(x[k] for k in ARGS), True)  # softplus
 if kind == "fwd":
     ss.LANES_FIXED = launch or dict(CPW=2, T=16, maxnreg=128)
     for _ in range(2):
