@@ -993,28 +993,57 @@ def _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC:
 
 
 @triton.jit
-def _k_cols(x_ptr, A_col, M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt,
-            VARYING_BC: tl.constexpr, EVEN: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr):
-    """State n's columns for a one-way sweep: a scratch column (a carry), A log2 e, and B or C."""
+def _piece_mask(t0, r, offs_t, mask_c, L, T: tl.constexpr):
+    """Steps t of piece r (T of them from t0 + r T) and their (BLOCK_D, T) mask."""
+    t = t0 + r * T + offs_t
+    return t, mask_c & (t < L)[None, :]
+
+
+@triton.jit
+def _bc_pieces(M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c,
+               VARYING_BC: tl.constexpr, EVEN: tl.constexpr, BLOCK_D: tl.constexpr,
+               T: tl.constexpr, R: tl.constexpr):
+    """B or C of state n on a tile of R pieces: R (BLOCK_D, T) tiles when they vary in time,
+    else the (BLOCK_D, 1) column R times (loaded once)."""
+    out = ()
+    if VARYING_BC:
+        for r in tl.static_range(R):
+            t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+            out = out + (_state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt,
+                                   VARYING_BC, EVEN, BLOCK_D, T),)
+    else:
+        x = _col_load(M_ptr + n * dim + d_col, mask_c)
+        for _r in tl.static_range(R):
+            out = out + (x,)
+    return out
+
+
+@triton.jit
+def _k_cols(x_ptr, A_col, M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c,
+            VARYING_BC: tl.constexpr, EVEN: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+            R: tl.constexpr):
+    """State n's columns for a one-way sweep: a scratch column (a carry), A log2 e, and B or C
+    (R pieces)."""
     x = _col_load(x_ptr + n * dim, mask_c)
     A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-    M = _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                  BLOCK_D, T)
+    M = _bc_pieces(M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
+                   BLOCK_D, T, R)
     return x, A2n, M
 
 
 @triton.jit
 def _rev_cols(h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n, s_B_n, s_C_n,
-              t, dim, d_col, mask_c, mask_dt, VARYING_BC: tl.constexpr, EVEN: tl.constexpr,
-              BLOCK_D: tl.constexpr, T: tl.constexpr):
+              t0, offs_t, L, dim, d_col, mask_c, VARYING_BC: tl.constexpr, EVEN: tl.constexpr,
+              BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
     """State n's columns for a reverse tile: its tile-start state, k, A log2 e, the dA sum so
-    far, B, C, and the dB, dC sums of (D, N) B, C (dA's again when B, C vary in time)."""
-    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t, dim, d_col, mask_c,
-                            mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+    far, B, C (R pieces each), and the dB, dC sums of (D, N) B, C (dA's again when B, C vary
+    in time)."""
+    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t0, offs_t, L, dim, d_col,
+                            mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
     k_in = _col_load(kp + n * dim, mask_c)
     dA_o = _col_load(dA_p + n * dim, mask_c)
-    Cn = _state_bc(C_base, C_ptr, n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                   BLOCK_D, T)
+    Cn = _bc_pieces(C_base, C_ptr, n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC,
+                    EVEN, BLOCK_D, T, R)
     dB_o = dA_o
     dC_o = dA_o
     if not VARYING_BC:
@@ -1068,7 +1097,7 @@ def _shfl_xor(x, m: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def _lane_sums(P, Q, lane, W: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr):
     """Sums over W lanes (rows r with the same r // W) of two (BLOCK_D, T) tiles, T in
-    {1, 2, 4}, as a reduce-scatter: each butterfly round halves what a lane holds (P or Q,
+    {1, 2, 4, 8}, as a reduce-scatter: each butterfly round halves what a lane holds (P or Q,
     then halves of the steps), so 2T sums cost 2T - 1 + log2(W / 2T) shuffles instead of
     2T log2(W). Returns, per row ((BLOCK_D, 1)): a sum, whether it is Q's, its step, and
     whether the row leads the W / 2T rows that hold that same sum."""
@@ -1081,11 +1110,16 @@ def _lane_sums(P, Q, lane, W: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr):
         E, O = tl.split(V.reshape(BLOCK_D, T // 2, 2))
         V = tl.where(b, O, E) + _shfl_xor(tl.where(b, E, O), W // 4, ASM)
         step += b.to(tl.int32)
-    if T == 4:
-        b = (lane & (W // 8)) != 0  # these keep the second pair
-        E, O = tl.split(V.reshape(BLOCK_D, 1, 2))
+    if T >= 4:
+        b = (lane & (W // 8)) != 0  # these keep steps 2, 3 (mod 4)
+        E, O = tl.split(V.reshape(BLOCK_D, T // 4, 2))
         V = tl.where(b, O, E) + _shfl_xor(tl.where(b, E, O), W // 8, ASM)
         step += 2 * b.to(tl.int32)
+    if T == 8:
+        b = (lane & (W // 16)) != 0  # these keep steps 4 .. 7
+        E, O = tl.split(V.reshape(BLOCK_D, 1, 2))
+        V = tl.where(b, O, E) + _shfl_xor(tl.where(b, E, O), W // 16, ASM)
+        step += 4 * b.to(tl.int32)
     G: tl.constexpr = W // (2 * T)  # lanes that end with the same sum
     for s in tl.static_range(4):  # G <= 16: at most 4 plain rounds
         if (G >> (s + 1)) > 0:
@@ -1101,18 +1135,19 @@ def _selective_scan_bwd_rows_kernel(
     # dD, dbias: (n_seg, B, D); time-varying dB, dC: float32, one atomic add per (block, n, t)
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
     # scratch: segment summaries K (B, n_seg, N, D) and S (B, n_seg, D), the running k
-    # (B, n_seg, N, D) and the tile-start states of a chunk (B, n_seg, CHUNK / T, N, D)
+    # (B, n_seg, N, D) and the tile-start states of a chunk (B, n_seg, CHUNK / (R T), N, D)
     seg_k_ptr, seg_s_ptr, kap_ptr, tiles_ptr,
     L, dim, dstate, dpg, seg_len, n_seg,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, CHUNK: tl.constexpr,
-    PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr, BFLY: tl.constexpr,
-    ASM: tl.constexpr,
+    VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
+    CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
+    BFLY: tl.constexpr, ASM: tl.constexpr,
 ):
-    """The "rows" backward: the rows forward's layout (a channel's T steps in one thread, so
-    every scan along time is a sequential loop in registers), walked backwards.
+    """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
+    every scan along time is a sequential loop in registers), walked backwards. A tile is R
+    pieces of T steps (each piece one load per row, so that Triton keeps it in one thread).
 
     The state's gradient g_t = C_t dy_t + a_{t+1} g_{t+1} runs from the end, carried between
     tiles as k = a_t g_t at a tile's first step. Segments of L run side by side, as in the
@@ -1130,6 +1165,9 @@ def _selective_scan_bwd_rows_kernel(
     compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
     thread. With PREFETCH, each state's iteration first loads the next state's columns, so
     that their latency (a round trip to L2) overlaps a state's work instead of stalling it.
+    Longer tiles (R > 1) load and store those columns once per R T steps instead of T, and
+    the tile's inputs are loaded again after the states (from the cache) rather than kept
+    in registers through them.
     dB and dC of time-varying B, C are summed over the block's channels before one atomic
     add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
     (`_lane_sums`), else by tl.sum (5 shuffle rounds per value).
@@ -1161,32 +1199,39 @@ def _selective_scan_bwd_rows_kernel(
     ss_base = seg_s_ptr + pid_b * n_seg * dim + d_col  # + s * dim
     s_end = tl.minimum(seg * seg_len + seg_len, L)  # the segment: steps seg * seg_len .. s_end - 1
 
+    TT: tl.constexpr = R * T  # steps per tile: R pieces of T, each one load per row
     if PASS == 1:
         kp = sk_base + seg * dstate * dim  # the running k is K[b, seg] itself
         for n in range(0, dstate):
             tl.store(kp + n * dim, tl.zeros((BLOCK_D, 1), dtype=tl.float32), mask=mask_c)
         S = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
-        c0 = (seg * seg_len) // T
-        c1 = tl.cdiv(s_end, T)
+        c0 = (seg * seg_len) // TT
+        c1 = tl.cdiv(s_end, TT)
         for ci in range(0, c1 - c0):
-            c = c1 - 1 - ci  # tiles in reverse
-            t = c * T + offs_t
-            mask_dt = mask_c & (t < L)[None, :]
-            dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-            _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
-            S += tl.sum(dt, axis=1, keep_dims=True)
+            t0 = (c1 - 1 - ci) * TT  # tiles in reverse
+            dts = ()
+            dys = ()
+            for r in tl.static_range(R):
+                t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                S += tl.sum(dt, axis=1, keep_dims=True)
+                dts = dts + (dt,)
+                dys = dys + (dy,)
             if PREFETCH:
-                k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t, dim, d_col,
-                                        mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+                k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t0, offs_t, L, dim,
+                                        d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
             for n in range(0, dstate):
                 if PREFETCH:  # the next state's columns (state 0 again after the last: unused)
                     k_nx, A_nx, C_nx = _k_cols(kp, A_col, C_base, C_ptr, (n + 1) % dstate,
-                                               s_C_n, t, dim, d_col, mask_c, mask_dt,
-                                               VARYING_BC, EVEN, BLOCK_D, T)
+                                               s_C_n, t0, offs_t, L, dim, d_col, mask_c,
+                                               VARYING_BC, EVEN, BLOCK_D, T, R)
                 else:
-                    k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, n, s_C_n, t, dim, d_col,
-                                            mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
-                _, k_out = _grad_scan(tl.exp2(dt * A2n), dy * Cn, k_in, offs_t, T)
+                    k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, n, s_C_n, t0, offs_t, L,
+                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
+                k_out = k_in
+                for r in tl.static_range(R - 1, -1, -1):
+                    _, k_out = _grad_scan(tl.exp2(dts[r] * A2n), dys[r] * Cn[r], k_out, offs_t, T)
                 tl.store(kp + n * dim, k_out, mask=mask_c)
                 if PREFETCH:
                     k_in, A2n, Cn = k_nx, A_nx, C_nx
@@ -1212,126 +1257,179 @@ def _selective_scan_bwd_rows_kernel(
         lane = tl.arange(0, BLOCK_D)[:, None] % (BFLY if BFLY > 0 else 1)  # the row's lane
         n_chunks = tl.cdiv(L, CHUNK)
         ck_base = ckpt_ptr + ((pid_b * dim + d_col) * n_chunks) * dstate  # (BLOCK_D, 1)
-        TPC: tl.constexpr = CHUNK // T  # tiles per chunk
+        TPC: tl.constexpr = CHUNK // TT  # tiles per chunk
         tl_base = tiles_ptr + (pid_b * n_seg + seg) * TPC * dstate * dim + d_col
         k0 = (seg * seg_len) // CHUNK
         k1 = tl.cdiv(s_end, CHUNK)
         for ki in range(0, k1 - k0):
             k = k1 - 1 - ki  # chunks in reverse
             j0 = k * TPC
-            j1 = tl.minimum(j0 + TPC, tl.cdiv(L, T))  # the chunk's tiles: j0 .. j1 - 1
+            j1 = tl.minimum(j0 + TPC, tl.cdiv(L, TT))  # the chunk's tiles: j0 .. j1 - 1
             # forward over the chunk from its checkpoint: the state entering each tile
             for n in range(0, dstate):
                 tl.store(tl_base + n * dim, _col_load(ck_base + k * dstate + n, mask_c), mask=mask_c)
             for j in range(j0, j1 - 1):  # (the last tile's end state is not needed)
-                t = j * T + offs_t
-                mask_dt = mask_c & (t < L)[None, :]
-                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                            other=None if EVEN else 0.0).to(tl.float32)
-                dtu = dt * u
+                t0 = j * TT
+                dts = ()
+                dtus = ()
+                for r in tl.static_range(R):
+                    t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                                other=None if EVEN else 0.0).to(tl.float32)
+                    dts = dts + (dt,)
+                    dtus = dtus + (dt * u,)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if PREFETCH:
-                    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t, dim,
-                                            d_col, mask_c, mask_dt, VARYING_BC, EVEN, BLOCK_D, T)
+                    h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t0, offs_t, L,
+                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
                 for n in range(0, dstate):
                     if PREFETCH:
                         h_nx, A_nx, B_nx = _k_cols(h_ptr, A_col, B_base, B_ptr, (n + 1) % dstate,
-                                                   s_B_n, t, dim, d_col, mask_c, mask_dt,
-                                                   VARYING_BC, EVEN, BLOCK_D, T)
+                                                   s_B_n, t0, offs_t, L, dim, d_col, mask_c,
+                                                   VARYING_BC, EVEN, BLOCK_D, T, R)
                     else:
-                        h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t, dim,
-                                                d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                                                BLOCK_D, T)
-                    _, h_out = _state_scan(tl.exp2(dt * A2n), dtu * Bn, h_in, offs_t, T)
+                        h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t0,
+                                                offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
+                                                BLOCK_D, T, R)
+                    h_out = h_in
+                    for r in tl.static_range(R):
+                        _, h_out = _state_scan(tl.exp2(dts[r] * A2n), dtus[r] * Bn[r], h_out,
+                                               offs_t, T)
                     tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
                     if PREFETCH:
                         h_in, A2n, Bn = h_nx, A_nx, B_nx
             # the chunk's tiles in reverse
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
-                t = j * T + offs_t
-                mask_t = t < L
-                mask_dt = mask_c & mask_t[None, :]
-                dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                            other=None if EVEN else 0.0).to(tl.float32)
-                dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
-                dtu = dt * u
-                y = tl.zeros((BLOCK_D, T), dtype=tl.float32)
-                ddt = tl.zeros((BLOCK_D, T), dtype=tl.float32)
-                gB = tl.zeros((BLOCK_D, T), dtype=tl.float32)  # sum_n g_t[n] B_t[n]
+                t0 = j * TT
+                dts = ()
+                dtus = ()
+                dys = ()
+                ys = ()
+                ddts = ()
+                gBs = ()  # sum_n g_t[n] B_t[n]
+                for r in tl.static_range(R):
+                    t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                                other=None if EVEN else 0.0).to(tl.float32)
+                    _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                    dts = dts + (dt,)
+                    dtus = dtus + (dt * u,)
+                    dys = dys + (dy,)
+                    ys = ys + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
+                    ddts = ddts + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
+                    gBs = gBs + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if PREFETCH:
                     h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                         h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
-                        s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                        BLOCK_D, T)
+                        s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
+                        BLOCK_D, T, R)
                 for n in range(0, dstate):
                     if PREFETCH:
                         h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr,
-                            (n + 1) % dstate, s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt,
-                            VARYING_BC, EVEN, BLOCK_D, T)
+                            (n + 1) % dstate, s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c,
+                            VARYING_BC, EVEN, BLOCK_D, T, R)
                     else:
                         h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n,
-                            s_B_n, s_C_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC, EVEN,
-                            BLOCK_D, T)
-                    a = tl.exp2(dt * A2n)
-                    b = dtu * Bn
-                    h, _ = _state_scan(a, b, h_in, offs_t, T)
-                    if HAS_Z:
-                        y += h * Cn
-                    g, k_out = _grad_scan(a, dy * Cn, k_in, offs_t, T)
+                            s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
+                            BLOCK_D, T, R)
+                    As = ()
+                    bs = ()
+                    hs = ()
+                    h = h_in
+                    for r in tl.static_range(R):  # the tile's states, forwards
+                        a = tl.exp2(dts[r] * A2n)
+                        b = dtus[r] * Bn[r]
+                        hr, h = _state_scan(a, b, h, offs_t, T)
+                        As = As + (a,)
+                        bs = bs + (b,)
+                        hs = hs + (hr,)
+                    gs = ()
+                    k_out = k_in
+                    for r in tl.static_range(R - 1, -1, -1):  # the gradient, backwards
+                        g, k_out = _grad_scan(As[r], dys[r] * Cn[r], k_out, offs_t, T)
+                        gs = (g,) + gs
                     tl.store(kp + n * dim, k_out, mask=mask_c)
-                    q = g * (h - b)  # g_t a_t h_{t-1}
-                    ddt += q * (A2n * 0.6931471805599453)
-                    tl.store(dA_p + n * dim, dA_o + tl.sum(q * dt, axis=1, keep_dims=True),
-                             mask=mask_c)
-                    gB += g * Bn
-                    if VARYING_BC:
-                        if BFLY > 0:  # one atomic per (warp, n, t), from lanes that lead
-                            v, isq, stp, lead = _lane_sums(g * dtu, dy * h, lane, BFLY, T, ASM)
-                            ts = j * T + stp
-                            off = n * s_dB_n + ts
-                            tl.atomic_add(tl.where(isq, dC_base + off, dB_base + off), v,
-                                          mask=lead if EVEN else lead & (ts < L), sem="relaxed")
+                    dA_s = dA_o
+                    dB_s = dB_o
+                    dC_s = dC_o
+                    ys_n = ()
+                    ddts_n = ()
+                    gBs_n = ()
+                    for r in tl.static_range(R):
+                        g = gs[r]
+                        h = hs[r]
+                        q = g * (h - bs[r])  # g_t a_t h_{t-1}
+                        ddts_n = ddts_n + (ddts[r] + q * (A2n * 0.6931471805599453),)
+                        dA_s += tl.sum(q * dts[r], axis=1, keep_dims=True)
+                        gBs_n = gBs_n + (gBs[r] + g * Bn[r],)
+                        if HAS_Z:
+                            ys_n = ys_n + (ys[r] + h * Cn[r],)
                         else:
-                            tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtu, axis=0),
-                                          mask=None if EVEN else mask_t, sem="relaxed")
-                            tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dy * h, axis=0),
-                                          mask=None if EVEN else mask_t, sem="relaxed")
-                    else:
-                        tl.store(dB_p + n * dim, dB_o + tl.sum(g * dtu, axis=1, keep_dims=True),
-                                 mask=mask_c)
-                        tl.store(dC_p + n * dim, dC_o + tl.sum(dy * h, axis=1, keep_dims=True),
-                                 mask=mask_c)
+                            ys_n = ys_n + (ys[r],)
+                        if VARYING_BC:
+                            if BFLY > 0:  # one atomic per (warp, n, t), from lanes that lead
+                                v, isq, stp, lead = _lane_sums(g * dtus[r], dys[r] * h, lane, BFLY,
+                                                               T, ASM)
+                                ts = t0 + r * T + stp
+                                off = n * s_dB_n + ts
+                                tl.atomic_add(tl.where(isq, dC_base + off, dB_base + off), v,
+                                              mask=lead if EVEN else lead & (ts < L),
+                                              sem="relaxed")
+                            else:
+                                t, _ = _piece_mask(t0, r, offs_t, mask_c, L, T)
+                                tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtus[r], axis=0),
+                                              mask=None if EVEN else t < L, sem="relaxed")
+                                tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dys[r] * h, axis=0),
+                                              mask=None if EVEN else t < L, sem="relaxed")
+                        else:
+                            dB_s += tl.sum(g * dtus[r], axis=1, keep_dims=True)
+                            dC_s += tl.sum(dys[r] * h, axis=1, keep_dims=True)
+                    ys = ys_n
+                    ddts = ddts_n
+                    gBs = gBs_n
+                    tl.store(dA_p + n * dim, dA_s, mask=mask_c)
+                    if not VARYING_BC:
+                        tl.store(dB_p + n * dim, dB_s, mask=mask_c)
+                        tl.store(dC_p + n * dim, dC_s, mask=mask_c)
                     if PREFETCH:
                         h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = (
                             h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx)
-                du = gB * dt
-                if HAS_D:
-                    du += Dv * dy
-                    dD_acc += tl.sum(dy * u, axis=1, keep_dims=True)
-                if HAS_Z:
+                # every state done: the tile's inputs again (from the cache) and its gradients
+                for r in tl.static_range(R):
+                    t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+                    dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                                other=None if EVEN else 0.0).to(tl.float32)
+                    dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                    du = gBs[r] * dt
+                    y = ys[r]
                     if HAS_D:
-                        y += Dv * u
-                    sz = tl.sigmoid(zz)
-                    dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                    tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
+                        du += Dv * dy
+                        dD_acc += tl.sum(dy * u, axis=1, keep_dims=True)
+                    if HAS_Z:
+                        if HAS_D:
+                            y += Dv * u
+                        sz = tl.sigmoid(zz)
+                        dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                        tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
+                                 mask=None if EVEN else mask_dt)
+                    ddt = ddts[r] + gBs[r] * u
+                    if SOFTPLUS:
+                        ddt = ddt * tl.sigmoid(dt_raw)
+                    if not EVEN:
+                        ddt = tl.where(mask_dt, ddt, 0.0)
+                    if HAS_BIAS:
+                        dbias_acc += tl.sum(ddt, axis=1, keep_dims=True)
+                    tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
                              mask=None if EVEN else mask_dt)
-                ddt += gB * u
-                if SOFTPLUS:
-                    ddt = ddt * tl.sigmoid(dt_raw)
-                if not EVEN:
-                    ddt = tl.where(mask_dt, ddt, 0.0)
-                if HAS_BIAS:
-                    dbias_acc += tl.sum(ddt, axis=1, keep_dims=True)
-                tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
-                         mask=None if EVEN else mask_dt)
-                tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
-                         mask=None if EVEN else mask_dt)
+                    tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
+                             mask=None if EVEN else mask_dt)
         if HAS_D:
             tl.store(dD_ptr + part, dD_acc, mask=mask_c)
         if HAS_BIAS:
@@ -1971,17 +2069,20 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                  SOFTPLUS=bool(softplus), VARYING_BC=varying, CHUNK=cfg["CHUNK"])
     strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
     if rows:
-        launch = _INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS
-        tpc = cfg["CHUNK"] // launch["T"]  # tiles per chunk
+        launch = dict(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS)
+        launch.setdefault("R", 1)
+        while cfg["CHUNK"] % (launch["R"] * launch["T"]):  # tiles must tile a chunk
+            launch["R"] //= 2
+        tpc = cfg["CHUNK"] // (launch["R"] * launch["T"])  # tiles per chunk
         seg_k, kap = (u.new_empty(bsz, n_seg, dstate, dim, dtype=torch.float32) for _ in "kk")
         seg_s = u.new_empty(bsz, n_seg, dim, dtype=torch.float32)
         tiles = u.new_empty(bsz, n_seg, tpc, dstate, dim, dtype=torch.float32)
         args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
                 *strides)
-        even = length % launch["T"] == 0 and dpg % launch["BLOCK_D"] == 0
+        even = length % (launch["R"] * launch["T"]) == 0 and dpg % launch["BLOCK_D"] == 0
         lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
         bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
-            and launch["T"] in (1, 2, 4) else 0
+            and launch["T"] in (1, 2, 4, 8) else 0
         launch = {k: v for k, v in launch.items() if k != "BFLY"}
         for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
             if segs == 0:

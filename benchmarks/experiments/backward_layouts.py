@@ -7,13 +7,21 @@ checked against the chunk backward.
 B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; needs a GPU.
 
     python3 benchmarks/experiments/backward_layouts.py --out /tmp/backward_layouts.json
+
+A launch is BLOCK_D x num_warps, optionally followed by :T<steps per piece>, :R<pieces per
+tile> and :M<register cap>, e.g. 32x1:T4:R2:M168. --baseline times the rows backward of a
+copy of the kernel module (e.g. `git show HEAD~3:kernels/selective_scan_kernel.py`) at its
+own launch beside them, on the same inputs; --reference baseline checks gradients against
+it instead of the chunk backward (which takes a minute to compile).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import sys
 
 import torch
 
@@ -34,6 +42,26 @@ def grads_close(got, want) -> float:
     return worst
 
 
+def parse_launch(spec: str, variant: str) -> dict:
+    """BLOCK_D x num_warps[:T<n>][:R<n>][:M<n>] and the PREFETCH, BFLY bits -> a BWD_ROWS dict."""
+    head, *opts = spec.split(":")
+    bd, w = head.split("x")
+    launch = dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=variant[0] == "1",
+                  BFLY=variant[1] == "1")
+    for o in opts:
+        launch[{"T": "T", "R": "R", "M": "maxnreg"}[o[0]]] = int(o[1:])
+    return launch
+
+
+def load_module(path: str):
+    """A copy of the kernel module under its own name (its kernels compile separately)."""
+    spec = importlib.util.spec_from_file_location("mambabook.kernels.baseline_kernel", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -46,6 +74,11 @@ def main() -> None:
     ap.add_argument("--lanes", default="",
                     help="launches of the lanes backward to time, CPW x warps x T, e.g. "
                          "4x8x8,8x1x8,4x1x8 (empty: none)")
+    ap.add_argument("--baseline", default="", help="a copy of the kernel module to time beside")
+    ap.add_argument("--reference", default="chunk", choices=["chunk", "baseline"])
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--fwdbwd", default="chunk,rows",
+                    help="backwards to time through autograd (forward + backward)")
     ap.add_argument("--record", action="store_true",
                     help="then record the selective_scan suite (triton provider) with the "
                          "fastest launch at 4K (MAMBABOOK_SCAN_PROVIDERS=triton to skip others)")
@@ -61,21 +94,30 @@ def main() -> None:
             json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
                        "records": records}, f, indent=1)
 
-    launches = [dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=v[0] == "1",
-                     BFLY=v[1] == "1")
-                for bd, w in (x.split("x") for x in args.launches.split(","))
+    launches = [parse_launch(x, v) for x in args.launches.split(",")
                 for v in args.variants.split(",")]
+    base = load_module(args.baseline) if args.baseline else None
     default = dict(ss.BWD_ROWS)
     for L in [int(x) for x in args.lengths.split(",")]:
-        for dname, dtype in DTYPES.items():
+        for dname in args.dtypes.split(","):
+            dtype = DTYPES[dname]
             x = make_scan_inputs(B, D, L, N, dtype, dev)
             fwd_args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
             out, _, ckpt = ss._scan_fwd(*fwd_args, save_ckpt=True, method="rows")
             dout = torch.randn_like(out)
             bwd = lambda m: ss._scan_bwd(dout, *fwd_args, ckpt, method=m)
-            want = bwd("chunk")
-            ms = time_fn(lambda: bwd("chunk"), dev)
-            log(dict(L=L, dtype=dname, what="bwd", method="chunk", ms=ms))
+            if base is not None:
+                base_bwd = lambda: base._scan_bwd(dout, *fwd_args, ckpt, method="rows")
+                got = base_bwd()
+                log(dict(L=L, dtype=dname, what="bwd", method="rows", launch="baseline",
+                         baseline=args.baseline, baseline_launch=base.BWD_ROWS,
+                         ms=time_fn(base_bwd, dev)))
+            if args.reference == "chunk":
+                want = bwd("chunk")
+                ms = time_fn(lambda: bwd("chunk"), dev)
+                log(dict(L=L, dtype=dname, what="bwd", method="chunk", ms=ms))
+            else:
+                want = got
             for launch in launches:
                 ss.BWD_ROWS = launch
                 for segs in [int(s) for s in args.segments.split(",")]:
@@ -88,7 +130,7 @@ def main() -> None:
                                  segments=segs, error=repr(e)[:300]))
                         continue
                     log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
-                             segments=segs, ms=ms, rel_err_vs_chunk=err))
+                             segments=segs, ms=ms, rel_err=err, reference=args.reference))
             ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
             default_lanes = dict(ss.BWD_LANES)
@@ -107,7 +149,7 @@ def main() -> None:
             ss.BWD_LANES = default_lanes
             # forward + backward through autograd, as a user calls it
             leaves = make_scan_inputs(B, D, L, N, dtype, dev, requires_grad=True)
-            for m in ("chunk", "rows") + (("lanes",) if args.lanes else ()):
+            for m in [m for m in args.fwdbwd.split(",") if m] + (["lanes"] if args.lanes else []):
                 os.environ[ss.BACKWARD_ENV] = m
 
                 def step():

@@ -400,24 +400,24 @@ def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
 
 # ----------------------------------------------------------------------------- the rows backward
 @settings(max_examples=12, deadline=None)
-@given(**CASES, block_d=st.sampled_from([2, 4, 8]), tile=st.sampled_from([2, 4]),
-       chunk=st.sampled_from([4, 8]), segments=st.sampled_from([1, 2, 3]),
-       prefetch=st.booleans(), bfly=st.booleans())
+@given(**CASES, block_d=st.sampled_from([2, 4, 8, 16]), tile=st.sampled_from([2, 4, 8]),
+       pieces=st.sampled_from([1, 2, 4]), chunk=st.sampled_from([4, 8, 16]),
+       segments=st.sampled_from([1, 2, 3]), prefetch=st.booleans(), bfly=st.booleans())
 def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
-                                                  has_bias, softplus, block_d, tile, chunk,
-                                                  segments, prefetch, bfly):
-    """The rows backward (tiles of T steps in one thread, the gradient's carry a g between
-    tiles, chunks recomputed from the checkpoints, L cut into segments joined by a first
-    pass, dB and dC summed over the block's channels by tl.sum or by a butterfly, each
-    state's columns loaded during the state before or not) gives
-    every gradient of the ref, for every layout and option, masked (L, D not multiples of
-    the tile) and not."""
+                                                  has_bias, softplus, block_d, tile, pieces,
+                                                  chunk, segments, prefetch, bfly):
+    """The rows backward (tiles of R pieces of T steps in one thread, the gradient's carry
+    a g between tiles, chunks recomputed from the checkpoints, L cut into segments joined
+    by a first pass, dB and dC summed over the block's channels by tl.sum or by a butterfly,
+    each state's columns loaded during the state before or not) gives every gradient of the
+    ref, for every layout and option, masked (L, D not multiples of the tile) and not."""
+    tile = min(tile, chunk)
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.BACKWARD_ENV, "rows")
-        mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=block_d, T=tile, PREFETCH=prefetch,
-                                                   BFLY=bfly))
+        mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=block_d, T=tile, R=pieces,
+                                                   PREFETCH=prefetch, BFLY=bfly))
         mp.setattr(ss, "BWD_SEGMENTS", segments)
         mp.setattr(ss, "_config", small_chunks(chunk))
         check_against_ref(inputs, softplus, torch.float32)
