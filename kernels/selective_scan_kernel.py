@@ -1644,15 +1644,21 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 LANES_AUTO_MAX_N = 32
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
-# The rows backward's launch: one channel per lane, one warp, tiles of 4 steps (16 bytes of
-# fp32, 8 of bf16). Measured on the H200 at B=8, D=1536, N=16, L=4096 (2026-11-28,
-# benchmarks/experiments/backward_layouts.py; results/nvidia-h200/backward_rows_sweep.json):
-# 6.2-6.9 ms with 4, 8 or 16 segments; 64 channels per program (1 or 2 warps), 128 (4
-# warps) or 2, 4 states per iteration: 6.4-8.0 ms. Then (2026-11-29, 4 segments) the next
-# state's columns prefetched (PREFETCH) and the dB/dC butterfly (BFLY): fp32 6.22 -> 5.27 ms,
-# bf16 5.88 -> 4.60 ms; 2 segments 7.0 / 5.9, 8 segments 5.7 / 5.3. No autotuning: the
-# atomics would need a reset per trial.
-BWD_ROWS = dict(BLOCK_D=32, T=4, num_warps=1, PREFETCH=True, BFLY=True)
+# The rows backward's launches, by the element size of u: one channel per lane, one warp,
+# tiles of R pieces of T steps (each piece one 16-byte load per lane). Measured on the H200 at
+# B=8, D=1536, N=16, L=4096 (benchmarks/experiments/backward_layouts.py;
+# results/nvidia-h200/backward_rows_sweep.json). Tiles of one piece (2026-11-28): 6.2-6.9 ms
+# with 4, 8 or 16 segments; 64 channels per program (1 or 2 warps), 128 (4 warps) or 2, 4
+# states per iteration: 6.4-8.0 ms. Then (2026-11-29, 4 segments) the next state's columns
+# prefetched (PREFETCH) and the dB/dC butterfly (BFLY): fp32 6.22 -> 5.27 ms, bf16 5.88 ->
+# 4.60 ms; 2 segments 7.0 / 5.9, 8 segments 5.7 / 5.3. Then (2026-11-29, session 8, beside
+# that kernel at 5.27-5.30 / 4.55-4.60 ms): tiles of 2 pieces, fp32 3.68-3.71 ms (4 pieces
+# 3.71, uncapped at 251 registers; 2 pieces capped at 128 or 144 registers 4.0-4.1 / 3.85;
+# 3 or 5 segments 4.1-4.4), bf16 with pieces of 8 steps, 2 of them and a 168-register cap
+# 2.77 ms (one piece 2.98-3.15, pieces of 4 3.6-3.9, 2 pieces uncapped 3.06, capped at 144
+# 3.34, 4 pieces 5.4-6.5). No autotuning: the atomics would need a reset per trial.
+BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True),
+            2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True)}
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
@@ -2069,7 +2075,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                  SOFTPLUS=bool(softplus), VARYING_BC=varying, CHUNK=cfg["CHUNK"])
     strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
     if rows:
-        launch = dict(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS)
+        launch = dict(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS[u.element_size()])
         launch.setdefault("R", 1)
         while cfg["CHUNK"] % (launch["R"] * launch["T"]):  # tiles must tile a chunk
             launch["R"] //= 2
