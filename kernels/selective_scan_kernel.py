@@ -1382,11 +1382,11 @@ def _selective_scan_bwd_rows_kernel(
                                               mask=lead if EVEN else lead & (ts < L),
                                               sem="relaxed")
                             else:
-                                t, _ = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                                tl.atomic_add(dB_base + n * s_dB_n + t, tl.sum(g * dtus[r], axis=0),
-                                              mask=None if EVEN else t < L, sem="relaxed")
-                                tl.atomic_add(dC_base + n * s_dB_n + t, tl.sum(dys[r] * h, axis=0),
-                                              mask=None if EVEN else t < L, sem="relaxed")
+                                ts = t0 + r * T + offs_t  # (not `_`: its type would change)
+                                tl.atomic_add(dB_base + n * s_dB_n + ts, tl.sum(g * dtus[r], axis=0),
+                                              mask=None if EVEN else ts < L, sem="relaxed")
+                                tl.atomic_add(dC_base + n * s_dB_n + ts, tl.sum(dys[r] * h, axis=0),
+                                              mask=None if EVEN else ts < L, sem="relaxed")
                         else:
                             dB_s += tl.sum(g * dtus[r], axis=1, keep_dims=True)
                             dC_s += tl.sum(dys[r] * h, axis=1, keep_dims=True)
