@@ -181,8 +181,11 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
         lengths = [8, 16, 32]
         plan = [("fwd", "fp32", 32)]
     only = os.environ.get("MAMBABOOK_SCAN_PROVIDERS")  # e.g. "triton": re-measure one provider
+    modes = os.environ.get("MAMBABOOK_SCAN_MODES")  # e.g. "fwd+bwd": re-measure one mode
     records: list[Record] = []
     for mode, dtype, L_max_loop in plan:
+        if modes and mode not in modes.split(","):
+            continue
         for name, make, L_max in scan_providers(mode, dtype, L_max_loop, device, **shape):
             if only and name not in only.split(","):
                 continue
