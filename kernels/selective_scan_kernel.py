@@ -1668,7 +1668,7 @@ BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: whic
 # interval CHUNK; where they are not, the rows backward runs instead. Measured on the H200
 # (2026-11-29, fp32, B=8, D=1536, N=16, L=4096; results/nvidia-h200/backward_lanes.json):
 # 8.1 ms with this launch, 7.07 ms with 8 channels in one warp, against the rows backward's
-# 5.29 ms. Nsight Compute (profile_lanes.json): 68 instructions per (step, state), 255
+# 5.29 ms in the same run (3.7 ms since its tiles of 2 pieces, session 8). Nsight Compute (profile_lanes.json): 68 instructions per (step, state), 255
 # registers with spills, 8 warps per SM, issue slots busy 20%; stalls on shuffles and shared
 # memory (short scoreboard 32%), loads and spills (22%) and barriers (14%), most of them
 # from the dB/dC sums over the program's channels. Kept opt-in and tested, not the default.
