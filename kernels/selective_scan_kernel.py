@@ -965,6 +965,19 @@ def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexp
 
 
 @triton.jit
+def _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, EVEN: tl.constexpr):
+    """A (BLOCK_D, T) piece's inputs, float32: delta (with its bias and softplus) and delta
+    before the softplus, u, dout, z and dy = dout * silu(z) (loads a caller leaves unused
+    are dropped by the compiler)."""
+    dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
+                other=None if EVEN else 0.0).to(tl.float32)
+    dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+    return dt, dt_raw, u, dout, zz, dy
+
+
+@triton.jit
 def _col(x, sel):
     """Column i of x (rows in registers, sel = (arange == i)[None, :]) as (rows, 1). The
     -0.0 fill makes the sum fold to a register pick (x + -0.0 is x for every x)."""
@@ -1274,9 +1287,9 @@ def _selective_scan_bwd_rows_kernel(
                 dtus = ()
                 for r in tl.static_range(R):
                     t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                                other=None if EVEN else 0.0).to(tl.float32)
+                    dt, _, u, _, _, _ = _piece_inputs(dt_base, u_base, do_base, z_base, t,
+                                                      mask_dt, bias, HAS_BIAS, SOFTPLUS, HAS_Z,
+                                                      EVEN)
                     dts = dts + (dt,)
                     dtus = dtus + (dt * u,)
                 h_ptr = tl_base + (j - j0) * dstate * dim
@@ -1311,10 +1324,9 @@ def _selective_scan_bwd_rows_kernel(
                 gBs = ()  # sum_n g_t[n] B_t[n]
                 for r in tl.static_range(R):
                     t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                    dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                                other=None if EVEN else 0.0).to(tl.float32)
-                    _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                    dt, _, u, _, _, dy = _piece_inputs(dt_base, u_base, do_base, z_base, t,
+                                                       mask_dt, bias, HAS_BIAS, SOFTPLUS, HAS_Z,
+                                                       EVEN)
                     dts = dts + (dt,)
                     dtus = dtus + (dt * u,)
                     dys = dys + (dy,)
@@ -1403,10 +1415,9 @@ def _selective_scan_bwd_rows_kernel(
                 # every state done: the tile's inputs again (from the cache) and its gradients
                 for r in tl.static_range(R):
                     t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                    dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                                other=None if EVEN else 0.0).to(tl.float32)
-                    dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
+                    dt, dt_raw, u, dout, zz, dy = _piece_inputs(dt_base, u_base, do_base, z_base,
+                                                                t, mask_dt, bias, HAS_BIAS,
+                                                                SOFTPLUS, HAS_Z, EVEN)
                     du = gBs[r] * dt
                     y = ys[r]
                     if HAS_D:
@@ -1659,7 +1670,7 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 # 3.34, 4 pieces 5.4-6.5). No autotuning: the atomics would need a reset per trial.
 BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True),
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True)}
-_INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, PREFETCH=True, BFLY=True)  # the interpreter's tile
+_INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
