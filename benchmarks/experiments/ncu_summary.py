@@ -1,8 +1,9 @@
 """Condense one Nsight Compute profile of a selective-scan kernel into JSON: a few metrics
 from ``ncu -i REP --page details``, and from ``ncu -i REP --page source --print-source sass
 --csv`` the warp-stall reasons (share of all samples), the instruction mix per (step, state)
-of the B=8, D=1536, L=4096, N=16 problem (warp instructions x 32 / B D L N), and which kind
-of load (global LDG, spilled LDL, shared LDS) the long-scoreboard samples wait for.
+of the B=8, D=1536, L=4096, N=16 problem (warp instructions x 32 / B D L N), which kind
+of load (global LDG, spilled LDL, shared LDS) the long-scoreboard samples wait for, and
+the instructions that wait longest, each with the load it waits on.
 
     python3 benchmarks/experiments/ncu_summary.py DETAILS.txt SASS.csv [--work B*D*L*N]
 """
@@ -59,10 +60,10 @@ def _registers(text: str) -> set[int]:
     return {int(r) for r in re.findall(r"\bR(\d+)\b", text)}
 
 
-def _producer(code: list[list[str]], k: int) -> str:
-    """The load whose result instruction k waits for: scanning back in address order (no
-    branches followed, so approximate), the nearest LDG/LDL/LDS writing one of k's source
-    registers (a 64- or 128-bit load writes 2 or 4 consecutive registers)."""
+def _producer(code: list[list[str]], k: int) -> tuple[str, int | None]:
+    """The load whose result instruction k waits for, and its index: scanning back in
+    address order (no branches followed, so approximate), the nearest LDG/LDL/LDS writing
+    one of k's source registers (a 64- or 128-bit load writes 2 or 4 consecutive registers)."""
     op, ops = _operands(code[k])
     stores = op.startswith(("ST", "RED", "ATOM"))
     wanted = set().union(*(_registers(o) for o in (ops if stores else ops[1:])))
@@ -73,8 +74,8 @@ def _producer(code: list[list[str]], k: int) -> str:
         dest = sorted(_registers(ops2[0]))
         width = 4 if ".128" in op2 else 2 if ".64" in op2 else 1
         if dest and wanted & set(range(dest[0], dest[0] + width)):
-            return op2.split(".")[0] + (f".{32 * width}" if width > 1 else "")
-    return "unknown"
+            return op2.split(".")[0] + (f".{32 * width}" if width > 1 else ""), j
+    return "unknown", None
 
 
 def source(path: str, work: int) -> dict:
@@ -84,6 +85,7 @@ def source(path: str, work: int) -> dict:
     body = [r for r in rows[rows.index(head) + 1:] if len(r) >= len(head)]
     stalls = [h for h in head if h.startswith("stall_") and "Not Issued" not in h]
     executed, samples, waits = collections.Counter(), collections.Counter(), collections.Counter()
+    pairs = collections.Counter()  # (waiting instruction, load) -> long-scoreboard samples
     total_exec = total_samples = 0
     code = [r[ix["Source"]].split() for r in body]
     for k, r in enumerate(body):
@@ -92,7 +94,9 @@ def source(path: str, work: int) -> dict:
             continue
         long_sb = int(r[ix["stall_long_sb"]] or 0) if "stall_long_sb" in ix else 0
         if long_sb:
-            waits[_producer(code, k)] += long_sb
+            kind, j = _producer(code, k)
+            waits[kind] += long_sb
+            pairs[(k, j)] += long_sb
         op = (words[1] if words[0].startswith("@") else words[0]).split(".")[0]
         n = int(r[ix["Instructions Executed"]] or 0)
         executed[op] += n
@@ -110,6 +114,15 @@ def source(path: str, work: int) -> dict:
         # long-scoreboard samples by the kind of load waited for (see _producer)
         "long_sb_by_load_pct": {k: round(100.0 * v / max(sum(waits.values()), 1), 1)
                                 for k, v in waits.most_common()},
+        # the largest of those waits: which instruction waited, on which load, how far apart
+        # (instructions in address order) and how often each ran
+        "long_sb_top_waits": [
+            {"pct": round(100.0 * v / max(sum(waits.values()), 1), 1),
+             "waiting": f"[{k}] " + " ".join(code[k]),
+             "executed": int(body[k][ix["Instructions Executed"]] or 0),
+             "load": None if j is None else f"[{j}] " + " ".join(code[j]),
+             "distance": None if j is None else k - j}
+            for (k, j), v in pairs.most_common(6)],
     }
 
 
