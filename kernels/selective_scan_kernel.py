@@ -1177,8 +1177,9 @@ def _selective_scan_bwd_rows_kernel(
     loop body was 50 KB of machine code (past the instruction cache) and took a minute to
     compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
     thread. With PREFETCH, each state's iteration first loads the next state's columns, so
-    that their latency (a round trip to L2) overlaps a state's work instead of stalling it.
-    Longer tiles (R > 1) load and store those columns once per R T steps instead of T, and
+    that their latency (a round trip to L2) overlaps a state's work instead of stalling it
+    (ptxas issues those loads later than written, and the copy into the loop-carried
+    registers waits on them: benchmarks/selective_scan_notes.md, session 8). Longer tiles (R > 1) load and store those columns once per R T steps instead of T, and
     the tile's inputs are loaded again after the states (from the cache) rather than kept
     in registers through them.
     dB and dC of time-varying B, C are summed over the block's channels before one atomic
