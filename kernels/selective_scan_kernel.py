@@ -978,6 +978,25 @@ def _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt, bias, HAS_BIAS: 
 
 
 @triton.jit
+def _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t, mask_c, L, bias,
+                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
+                 EVEN: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
+    """A tile's R pieces from step t0 (tuples of (BLOCK_D, T) float32): delta, delta u and
+    dy (loads a caller leaves unused are dropped by the compiler)."""
+    dts = ()
+    dtus = ()
+    dys = ()
+    for r in tl.static_range(R):
+        t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
+        dt, dt_raw, u, dout, zz, dy = _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt,
+                                                    bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN)
+        dts = dts + (dt,)
+        dtus = dtus + (dt * u,)
+        dys = dys + (dy,)
+    return dts, dtus, dys
+
+
+@triton.jit
 def _col(x, sel):
     """Column i of x (rows in registers, sel = (arange == i)[None, :]) as (rows, 1). The
     -0.0 fill makes the sum fold to a register pick (x + -0.0 is x for every x)."""
@@ -1179,9 +1198,10 @@ def _selective_scan_bwd_rows_kernel(
     thread. With PREFETCH, each state's iteration first loads the next state's columns, so
     that their latency (a round trip to L2) overlaps a state's work instead of stalling it
     (ptxas issues those loads later than written, and the copy into the loop-carried
-    registers waits on them: benchmarks/selective_scan_notes.md, session 8). Longer tiles (R > 1) load and store those columns once per R T steps instead of T, and
-    the tile's inputs are loaded again after the states (from the cache) rather than kept
-    in registers through them.
+    registers waits on them: benchmarks/selective_scan_notes.md, session 8). Longer tiles
+    (R > 1) load and store those columns once per R T steps instead of T, and the tile's
+    inputs are loaded again after the states (from the cache) rather than kept in registers
+    through them.
     dB and dC of time-varying B, C are summed over the block's channels before one atomic
     add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
     (`_lane_sums`), else by tl.sum (5 shuffle rounds per value).
@@ -1284,15 +1304,9 @@ def _selective_scan_bwd_rows_kernel(
                 tl.store(tl_base + n * dim, _col_load(ck_base + k * dstate + n, mask_c), mask=mask_c)
             for j in range(j0, j1 - 1):  # (the last tile's end state is not needed)
                 t0 = j * TT
-                dts = ()
-                dtus = ()
-                for r in tl.static_range(R):
-                    t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                    dt, _, u, _, _, _ = _piece_inputs(dt_base, u_base, do_base, z_base, t,
-                                                      mask_dt, bias, HAS_BIAS, SOFTPLUS, HAS_Z,
-                                                      EVEN)
-                    dts = dts + (dt,)
-                    dtus = dtus + (dt * u,)
+                dts, dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t,
+                                              mask_c, L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN,
+                                              T, R)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if PREFETCH:
                     h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t0, offs_t, L,
@@ -1317,20 +1331,13 @@ def _selective_scan_bwd_rows_kernel(
             for ji in range(0, j1 - j0):
                 j = j1 - 1 - ji
                 t0 = j * TT
-                dts = ()
-                dtus = ()
-                dys = ()
+                dts, dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t,
+                                              mask_c, L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN,
+                                              T, R)
                 ys = ()
                 ddts = ()
                 gBs = ()  # sum_n g_t[n] B_t[n]
-                for r in tl.static_range(R):
-                    t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                    dt, _, u, _, _, dy = _piece_inputs(dt_base, u_base, do_base, z_base, t,
-                                                       mask_dt, bias, HAS_BIAS, SOFTPLUS, HAS_Z,
-                                                       EVEN)
-                    dts = dts + (dt,)
-                    dtus = dtus + (dt * u,)
-                    dys = dys + (dy,)
+                for _r in tl.static_range(R):
                     ys = ys + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                     ddts = ddts + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                     gBs = gBs + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)

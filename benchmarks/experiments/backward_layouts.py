@@ -18,12 +18,11 @@ it instead of the chunk backward (which takes a minute to compile).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import sys
 
 import torch
+from lanes_variants import load_variant  # this folder's sibling script
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance, time_fn
@@ -51,15 +50,6 @@ def parse_launch(spec: str, variant: str) -> dict:
     for o in opts:
         launch[{"T": "T", "R": "R", "M": "maxnreg"}[o[0]]] = int(o[1:])
     return launch
-
-
-def load_module(path: str):
-    """A copy of the kernel module under its own name (its kernels compile separately)."""
-    spec = importlib.util.spec_from_file_location("mambabook.kernels.baseline_kernel", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:
@@ -96,7 +86,7 @@ def main() -> None:
 
     launches = [parse_launch(x, v) for x in args.launches.split(",")
                 for v in args.variants.split(",")]
-    base = load_module(args.baseline) if args.baseline else None
+    base = load_variant("baseline", args.baseline) if args.baseline else None
     default = {size: dict(launch) for size, launch in ss.BWD_ROWS.items()}
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname in args.dtypes.split(","):
