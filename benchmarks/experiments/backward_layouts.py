@@ -9,10 +9,12 @@ B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; nee
     python3 benchmarks/experiments/backward_layouts.py --out /tmp/backward_layouts.json
 
 A launch is BLOCK_D x num_warps, optionally followed by :T<steps per piece>, :R<pieces per
-tile> and :M<register cap>, e.g. 32x1:T4:R2:M168. --baseline times the rows backward of a
-copy of the kernel module (e.g. `git show HEAD~3:kernels/selective_scan_kernel.py`) at its
-own launch beside them, on the same inputs; --reference baseline checks gradients against
-it instead of the chunk backward (which takes a minute to compile).
+tile>, :M<register cap> and :P<PREFETCH value>, e.g. 32x1:T4:R2:M168 (P2: the states in
+pairs of experiments/rows_pairs.patch). --baseline times the rows backward of a copy of the
+kernel module (e.g. `git show HEAD~3:kernels/selective_scan_kernel.py`) at its own launch
+beside them, on the same inputs, and --baseline-launches at those launches too (each at
+every --segments); --reference baseline checks gradients against it instead of the chunk
+backward (which takes a minute to compile).
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ def grads_close(got, want) -> float:
 
 
 def parse_launch(spec: str, variant: str) -> dict:
-    """BLOCK_D x num_warps[:T<n>][:R<n>][:M<n>] and the PREFETCH, BFLY bits -> a BWD_ROWS dict."""
+    """BLOCK_D x num_warps[:T<n>][:R<n>][:M<n>][:P<n>] and the PREFETCH, BFLY bits -> a
+    BWD_ROWS dict (:P sets PREFETCH to n)."""
     head, *opts = spec.split(":")
     bd, w = head.split("x")
     launch = dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=variant[0] == "1",
                   BFLY=variant[1] == "1")
     for o in opts:
-        launch[{"T": "T", "R": "R", "M": "maxnreg"}[o[0]]] = int(o[1:])
+        launch[{"T": "T", "R": "R", "M": "maxnreg", "P": "PREFETCH"}[o[0]]] = int(o[1:])
     return launch
 
 
@@ -65,6 +68,9 @@ def main() -> None:
                     help="launches of the lanes backward to time, CPW x warps x T, e.g. "
                          "4x8x8,8x1x8,4x1x8 (empty: none)")
     ap.add_argument("--baseline", default="", help="a copy of the kernel module to time beside")
+    ap.add_argument("--baseline-launches", default="",
+                    help="launches to time the baseline module at (as --launches), each at "
+                         "every --segments")
     ap.add_argument("--reference", default="chunk", choices=["chunk", "baseline"])
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--fwdbwd", default="chunk,rows",
@@ -102,6 +108,23 @@ def main() -> None:
                 log(dict(L=L, dtype=dname, what="bwd", method="rows", launch="baseline",
                          baseline=args.baseline, baseline_launch=base.BWD_ROWS,
                          ms=time_fn(base_bwd, dev)))
+                base_default = dict(base.BWD_ROWS)
+                for launch in [parse_launch(x, v) for x in args.baseline_launches.split(",")
+                               if x for v in args.variants.split(",")]:
+                    base.BWD_ROWS = {4: launch, 2: launch}
+                    for segs in [int(s) for s in args.segments.split(",")]:
+                        base.BWD_SEGMENTS = segs
+                        rec = dict(L=L, dtype=dname, what="bwd", method="rows",
+                                   module="baseline", baseline=args.baseline, launch=launch,
+                                   segments=segs)
+                        try:
+                            err = grads_close(base_bwd(), got)
+                            rec.update(ms=time_fn(base_bwd, dev), rel_err_vs_baseline=err)
+                        except Exception as e:  # noqa: BLE001 - a failed launch is a result
+                            rec.update(error=repr(e)[:300])
+                        log(rec)
+                base.BWD_ROWS = base_default
+                base.BWD_SEGMENTS = None
             if args.reference == "chunk":
                 want = bwd("chunk")
                 ms = time_fn(lambda: bwd("chunk"), dev)
@@ -151,7 +174,7 @@ def main() -> None:
     if args.record:  # each dtype's fastest launch
         best = {}
         for r in records:
-            if isinstance(r.get("launch"), dict) and "ms" in r:
+            if isinstance(r.get("launch"), dict) and "ms" in r and "module" not in r:
                 size = DTYPES[r["dtype"]].itemsize
                 if size not in best or r["ms"] < best[size][0]:
                     best[size] = (r["ms"], r["launch"])

@@ -1,0 +1,73 @@
+"""Where the time of one forward + backward goes: every GPU kernel of
+`mambabook.kernels.selective_scan(...).backward(dout)` at B=8, D=1536, N=16 (time-varying B and
+C, D, z, delta_bias, softplus), timed by torch.profiler over several steps; needs a GPU.
+
+    python3 benchmarks/experiments/fwdbwd_breakdown.py --out /tmp/breakdown.json
+
+Each record is one kernel name with its mean time per step (CUDA time), so the forward, the
+two passes of the backward and the glue (transposes, zeroing, the partial sums' reductions,
+casts) can be read apart. The profiler adds a little per launch; do_bench of the whole step
+is logged beside it for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import mambabook.kernels.selective_scan_kernel as ss
+from mambabook.bench import provenance, time_fn
+from mambabook.suites.selective_scan import make_scan_inputs
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lengths", default="4096")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    B, D, N = 8, 1536, 16
+    records = []
+    for L in [int(x) for x in args.lengths.split(",")]:
+        for dname in args.dtypes.split(","):
+            leaves = make_scan_inputs(B, D, L, N, DTYPES[dname], dev, requires_grad=True)
+            dout = torch.randn_like(leaves["u"])
+
+            def step(leaves=leaves, dout=dout):
+                ss.selective_scan(**leaves, delta_softplus=True).backward(dout)
+
+            ms = time_fn(step, dev)
+            step()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(args.steps):
+                    step()
+                torch.cuda.synchronize()
+            per = defaultdict(lambda: [0.0, 0])
+            for ev in prof.events():
+                if ev.device_type == torch.autograd.DeviceType.CUDA:
+                    per[ev.name][0] += ev.device_time_total / 1000.0  # us -> ms
+                    per[ev.name][1] += 1
+            kernels = sorted(((name, t / args.steps, c / args.steps) for name, (t, c) in per.items()),
+                             key=lambda x: -x[1])
+            rec = dict(L=L, dtype=dname, step_ms_do_bench=ms,
+                       sum_kernel_ms=sum(k[1] for k in kernels),
+                       kernels=[dict(name=k[0][:120], ms=k[1], launches=k[2]) for k in kernels])
+            records.append(rec)
+            print(json.dumps(rec, indent=1), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
+                   "command": "python3 benchmarks/experiments/fwdbwd_breakdown.py",
+                   "records": records}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
