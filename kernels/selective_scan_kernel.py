@@ -1166,10 +1166,10 @@ def _selective_scan_bwd_rows_kernel(
     # pointers: gradients. dA and (D, N) dB, dC: float32 partial sums (n_seg, B, N, D), zeroed;
     # dD, dbias: (n_seg, B, D); time-varying dB, dC: float32, one atomic add per (block, n, t)
     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
-    # scratch: segment summaries K (B, n_seg, N, D) and S (B, n_seg, D), the running k
+    # scratch: sub-segment summaries K (B, n_sub, N, D) and S (B, n_sub, D), the running k
     # (B, n_seg, N, D) and the tile-start states of a chunk (B, n_seg, CHUNK / (R T), N, D)
     seg_k_ptr, seg_s_ptr, kap_ptr, tiles_ptr,
-    L, dim, dstate, dpg, seg_len, n_seg,
+    L, dim, dstate, dpg, seg_len, n_seg, sub_len, n_sub,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -1185,7 +1185,9 @@ def _selective_scan_bwd_rows_kernel(
     tiles as k = a_t g_t at a tile's first step. Segments of L run side by side, as in the
     forward: PASS 1 runs each segment but the first from k = 0 and stores K (its k out) and
     S (its delta sum); a segment maps k -> exp(A S) k + K, so PASS 2 starts each segment
-    from the composition of the maps after it. Inside a segment, chunks of CHUNK steps go in
+    from the composition of the maps after it. PASS 1 may cut each segment into n_sub /
+    n_seg sub-segments of sub_len steps (more threads for a pass that does a fifth of the
+    work; PASS 2 then composes the sub-segments' maps). Inside a segment, chunks of CHUNK steps go in
     reverse: from the forward's checkpoint, a forward sweep stores each tile's starting
     state in a scratch, then the tiles go in reverse: the tile's states from the stored one,
     the gradient scan, every gradient.
@@ -1208,9 +1210,11 @@ def _selective_scan_bwd_rows_kernel(
     """
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
-    seg = tl.program_id(2)  # segment of the sequence
-    if PASS == 1:
-        seg += 1  # nothing comes before segment 0: its k out is never needed
+    seg = tl.program_id(2)  # segment of the sequence (PASS 1: sub-segment)
+    s_len = seg_len
+    if PASS == 1:  # n_sub / n_seg sub-segments a segment; those of segment 0 are never needed
+        seg += n_sub // n_seg
+        s_len = sub_len
     d_col = offs_d[:, None]  # (BLOCK_D, 1)
     mask_c = mask_d[:, None]
     offs_t = tl.arange(0, T)
@@ -1229,9 +1233,9 @@ def _selective_scan_bwd_rows_kernel(
     C_base = C_ptr + pid_b * s_C_b + grp * s_C_g
     dB_base = dB_ptr + pid_b * s_dB_b + grp * s_dB_g
     dC_base = dC_ptr + pid_b * s_dB_b + grp * s_dB_g
-    sk_base = seg_k_ptr + pid_b * n_seg * dstate * dim + d_col  # + (s * N + n) * dim
-    ss_base = seg_s_ptr + pid_b * n_seg * dim + d_col  # + s * dim
-    s_end = tl.minimum(seg * seg_len + seg_len, L)  # the segment: steps seg * seg_len .. s_end - 1
+    sk_base = seg_k_ptr + pid_b * n_sub * dstate * dim + d_col  # + (s * N + n) * dim
+    ss_base = seg_s_ptr + pid_b * n_sub * dim + d_col  # + s * dim
+    s_end = tl.minimum(seg * s_len + s_len, L)  # the (sub-)segment: steps seg * s_len .. s_end - 1
 
     TT: tl.constexpr = R * T  # steps per tile: R pieces of T, each one load per row
     if PASS == 1:
@@ -1239,7 +1243,7 @@ def _selective_scan_bwd_rows_kernel(
         for n in range(0, dstate):
             tl.store(kp + n * dim, tl.zeros((BLOCK_D, 1), dtype=tl.float32), mask=mask_c)
         S = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
-        c0 = (seg * seg_len) // TT
+        c0 = (seg * s_len) // TT
         c1 = tl.cdiv(s_end, TT)
         for ci in range(0, c1 - c0):
             t0 = (c1 - 1 - ci) * TT  # tiles in reverse
@@ -1275,8 +1279,8 @@ def _selective_scan_bwd_rows_kernel(
         for n in range(0, dstate):  # k entering from the segments after, the last first
             A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
             kn = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
-            for jj in range(0, n_seg - 1 - seg):
-                j = n_seg - 1 - jj
+            for jj in range(0, n_sub - (seg + 1) * (n_sub // n_seg)):  # sub-segments after
+                j = n_sub - 1 - jj
                 kn = (tl.exp2(_col_load(ss_base + j * dim, mask_c) * A2n) * kn
                       + _col_load(sk_base + (j * dstate + n) * dim, mask_c))
             tl.store(kp + n * dim, kn, mask=mask_c)
@@ -1680,6 +1684,7 @@ BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True)
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True)}
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
+BWD_SPLIT = 1  # sub-segments per segment in the rows backward's PASS 1 (fewer if they would not tile)
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
 # (the program's channels share one atomic per (state, step) for time-varying dB, dC), runs
@@ -2098,18 +2103,24 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         launch.setdefault("R", 1)
         while cfg["CHUNK"] % (launch["R"] * launch["T"]):  # tiles must tile a chunk
             launch["R"] //= 2
-        tpc = cfg["CHUNK"] // (launch["R"] * launch["T"])  # tiles per chunk
-        seg_k, kap = (u.new_empty(bsz, n_seg, dstate, dim, dtype=torch.float32) for _ in "kk")
-        seg_s = u.new_empty(bsz, n_seg, dim, dtype=torch.float32)
+        tile = launch["R"] * launch["T"]
+        tpc = cfg["CHUNK"] // tile  # tiles per chunk
+        split = max(1, BWD_SPLIT)
+        while seg_len % (split * tile):  # PASS 1's sub-segments are whole tiles
+            split -= 1
+        seg_k = u.new_empty(bsz, n_seg * split, dstate, dim, dtype=torch.float32)
+        seg_s = u.new_empty(bsz, n_seg * split, dim, dtype=torch.float32)
+        kap = u.new_empty(bsz, n_seg, dstate, dim, dtype=torch.float32)
         tiles = u.new_empty(bsz, n_seg, tpc, dstate, dim, dtype=torch.float32)
         args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
-                *strides)
+                seg_len // split, n_seg * split, *strides)
         even = length % (launch["R"] * launch["T"]) == 0 and dpg % launch["BLOCK_D"] == 0
         lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
         bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
             and launch["T"] in (1, 2, 4, 8) else 0
         launch = {k: v for k, v in launch.items() if k != "BFLY"}
-        for pass_, segs in ((1, n_seg - 1), (2, n_seg)):  # PASS 1: segments 1 .. n_seg - 1
+        # PASS 1: the sub-segments of segments 1 .. n_seg - 1
+        for pass_, segs in ((1, (n_seg - 1) * split), (2, n_seg)):
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)

@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="4096")
     ap.add_argument("--segments", default="1,2,4,8")
+    ap.add_argument("--splits", default="1",
+                    help="sub-segments per segment in PASS 1 (BWD_SPLIT) for the library's launches")
     ap.add_argument("--launches", default="32x1,64x2,64x1,128x4",
                     help="BLOCK_D x num_warps of the rows backward")
     ap.add_argument("--variants", default="11",
@@ -133,19 +135,22 @@ def main() -> None:
                 want = got
             for launch in launches:
                 ss.BWD_ROWS = {4: launch, 2: launch}  # whichever the dtype
-                for segs in [int(s) for s in args.segments.split(",")]:
-                    ss.BWD_SEGMENTS = segs
+                for segs, split in [(int(s), int(f)) for s in args.segments.split(",")
+                                    for f in args.splits.split(",")]:
+                    ss.BWD_SEGMENTS, ss.BWD_SPLIT = segs, split
                     try:
                         err = grads_close(bwd("rows"), want)
                         ms = time_fn(lambda: bwd("rows"), dev)
                     except Exception as e:  # noqa: BLE001 - a launch that fails is a result too
                         log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
-                                 segments=segs, error=repr(e)[:300]))
+                                 segments=segs, split=split, error=repr(e)[:300]))
                         continue
                     log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
-                             segments=segs, ms=ms, rel_err=err, reference=args.reference))
+                             segments=segs, split=split, ms=ms, rel_err=err,
+                             reference=args.reference))
             ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
+            ss.BWD_SPLIT = 1
             default_lanes = dict(ss.BWD_LANES)
             for spec in filter(None, args.lanes.split(",")):
                 cpw, w, t = (int(v) for v in spec.split("x"))

@@ -402,15 +402,17 @@ def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
 @settings(max_examples=12, deadline=None)
 @given(**CASES, block_d=st.sampled_from([2, 4, 8, 16]), tile=st.sampled_from([2, 4, 8]),
        pieces=st.sampled_from([1, 2, 4]), chunk=st.sampled_from([4, 8, 16]),
-       segments=st.sampled_from([1, 2, 3]), prefetch=st.booleans(), bfly=st.booleans())
+       segments=st.sampled_from([1, 2, 3]), split=st.sampled_from([1, 2, 4]),
+       prefetch=st.booleans(), bfly=st.booleans())
 def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
                                                   has_bias, softplus, block_d, tile, pieces,
-                                                  chunk, segments, prefetch, bfly):
+                                                  chunk, segments, split, prefetch, bfly):
     """The rows backward (tiles of R pieces of T steps in one thread, the gradient's carry
     a g between tiles, chunks recomputed from the checkpoints, L cut into segments joined
-    by a first pass, dB and dC summed over the block's channels by tl.sum or by a butterfly,
-    each state's columns loaded during the state before or not) gives every gradient of the
-    ref, for every layout and option, masked (L, D not multiples of the tile) and not."""
+    by a first pass over sub-segments, dB and dC summed over the block's channels by tl.sum
+    or by a butterfly, each state's columns loaded during the state before or not) gives
+    every gradient of the ref, for every layout and option, masked (L, D not multiples of
+    the tile) and not."""
     tile = min(tile, chunk)
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
@@ -419,8 +421,42 @@ def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layo
         mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=block_d, T=tile, R=pieces,
                                                    PREFETCH=prefetch, BFLY=bfly))
         mp.setattr(ss, "BWD_SEGMENTS", segments)
+        mp.setattr(ss, "BWD_SPLIT", split)
         mp.setattr(ss, "_config", small_chunks(chunk))
         check_against_ref(inputs, softplus, torch.float32)
+
+
+@pytest.mark.parametrize("length, split, runs", [(61, 2, 2), (61, 4, 3), (64, 3, 3), (37, 4, 4)])
+def test_selective_scan_rows_backward_sub_segments(length, split, runs):
+    """PASS 1 over sub-segments gives the gradients of the ref and those of one sub-segment
+    per segment: PASS 2 composes the sub-segments' maps in order. 3 segments of 24 steps
+    (16 at L = 37, where the last is short and two of its sub-segments are empty) in tiles of
+    4 steps; 4 sub-segments of 6 steps would cut tiles, so 3 run instead."""
+    inputs = make_inputs(2, 6, length, 4, "BGNL", 2, True, True, True)
+    dout = torch.randn(2, 6, length)
+
+    def grads(mp, split):
+        mp.setattr(ss, "BWD_SPLIT", split)
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        out = ss.selective_scan(**leaves, delta_softplus=True)
+        return torch.autograd.grad(out, list(leaves.values()), dout)
+
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    want = torch.autograd.grad(selective_scan_ref(**leaves, delta_softplus=True),
+                               list(leaves.values()), dout)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=4, T=2, R=2, PREFETCH=True, BFLY=True))
+        mp.setattr(ss, "BWD_SEGMENTS", 3)
+        mp.setattr(ss, "_config", small_chunks(8))
+        one = grads(mp, 1)
+        spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
+        mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
+        got = grads(mp, split)
+    assert spy.grids[0][2] == 2 * runs  # PASS 1: `runs` sub-segments in each of segments 1, 2
+    for g, o, w in zip(got, one, want):
+        torch.testing.assert_close(g, w, **tol(torch.float32))
+        torch.testing.assert_close(g, o, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=12, deadline=None)
