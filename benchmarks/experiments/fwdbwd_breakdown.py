@@ -32,52 +32,53 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--split", type=int, default=ss.BWD_SPLIT, help="BWD_SPLIT (PASS 1's sub-segments)")
+    ap.add_argument("--splits", default=str(ss.BWD_SPLIT),
+                    help="values of BWD_SPLIT (PASS 1's sub-segments) to profile at")
     args = ap.parse_args()
-    ss.BWD_SPLIT = args.split
     dev = torch.device("cuda")
     B, D, N = 8, 1536, 16
     records = []
-    for L in [int(x) for x in args.lengths.split(",")]:
-        for dname in args.dtypes.split(","):
-            leaves = make_scan_inputs(B, D, L, N, DTYPES[dname], dev, requires_grad=True)
-            dout = torch.randn_like(leaves["u"])
+    for L, dname, split in [(int(x), d, int(f)) for x in args.lengths.split(",")
+                            for d in args.dtypes.split(",") for f in args.splits.split(",")]:
+        ss.BWD_SPLIT = split
+        leaves = make_scan_inputs(B, D, L, N, DTYPES[dname], dev, requires_grad=True)
+        dout = torch.randn_like(leaves["u"])
 
-            def step(leaves=leaves, dout=dout):  # as the suite times it: no .grad accumulated
-                torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
-                                    list(leaves.values()), dout)
+        def step(leaves=leaves, dout=dout):  # as the suite times it: no .grad accumulated
+            torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
+                                list(leaves.values()), dout)
 
-            ms = time_fn(step, dev)
-            step()
+        ms = time_fn(step, dev)
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                step()
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(args.steps):
-                    step()
-                torch.cuda.synchronize()
-            per = defaultdict(lambda: [0.0, 0])
-            seq = []  # (name, ms) of every launch, in order: the rows backward's two passes apart
-            for ev in prof.events():
-                if ev.device_type == torch.autograd.DeviceType.CUDA:
-                    per[ev.name][0] += ev.device_time_total / 1000.0  # us -> ms
-                    per[ev.name][1] += 1
-                    seq.append((ev.name, ev.device_time_total / 1000.0))
-            n_step = len(seq) // args.steps
-            launches = [dict(name=seq[i][0][:60],
-                             ms=sum(seq[i + k * n_step][1] for k in range(args.steps)) / args.steps)
-                        for i in range(n_step)]
-            kernels = sorted(((name, t / args.steps, c / args.steps) for name, (t, c) in per.items()),
-                             key=lambda x: -x[1])
-            rec = dict(L=L, dtype=dname, step_ms_do_bench=ms,
-                       sum_kernel_ms=sum(k[1] for k in kernels),
-                       kernels=[dict(name=k[0][:120], ms=k[1], launches=k[2]) for k in kernels],
-                       launches_in_order=launches)
-            records.append(rec)
-            print(json.dumps(rec, indent=1), flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
-                   "command": "python3 benchmarks/experiments/fwdbwd_breakdown.py",
-                   "split": args.split,
-                   "records": records}, f, indent=1)
+        per = defaultdict(lambda: [0.0, 0])
+        seq = []  # (name, ms) of every launch, in order: the rows backward's two passes apart
+        for ev in prof.events():
+            if ev.device_type == torch.autograd.DeviceType.CUDA:
+                per[ev.name][0] += ev.device_time_total / 1000.0  # us -> ms
+                per[ev.name][1] += 1
+                seq.append((ev.name, ev.device_time_total / 1000.0))
+        n_step = len(seq) // args.steps
+        launches = [dict(name=seq[i][0][:60],
+                         ms=sum(seq[i + k * n_step][1] for k in range(args.steps)) / args.steps)
+                    for i in range(n_step)]
+        kernels = sorted(((name, t / args.steps, c / args.steps) for name, (t, c) in per.items()),
+                         key=lambda x: -x[1])
+        rec = dict(L=L, dtype=dname, split=split, step_ms_do_bench=ms,
+                   sum_kernel_ms=sum(k[1] for k in kernels),
+                   kernels=[dict(name=k[0][:120], ms=k[1], launches=k[2]) for k in kernels],
+                   launches_in_order=launches)
+        records.append(rec)
+        print(L, dname, f"split {split}", f"step {ms:.3f} ms (do_bench)",
+              " | ".join(f"{x['name'][:32]} {x['ms']:.3f}" for x in launches), flush=True)
+        with open(args.out, "w") as f:  # after every record: a run cut short keeps its results
+            json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
+                       "command": "python3 benchmarks/experiments/fwdbwd_breakdown.py",
+                       "records": records}, f, indent=1)
 
 
 if __name__ == "__main__":
