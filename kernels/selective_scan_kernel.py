@@ -1684,7 +1684,13 @@ BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True)
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True)}
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
-BWD_SPLIT = 1  # sub-segments per segment in the rows backward's PASS 1 (fewer if they would not tile)
+# The rows backward's PASS 1 runs only (n_seg - 1) x B x D / BLOCK_D one-warp programs (1,152
+# at B=8, D=1536, 4 segments: 8.7 warps per SM), so it cuts each segment into BWD_SPLIT
+# sub-segments (fewer where they would not be whole tiles, or where PASS 2 would compose more
+# than 32 maps). H200, B=8, D=1536, N=16, L=4096 (session 9, backward_rows_sweep.json): PASS 1
+# 0.72 -> 0.58 ms (fp32) and 0.46 -> 0.35 ms (bf16) at 4; the backward 3.74 -> 3.46-3.55 ms with
+# 2, 4 or 8 (fp32), 2.77 -> 2.74 / 2.65 / 2.64 ms (bf16).
+BWD_SPLIT = 4
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
 # (the program's channels share one atomic per (state, step) for time-varying dB, dC), runs
@@ -2105,7 +2111,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
             launch["R"] //= 2
         tile = launch["R"] * launch["T"]
         tpc = cfg["CHUNK"] // tile  # tiles per chunk
-        split = max(1, BWD_SPLIT)
+        split = max(1, min(BWD_SPLIT, 32 // n_seg))
         while seg_len % (split * tile):  # PASS 1's sub-segments are whole tiles
             split -= 1
         seg_k = u.new_empty(bsz, n_seg * split, dstate, dim, dtype=torch.float32)

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="4096")
     ap.add_argument("--segments", default="1,2,4,8")
-    ap.add_argument("--splits", default="1",
+    ap.add_argument("--splits", default=str(ss.BWD_SPLIT),
                     help="sub-segments per segment in PASS 1 (BWD_SPLIT) for the library's launches")
     ap.add_argument("--launches", default="32x1,64x2,64x1,128x4",
                     help="BLOCK_D x num_warps of the rows backward")
@@ -96,6 +96,7 @@ def main() -> None:
                 for v in args.variants.split(",")]
     base = load_variant("baseline", args.baseline) if args.baseline else None
     default = {size: dict(launch) for size, launch in ss.BWD_ROWS.items()}
+    default_split = ss.BWD_SPLIT
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname in args.dtypes.split(","):
             dtype = DTYPES[dname]
@@ -150,7 +151,7 @@ def main() -> None:
                              reference=args.reference))
             ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
-            ss.BWD_SPLIT = 1
+            ss.BWD_SPLIT = default_split
             default_lanes = dict(ss.BWD_LANES)
             for spec in filter(None, args.lanes.split(",")):
                 cpw, w, t = (int(v) for v in spec.split("x"))
