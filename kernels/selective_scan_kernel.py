@@ -1053,35 +1053,76 @@ def _bc_pieces(M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c,
 @triton.jit
 def _k_cols(x_ptr, A_col, M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c,
             VARYING_BC: tl.constexpr, EVEN: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
-            R: tl.constexpr):
+            R: tl.constexpr, LOAD_BC: tl.constexpr):
     """State n's columns for a one-way sweep: a scratch column (a carry), A log2 e, and B or C
-    (R pieces)."""
+    (R pieces; () without LOAD_BC: they come from `_lane_pieces`)."""
     x = _col_load(x_ptr + n * dim, mask_c)
     A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
-    M = _bc_pieces(M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
-                   BLOCK_D, T, R)
+    M = ()
+    if LOAD_BC:
+        M = _bc_pieces(M_base, M_ptr, n, s_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC,
+                       EVEN, BLOCK_D, T, R)
     return x, A2n, M
 
 
 @triton.jit
 def _rev_cols(h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n, s_B_n, s_C_n,
               t0, offs_t, L, dim, d_col, mask_c, VARYING_BC: tl.constexpr, EVEN: tl.constexpr,
-              BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
+              BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr, LOAD_BC: tl.constexpr):
     """State n's columns for a reverse tile: its tile-start state, k, A log2 e, the dA sum so
-    far, B, C (R pieces each), and the dB, dC sums of (D, N) B, C (dA's again when B, C vary
-    in time)."""
+    far, B, C (R pieces each; () without LOAD_BC), and the dB, dC sums of (D, N) B, C (dA's
+    again when B, C vary in time)."""
     h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t0, offs_t, L, dim, d_col,
-                            mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
+                            mask_c, VARYING_BC, EVEN, BLOCK_D, T, R, LOAD_BC)
     k_in = _col_load(kp + n * dim, mask_c)
     dA_o = _col_load(dA_p + n * dim, mask_c)
-    Cn = _bc_pieces(C_base, C_ptr, n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC,
-                    EVEN, BLOCK_D, T, R)
+    Cn = ()
+    if LOAD_BC:
+        Cn = _bc_pieces(C_base, C_ptr, n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC,
+                        EVEN, BLOCK_D, T, R)
     dB_o = dA_o
     dC_o = dA_o
     if not VARYING_BC:
         dB_o = _col_load(dB_p + n * dim, mask_c)
         dC_o = _col_load(dC_p + n * dim, mask_c)
     return h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o
+
+
+@triton.jit
+def _bc_lanes(M_base, s_n, dstate, t0, offs_t, L, EVEN: tl.constexpr, BLOCK_D: tl.constexpr,
+              T: tl.constexpr, R: tl.constexpr):
+    """Time-varying B or C of every state on a tile, one piece per row: row i holds state
+    i // R, piece i % R (T steps), float32; rows past N R are 0. One 16-byte load per lane
+    instead of one per (state, piece): `_lane_pieces` hands each state's pieces to every
+    row by shuffles."""
+    row = tl.arange(0, BLOCK_D)[:, None]
+    t = t0 + (row % R) * T + offs_t[None, :]
+    mask = row < dstate * R
+    if not EVEN:
+        mask = mask & (t < L)
+    return tl.load(M_base + (row // R) * s_n + t, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _lane_pieces(M, n, R: tl.constexpr, ASM: tl.constexpr):
+    """State n's R pieces from `_bc_lanes`'s tile: row n R + r of M in every row, by one
+    indexed shuffle per value on a GPU (rows along lanes, checked as for the butterfly);
+    under the interpreter, the same through a masked sum over rows."""
+    out = ()
+    for r in tl.static_range(R):
+        src = n * R + r
+        if ASM:
+            y = tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r",
+                                          [M.to(tl.int32, bitcast=True),
+                                           tl.zeros(M.shape, tl.int32) + src],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+            y = y.to(tl.float32, bitcast=True)
+        else:
+            row = tl.arange(0, M.shape[0])[:, None]
+            y = tl.broadcast_to(tl.sum(tl.where(row == src, M, 0.0), axis=0, keep_dims=True),
+                                M.shape)
+        out = out + (y,)
+    return out
 
 
 @triton.jit
@@ -1175,7 +1216,7 @@ def _selective_scan_bwd_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
     CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-    BFLY: tl.constexpr, ASM: tl.constexpr,
+    BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards. A tile is R
@@ -1206,7 +1247,10 @@ def _selective_scan_bwd_rows_kernel(
     through them.
     dB and dC of time-varying B, C are summed over the block's channels before one atomic
     add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
-    (`_lane_sums`), else by tl.sum (5 shuffle rounds per value).
+    (`_lane_sums`), else by tl.sum (5 shuffle rounds per value). With BCL (PASS 2,
+    time-varying B, C, N R <= BLOCK_D), B and C of every state on a tile are one load per
+    row (`_bc_lanes`) and each state's pieces reach every row by shuffles (`_lane_pieces`)
+    instead of a 16-byte load per (state, piece) that every lane makes to the same address.
     """
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -1258,15 +1302,16 @@ def _selective_scan_bwd_rows_kernel(
                 dys = dys + (dy,)
             if PREFETCH:
                 k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t0, offs_t, L, dim,
-                                        d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
+                                        d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R, True)
             for n in range(0, dstate):
                 if PREFETCH:  # the next state's columns (state 0 again after the last: unused)
                     k_nx, A_nx, C_nx = _k_cols(kp, A_col, C_base, C_ptr, (n + 1) % dstate,
                                                s_C_n, t0, offs_t, L, dim, d_col, mask_c,
-                                               VARYING_BC, EVEN, BLOCK_D, T, R)
+                                               VARYING_BC, EVEN, BLOCK_D, T, R, True)
                 else:
                     k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, n, s_C_n, t0, offs_t, L,
-                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
+                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R,
+                                            True)
                 k_out = k_in
                 for r in tl.static_range(R - 1, -1, -1):
                     _, k_out = _grad_scan(tl.exp2(dts[r] * A2n), dys[r] * Cn[r], k_out, offs_t, T)
@@ -1312,21 +1357,25 @@ def _selective_scan_bwd_rows_kernel(
                                               mask_c, L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN,
                                               T, R)
                 h_ptr = tl_base + (j - j0) * dstate * dim
+                if BCL:
+                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
                 if PREFETCH:
                     h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t0, offs_t, L,
-                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R)
+                                            dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R,
+                                            not BCL)
                 for n in range(0, dstate):
                     if PREFETCH:
                         h_nx, A_nx, B_nx = _k_cols(h_ptr, A_col, B_base, B_ptr, (n + 1) % dstate,
                                                    s_B_n, t0, offs_t, L, dim, d_col, mask_c,
-                                                   VARYING_BC, EVEN, BLOCK_D, T, R)
+                                                   VARYING_BC, EVEN, BLOCK_D, T, R, not BCL)
                     else:
                         h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, n, s_B_n, t0,
                                                 offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
-                                                BLOCK_D, T, R)
+                                                BLOCK_D, T, R, not BCL)
+                    Bp = _lane_pieces(Bt, n, R, ASM) if BCL else Bn
                     h_out = h_in
                     for r in tl.static_range(R):
-                        _, h_out = _state_scan(tl.exp2(dts[r] * A2n), dtus[r] * Bn[r], h_out,
+                        _, h_out = _state_scan(tl.exp2(dts[r] * A2n), dtus[r] * Bp[r], h_out,
                                                offs_t, T)
                     tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
                     if PREFETCH:
@@ -1346,29 +1395,34 @@ def _selective_scan_bwd_rows_kernel(
                     ddts = ddts + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                     gBs = gBs + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                 h_ptr = tl_base + (j - j0) * dstate * dim
+                if BCL:
+                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
+                    Ct = _bc_lanes(C_base, s_C_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
                 if PREFETCH:
                     h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                         h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
                         s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
-                        BLOCK_D, T, R)
+                        BLOCK_D, T, R, not BCL)
                 for n in range(0, dstate):
                     if PREFETCH:
                         h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr,
                             (n + 1) % dstate, s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c,
-                            VARYING_BC, EVEN, BLOCK_D, T, R)
+                            VARYING_BC, EVEN, BLOCK_D, T, R, not BCL)
                     else:
                         h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                             h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, n,
                             s_B_n, s_C_n, t0, offs_t, L, dim, d_col, mask_c, VARYING_BC, EVEN,
-                            BLOCK_D, T, R)
+                            BLOCK_D, T, R, not BCL)
+                    Bp = _lane_pieces(Bt, n, R, ASM) if BCL else Bn
+                    Cp = _lane_pieces(Ct, n, R, ASM) if BCL else Cn
                     As = ()
                     bs = ()
                     hs = ()
                     h = h_in
                     for r in tl.static_range(R):  # the tile's states, forwards
                         a = tl.exp2(dts[r] * A2n)
-                        b = dtus[r] * Bn[r]
+                        b = dtus[r] * Bp[r]
                         hr, h = _state_scan(a, b, h, offs_t, T)
                         As = As + (a,)
                         bs = bs + (b,)
@@ -1376,7 +1430,7 @@ def _selective_scan_bwd_rows_kernel(
                     gs = ()
                     k_out = k_in
                     for r in tl.static_range(R - 1, -1, -1):  # the gradient, backwards
-                        g, k_out = _grad_scan(As[r], dys[r] * Cn[r], k_out, offs_t, T)
+                        g, k_out = _grad_scan(As[r], dys[r] * Cp[r], k_out, offs_t, T)
                         gs = (g,) + gs
                     tl.store(kp + n * dim, k_out, mask=mask_c)
                     dA_s = dA_o
@@ -1391,9 +1445,9 @@ def _selective_scan_bwd_rows_kernel(
                         q = g * (h - bs[r])  # g_t a_t h_{t-1}
                         ddts_n = ddts_n + (ddts[r] + q * (A2n * 0.6931471805599453),)
                         dA_s += tl.sum(q * dts[r], axis=1, keep_dims=True)
-                        gBs_n = gBs_n + (gBs[r] + g * Bn[r],)
+                        gBs_n = gBs_n + (gBs[r] + g * Bp[r],)
                         if HAS_Z:
-                            ys_n = ys_n + (ys[r] + h * Cn[r],)
+                            ys_n = ys_n + (ys[r] + h * Cp[r],)
                         else:
                             ys_n = ys_n + (ys[r],)
                         if VARYING_BC:
@@ -2017,9 +2071,9 @@ _BFLY_LAYOUT_OK: dict[int, bool] = {}  # per compiled kernel
 
 
 def _butterfly_layout_ok(compiled) -> bool:
-    """Whether every butterfly shuffle of a compiled rows backward acts on rows laid one per
-    lane (row r on lane r % 32, the rest of the row in the same thread, no warp split along
-    it): what `_lane_sums` assumes. Triton picks layouts itself; when a row stride is not a
+    """Whether every shuffle of a compiled rows backward acts on rows laid one per lane (row
+    r on lane r % 32, the rest of the row in the same thread, no warp split along it): what
+    `_lane_sums` and `_lane_pieces` assume. Triton picks layouts itself; when a row stride is not a
     multiple of 16, say, its loads are not vectorised and a warp spans 4 steps of 8 rows.
     Read from the kernel's TTGIR, once per compiled kernel."""
     key = id(compiled)
@@ -2124,18 +2178,26 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
         bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
             and launch["T"] in (1, 2, 4, 8) else 0
-        launch = {k: v for k, v in launch.items() if k != "BFLY"}
+        # B and C of all states loaded once per tile and shuffled to the rows (BCL): each
+        # (state, piece) needs a row, and on a GPU the rows must be one warp's lanes
+        bcl = varying and launch.get("BCL", True) and dstate * launch["R"] <= launch["BLOCK_D"] \
+            and (_INTERPRET or launch["BLOCK_D"] == 32)
+        launch = {k: v for k, v in launch.items() if k not in ("BFLY", "BCL")}
         # PASS 1: the sub-segments of segments 1 .. n_seg - 1
         for pass_, segs in ((1, (n_seg - 1) * split), (2, n_seg)):
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
-            kw = dict(flags, **launch, PASS=pass_, EVEN=even, BFLY=bfly, ASM=not _INTERPRET)
-            if pass_ == 2 and bfly and not _INTERPRET:
-                # the butterfly is right only if Triton laid the tiles out one row per lane
-                done = _selective_scan_bwd_rows_kernel.warmup(*args, grid=grid, **kw)
-                if not _butterfly_layout_ok(done):
-                    kw["BFLY"] = 0
+            kw = dict(flags, **launch, PASS=pass_, EVEN=even, BFLY=bfly, ASM=not _INTERPRET,
+                      BCL=bcl and pass_ == 2)
+            if pass_ == 2 and (kw["BFLY"] or kw["BCL"]) and not _INTERPRET:
+                # the shuffles are right only if Triton laid the tiles out one row per lane:
+                # if not, without BCL (its tile may be laid out alone), then without BFLY
+                for fallback in ("BCL", "BFLY"):
+                    done = _selective_scan_bwd_rows_kernel.warmup(*args, grid=grid, **kw)
+                    if _butterfly_layout_ok(done):
+                        break
+                    kw[fallback] = 0
             _selective_scan_bwd_rows_kernel[grid](*args, **kw)
     elif method == "lanes":
         streams = [u, delta, zz, dout, du, ddelta] + ([B, C] if varying else [])

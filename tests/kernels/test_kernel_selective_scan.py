@@ -426,6 +426,32 @@ def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layo
         check_against_ref(inputs, softplus, torch.float32)
 
 
+@pytest.mark.parametrize("dstate, length", [(3, 40), (4, 37)])
+def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
+    """B and C of all states loaded once per tile and handed to the rows by shuffles (BCL;
+    under the interpreter by a masked sum) give the gradients of the ref and of one load per
+    (state, piece): N R = 6 and 8 of 8 rows, L a multiple of the tile and not."""
+    inputs = make_inputs(2, 10, length, dstate, "BGNL", 2, True, True, True)
+    dout = torch.randn(2, 10, length)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    want = torch.autograd.grad(selective_scan_ref(**leaves, delta_softplus=True),
+                               list(leaves.values()), dout)
+    got = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "BWD_SEGMENTS", 2)
+        mp.setattr(ss, "_config", small_chunks(8))
+        for bcl in (True, False):
+            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=2, R=2, PREFETCH=True,
+                                                       BFLY=True, BCL=bcl))
+            leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+            got[bcl] = torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
+                                           list(leaves.values()), dout)
+    for g, o, w in zip(got[True], got[False], want):
+        torch.testing.assert_close(g, w, **tol(torch.float32))
+        torch.testing.assert_close(g, o, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("length, split, runs", [(61, 2, 2), (61, 4, 3), (64, 3, 3), (37, 4, 4)])
 def test_selective_scan_rows_backward_sub_segments(length, split, runs):
     """PASS 1 over sub-segments gives the gradients of the ref and those of one sub-segment
@@ -648,10 +674,10 @@ import mambabook.kernels.selective_scan_kernel as ss
 
 kernel = ss._selective_scan_bwd_rows_kernel
 for spec in sys.argv[1:]:
-    pass_, bfly, pieces, even = (int(x) for x in spec.split(","))
+    pass_, bfly, pieces, even, bcl = (int(x) for x in spec.split(","))
     const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True,
                  CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=bool(even),
-                 PREFETCH=True, BFLY=bfly, ASM=True)
+                 PREFETCH=True, BFLY=bfly, ASM=True, BCL=bool(bcl))
     names = kernel.arg_names
     sig = {n: "constexpr" if n in const else "*fp32" if n.endswith("_ptr") else "i32"
            for n in names}
@@ -668,12 +694,13 @@ def test_selective_scan_rows_backward_compiles_for_sm90():
     process without the interpreter). The interpreter runs Python, so it does not see what
     only the compiler rejects (a loop-carried variable whose type changes, say); on the GPU
     the tl.sum path (no butterfly) runs only for shapes whose loads Triton cannot vectorise.
-    PASS, BFLY, R, EVEN: both passes, both paths for dB and dC, 1 and 2 pieces, masked."""
+    PASS, BFLY, R, EVEN, BCL: both passes, both paths for dB and dC, 1 and 2 pieces, masked
+    and not, B and C loaded per state or shuffled from one load per tile."""
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    specs = ["1,0,2,0", "2,0,2,0", "2,32,2,1", "2,0,1,1"]
+    specs = ["1,0,2,0,0", "2,0,2,0,1", "2,32,2,1,1", "2,0,1,1,0"]
     done = subprocess.run([sys.executable, "-c", _SM90_COMPILE, *specs], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
