@@ -20,6 +20,7 @@ MAMBABOOK_SCAN_FORWARD=loop|tile|rows|auto picks the forward that selective_scan
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -2067,6 +2068,9 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 _BLOCKED = re.compile(r"^(#blocked\d*) = #ttg\.blocked<\{sizePerThread = \[([\d, ]+)\], "
                       r"threadsPerWarp = \[([\d, ]+)\], warpsPerCTA = \[([\d, ]+)\]", re.M)
 _SHUFFLED = re.compile(r'elementwise_inline_asm "shfl[^\n]*-> tensor<[\dx]+xi32, (#[\w]+)>')
+_LINEAR = re.compile(r"^(#linear\d*) = #ttg\.linear<\{register = (\[[\d, \[\]]*\]), "
+                     r"lane = (\[[\d, \[\]]*\]), warp = (\[[\d, \[\]]*\]), "
+                     r"block = (\[[\d, \[\]]*\])\}>", re.M)
 _BFLY_LAYOUT_OK: dict[int, bool] = {}  # per compiled kernel
 
 
@@ -2083,14 +2087,24 @@ def _butterfly_layout_ok(compiled) -> bool:
 
 
 def _rows_layout_in(ttgir: str) -> bool:
-    """`_butterfly_layout_ok` on TTGIR text."""
+    """`_butterfly_layout_ok` on TTGIR text: blocked layouts, and linear ones (bases of each
+    register, lane and warp bit) that are the same thing."""
     layouts = {name: [[int(x) for x in part.split(",")] for part in parts]
                for name, *parts in _BLOCKED.findall(ttgir)}
+    linear = {name: [json.loads(part) for part in parts] for name, *parts in _LINEAR.findall(ttgir)}
     used = _SHUFFLED.findall(ttgir)
     if not used:
         return False
     for name in used:
-        if name not in layouts:  # a slice, linear or other layout: not checked, not trusted
+        if name in linear:  # lane bit i moves row 2^i; registers and warps move no row in 0..31
+            reg, lane, warp, block = linear[name]
+            rank = len(lane[0]) if lane else 0
+            rows = [[1 << i] + [0] * (rank - 1) for i in range(5)]
+            if lane != rows or block or any(b[0] for b in reg) \
+                    or any(b[0] < 32 or any(b[1:]) for b in warp):
+                return False
+            continue
+        if name not in layouts:  # a slice or other layout: not checked, not trusted
             return False
         per_thread, per_warp, warps = layouts[name]
         if per_thread[0] != 1 or per_warp[0] != 32 or any(x != 1 for x in per_warp[1:] + warps[1:]):

@@ -643,14 +643,24 @@ SHUFFLE = ('%y = tt.elementwise_inline_asm "shfl.sync.bfly.b32 $0, $1, $2, 0x1f,
 
 
 def test_butterfly_needs_rows_along_lanes():
-    """The rows backward's butterfly runs only where the TTGIR puts one row per lane: a warp
-    spread over steps, an unknown layout or no shuffle at all falls back to tl.sum."""
+    """The rows backward's shuffles run only where the TTGIR puts one row per lane (a blocked
+    layout, or a linear one that is the same): a warp spread over steps, an unknown layout or
+    no shuffle at all falls back to tl.sum."""
     assert ss._rows_layout_in(ROWS + "\n" + SHUFFLE)
     assert not ss._rows_layout_in(SPREAD + "\n" + SHUFFLE)
     assert not ss._rows_layout_in(ROWS + "\n" + SHUFFLE.replace("#blocked1>", "#linear>"))
     assert not ss._rows_layout_in(ROWS)
     split = ROWS.replace("warpsPerCTA = [1, 1]", "warpsPerCTA = [1, 2]")
     assert not ss._rows_layout_in(split + "\n" + SHUFFLE)
+    # a linear layout that is one row per lane (as Triton 3.6 gives some butterfly tiles)
+    linear = ("#linear = #ttg.linear<{register = [[0, 1]], lane = [[1, 0], [2, 0], [4, 0], "
+              "[8, 0], [16, 0]], warp = [], block = []}>")
+    on_linear = SHUFFLE.replace("tensor<32x4xi32, #blocked1> -> tensor<32x4xi32, #blocked1>",
+                                "tensor<32x2xi32, #linear> -> tensor<32x2xi32, #linear>")
+    assert ss._rows_layout_in(ROWS + "\n" + linear + "\n" + SHUFFLE + "\n" + on_linear)
+    spread = linear.replace("[[0, 1]], lane = [[1, 0], [2, 0]", "[[1, 0]], lane = [[0, 1], [2, 0]")
+    assert not ss._rows_layout_in(ROWS + "\n" + spread + "\n" + SHUFFLE + "\n" + on_linear)
+    assert not ss._rows_layout_in(linear.replace("warp = []", "warp = [[16, 0]]") + "\n" + on_linear)
 
 
 @pytest.mark.gpu
