@@ -139,6 +139,7 @@ def main() -> None:
                 for segs, split in [(int(s), int(f)) for s in args.segments.split(",")
                                     for f in args.splits.split(",")]:
                     ss.BWD_SEGMENTS, ss.BWD_SPLIT = segs, split
+                    ss._BFLY_LAYOUT_OK.clear()  # which shuffle layout checks this launch passed
                     try:
                         err = grads_close(bwd("rows"), want)
                         ms = time_fn(lambda: bwd("rows"), dev)
@@ -148,7 +149,8 @@ def main() -> None:
                         continue
                     log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
                              segments=segs, split=split, ms=ms, rel_err=err,
-                             reference=args.reference))
+                             reference=args.reference,
+                             layout_checks=list(ss._BFLY_LAYOUT_OK.values())))
             ss.BWD_ROWS = default
             ss.BWD_SEGMENTS = None
             ss.BWD_SPLIT = default_split
