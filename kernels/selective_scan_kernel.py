@@ -1734,9 +1734,13 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 # 3.71, uncapped at 251 registers; 2 pieces capped at 128 or 144 registers 4.0-4.1 / 3.85;
 # 3 or 5 segments 4.1-4.4), bf16 with pieces of 8 steps, 2 of them and a 168-register cap
 # 2.77 ms (one piece 2.98-3.15, pieces of 4 3.6-3.9, 2 pieces uncapped 3.06, capped at 144
-# 3.34, 4 pieces 5.4-6.5). No autotuning: the atomics would need a reset per trial.
-BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True),
-            2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True)}
+# 3.34, 4 pieces 5.4-6.5). No autotuning: the atomics would need a reset per trial. Session 9,
+# side by side in one run (backward_rows_sweep.json): B and C shuffled from one load per tile
+# (BCL) 3.45 against 3.52 ms in fp32, 2.90 against 2.63 ms in bf16 (more spills at the cap),
+# so fp32 only; the states in pairs (experiments/rows_pairs.patch) no faster (3.70 / 3.66 ms).
+BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True, BCL=True),
+            2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
+                    BCL=False)}
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True)  # the interpreter's tile
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 # The rows backward's PASS 1 runs only (n_seg - 1) x B x D / BLOCK_D one-warp programs (1,152
