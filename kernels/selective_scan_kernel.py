@@ -943,23 +943,21 @@ def _delta_of(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 
 @triton.jit
 def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                EVEN: tl.constexpr, EV: tl.constexpr):
-    """_delta_of on a (BLOCK_D, T) tile (bias (BLOCK_D, 1)) loaded from dt_base + t (EV: the
-    load's L2 eviction policy, "" for the default)."""
+                EVEN: tl.constexpr):
+    """_delta_of on a (BLOCK_D, T) tile (bias (BLOCK_D, 1)) loaded from dt_base + t."""
     raw = tl.load(dt_base + t[None, :], mask=None if EVEN else mask_dt,
-                  other=None if EVEN else 0.0, eviction_policy=EV)
+                  other=None if EVEN else 0.0)
     return _delta_of(raw, bias, mask_dt, HAS_BIAS, SOFTPLUS, EVEN)
 
 
 @triton.jit
-def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexpr,
-             EV: tl.constexpr):
+def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexpr):
     """dout, z (float32, (BLOCK_D, T)) and dy = dL/dy = dout * silu(z) (dout without z)."""
     dout = tl.load(do_base + t[None, :], mask=None if EVEN else mask_dt,
-                   other=None if EVEN else 0.0, eviction_policy=EV).to(tl.float32)
+                   other=None if EVEN else 0.0).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_base + t[None, :], mask=None if EVEN else mask_dt,
-                     other=None if EVEN else 0.0, eviction_policy=EV).to(tl.float32)
+                     other=None if EVEN else 0.0).to(tl.float32)
         dy = dout * zz * tl.sigmoid(zz)
     else:
         zz = dout
@@ -969,22 +967,21 @@ def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexp
 
 @triton.jit
 def _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr,
-                  SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, EVEN: tl.constexpr,
-                  EV: tl.constexpr):
+                  SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, EVEN: tl.constexpr):
     """A (BLOCK_D, T) piece's inputs, float32: delta (with its bias and softplus) and delta
     before the softplus, u, dout, z and dy = dout * silu(z) (loads a caller leaves unused
     are dropped by the compiler)."""
-    dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN, EV)
+    dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
     u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                other=None if EVEN else 0.0, eviction_policy=EV).to(tl.float32)
-    dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN, EV)
+                other=None if EVEN else 0.0).to(tl.float32)
+    dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
     return dt, dt_raw, u, dout, zz, dy
 
 
 @triton.jit
 def _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t, mask_c, L, bias,
                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr,
-                 EVEN: tl.constexpr, T: tl.constexpr, R: tl.constexpr, EV: tl.constexpr):
+                 EVEN: tl.constexpr, T: tl.constexpr, R: tl.constexpr):
     """A tile's R pieces from step t0 (tuples of (BLOCK_D, T) float32): delta, delta u and
     dy (loads a caller leaves unused are dropped by the compiler)."""
     dts = ()
@@ -993,7 +990,7 @@ def _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t, mask_c, L, bias,
     for r in tl.static_range(R):
         t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
         dt, dt_raw, u, dout, zz, dy = _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt,
-                                                    bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN, EV)
+                                                    bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN)
         dts = dts + (dt,)
         dtus = dtus + (dt * u,)
         dys = dys + (dy,)
@@ -1220,7 +1217,7 @@ def _selective_scan_bwd_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
     CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-    BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr, EVICT: tl.constexpr,
+    BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards. A tile is R
@@ -1286,10 +1283,6 @@ def _selective_scan_bwd_rows_kernel(
     s_end = tl.minimum(seg * s_len + s_len, L)  # the (sub-)segment: steps seg * s_len .. s_end - 1
 
     TT: tl.constexpr = R * T  # steps per tile: R pieces of T, each one load per row
-    # EVICT: L2 hints, keep a tile's inputs (read again after the sweep and after the states),
-    # let its last read and the gradients' stores go first
-    EV_KEEP: tl.constexpr = "evict_last" if EVICT else ""
-    EV_LAST: tl.constexpr = "evict_first" if EVICT else ""
     if PASS == 1:
         kp = sk_base + seg * dstate * dim  # the running k is K[b, seg] itself
         for n in range(0, dstate):
@@ -1303,8 +1296,8 @@ def _selective_scan_bwd_rows_kernel(
             dys = ()
             for r in tl.static_range(R):
                 t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN, "")
-                _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN, "")
+                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
+                _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
                 S += tl.sum(dt, axis=1, keep_dims=True)
                 dts = dts + (dt,)
                 dys = dys + (dy,)
@@ -1363,7 +1356,7 @@ def _selective_scan_bwd_rows_kernel(
                 t0 = j * TT
                 dts, dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t,
                                               mask_c, L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN,
-                                              T, R, EV_KEEP)
+                                              T, R)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if BCL:
                     Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
@@ -1394,7 +1387,7 @@ def _selective_scan_bwd_rows_kernel(
                 t0 = j * TT
                 dts, dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t,
                                               mask_c, L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN,
-                                              T, R, EV_KEEP)
+                                              T, R)
                 ys = ()
                 ddts = ()
                 gBs = ()  # sum_n g_t[n] B_t[n]
@@ -1491,7 +1484,7 @@ def _selective_scan_bwd_rows_kernel(
                     t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
                     dt, dt_raw, u, dout, zz, dy = _piece_inputs(dt_base, u_base, do_base, z_base,
                                                                 t, mask_dt, bias, HAS_BIAS,
-                                                                SOFTPLUS, HAS_Z, EVEN, EV_LAST)
+                                                                SOFTPLUS, HAS_Z, EVEN)
                     du = gBs[r] * dt
                     y = ys[r]
                     if HAS_D:
@@ -1503,7 +1496,7 @@ def _selective_scan_bwd_rows_kernel(
                         sz = tl.sigmoid(zz)
                         dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
                         tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
-                                 mask=None if EVEN else mask_dt, eviction_policy=EV_LAST)
+                                 mask=None if EVEN else mask_dt)
                     ddt = ddts[r] + gBs[r] * u
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(dt_raw)
@@ -1512,9 +1505,9 @@ def _selective_scan_bwd_rows_kernel(
                     if HAS_BIAS:
                         dbias_acc += tl.sum(ddt, axis=1, keep_dims=True)
                     tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
-                             mask=None if EVEN else mask_dt, eviction_policy=EV_LAST)
+                             mask=None if EVEN else mask_dt)
                     tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
-                             mask=None if EVEN else mask_dt, eviction_policy=EV_LAST)
+                             mask=None if EVEN else mask_dt)
         if HAS_D:
             tl.store(dD_ptr + part, dD_acc, mask=mask_c)
         if HAS_BIAS:
@@ -2208,7 +2201,6 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         bcl = varying and launch.get("BCL", True) and dstate * launch["R"] <= launch["BLOCK_D"] \
             and (_INTERPRET or launch["BLOCK_D"] == 32)
         launch = {k: v for k, v in launch.items() if k not in ("BFLY", "BCL")}
-        launch.setdefault("EVICT", False)
         # PASS 1: the sub-segments of segments 1 .. n_seg - 1
         for pass_, segs in ((1, (n_seg - 1) * split), (2, n_seg)):
             if segs == 0:

@@ -51,8 +51,7 @@ def parse_launch(spec: str, variant: str) -> dict:
     launch = dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=variant[0] == "1",
                   BFLY=variant[1] == "1")
     for o in opts:
-        launch[{"T": "T", "R": "R", "M": "maxnreg", "P": "PREFETCH", "B": "BCL",
-                 "E": "EVICT"}[o[0]]] = int(o[1:])
+        launch[{"T": "T", "R": "R", "M": "maxnreg", "P": "PREFETCH", "B": "BCL"}[o[0]]] = int(o[1:])
     return launch
 
 

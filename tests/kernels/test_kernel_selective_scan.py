@@ -687,7 +687,7 @@ for spec in sys.argv[1:]:
     pass_, bfly, pieces, even, bcl = (int(x) for x in spec.split(","))
     const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True,
                  CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=bool(even),
-                 PREFETCH=True, BFLY=bfly, ASM=True, BCL=bool(bcl), EVICT=bool(bcl))
+                 PREFETCH=True, BFLY=bfly, ASM=True, BCL=bool(bcl))
     names = kernel.arg_names
     sig = {n: "constexpr" if n in const else "*fp32" if n.endswith("_ptr") else "i32"
            for n in names}
