@@ -15,6 +15,9 @@ Session 7's two variants:
 A probe is DTYPE:VARIANT:LAUNCH[:V[:WIDEN]]: LAUNCH as in lanes_forward.py (TxCPWrMAXNREG),
 V the elements per load (empty or left out: 16 bytes of the widest stream), WIDEN 0/1 sets
 the variant's LANES_WIDEN_BC where it has one (e.g. bf16:rerun:16x2r128::1). "base" is the library's kernel. Needs a GPU.
+With --save-ckpt every probe saves the backward's checkpoints, as the forward of forward +
+backward does, and they are checked too (session 9's ckpt_vec4.patch:
+`--save-ckpt --variant vec4=/tmp/vec4.py --probes fp32:base:16x4r128,fp32:vec4:16x4r128,...`).
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--variant", action="append", default=[], help="NAME=PATH (repeatable)")
     ap.add_argument("--probes", required=True, help="DTYPE:VARIANT:LAUNCH[:V[:WIDEN]],...")
+    ap.add_argument("--save-ckpt", action="store_true",
+                    help="time the forward that saves the backward's checkpoints (as in forward "
+                         "+ backward) and check them against the loop forward's")
     args = ap.parse_args()
     modules = {"base": ss}
     for spec in args.variant:
@@ -64,18 +70,20 @@ def main() -> None:
         if dname not in inputs:
             torch.manual_seed(0)
             x = make_scan_inputs(8, 1536, 4096, 16, DTYPES[dname], "cuda")
-            inputs[dname] = ([x[k] for k in ARGS], forward(x, "loop"))
-        xs, (ref_out, ref_last, _) = inputs[dname]
+            inputs[dname] = ([x[k] for k in ARGS], forward(x, "loop", ckpt=args.save_ckpt))
+        xs, (ref_out, ref_last, ref_ckpt) = inputs[dname]
         mod.LANES_FIXED, _ = parse(launch)
         vector, widen = defaults[vname]
         mod._lanes_vector = (lambda *tensors, v=int(rest[0]): v) if rest and rest[0] else vector
         if widen is not None:
             mod.LANES_WIDEN_BC = rest[1] == "1" if len(rest) > 1 else widen
-        run = lambda: mod._scan_fwd(*xs, True, False, method="lanes")
-        out, last, _ = run()
+        run = lambda: mod._scan_fwd(*xs, True, args.save_ckpt, method="lanes")
+        out, last, ckpt = run()
         row = dict(probe=probe, dtype=dname, variant=vname, config=launch,
-                   ms=do_bench(run, warmup=25, rep=100),
+                   save_ckpt=args.save_ckpt, ms=do_bench(run, warmup=25, rep=100),
                    err_out=max_rel_err(out, ref_out), err_last=max_rel_err(last, ref_last))
+        if args.save_ckpt:
+            row["err_ckpt"] = max_rel_err(ckpt, ref_ckpt)
         rows.append(row)
         print(json.dumps(row), flush=True)
         json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
