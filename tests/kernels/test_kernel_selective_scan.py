@@ -48,14 +48,20 @@ def make_inputs(bsz, dim, length, dstate, layout="BNL", groups=1, has_D=True, ha
 
 
 class LaunchSpy:
-    """Stands in for a Triton kernel: records each launch's grid, then launches it."""
+    """Stands in for a Triton kernel: records each launch's grid and keyword arguments (the
+    meta-parameters), then launches it."""
 
     def __init__(self, kernel):
-        self.kernel, self.grids = kernel, []
+        self.kernel, self.grids, self.meta = kernel, [], []
 
     def __getitem__(self, grid):
         self.grids.append(grid)
-        return self.kernel[grid]
+        launch = self.kernel[grid]
+
+        def call(*args, **kwargs):
+            self.meta.append(kwargs)
+            return launch(*args, **kwargs)
+        return call
 
 
 def small_chunks(chunk):
@@ -444,9 +450,13 @@ def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
         for bcl in (True, False):
             mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=2, R=2, PREFETCH=True,
                                                        BFLY=True, BCL=bcl))
+            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
             leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
             got[bcl] = torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
                                            list(leaves.values()), dout)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
+            assert [m["BCL"] for m in spy.meta] == [False, bcl]  # PASS 1 never, PASS 2 as asked
     for g, o, w in zip(got[True], got[False], want):
         torch.testing.assert_close(g, w, **tol(torch.float32))
         torch.testing.assert_close(g, o, rtol=1e-5, atol=1e-6)
