@@ -10,7 +10,8 @@ B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; nee
 
 A launch is BLOCK_D x num_warps, optionally followed by :T<steps per piece>, :R<pieces per
 tile>, :M<register cap>, :P<PREFETCH value> and :B<0 or 1> (BCL: B and C through shuffles),
-e.g. 32x1:T4:R2:M168 (P2: the states in pairs of experiments/rows_pairs.patch). --baseline times the rows backward of a copy of the
+e.g. 32x1:T4:R2:M168 (P2: the states in pairs of experiments/rows_pairs.patch, removed
+after session 9 timed it: `git show 4849a59:benchmarks/experiments/rows_pairs.patch`). --baseline times the rows backward of a copy of the
 kernel module (e.g. `git show HEAD~3:kernels/selective_scan_kernel.py`) at its own launch
 beside them, on the same inputs, and --baseline-launches at those launches too (each at
 every --segments); --reference baseline checks gradients against it instead of the chunk
@@ -55,6 +56,34 @@ def parse_launch(spec: str, variant: str) -> dict:
     return launch
 
 
+def sweep(mod, launches, segments, splits, run, want, log, head, err_key, dev, **extra):
+    """Time run() (the rows backward of kernel module mod) at every launch, number of
+    segments and PASS 1 split (None: the module's own, and no split or layout_checks in the
+    record), checking its gradients against want; a launch that fails is logged as a result
+    too. The module's launch, segments and split are restored afterwards."""
+    saved = (mod.BWD_ROWS, mod.BWD_SEGMENTS, getattr(mod, "BWD_SPLIT", None))
+    for launch in launches:
+        mod.BWD_ROWS = {4: launch, 2: launch}  # whichever the dtype
+        for segs, split in [(s, f) for s in segments for f in splits]:
+            mod.BWD_SEGMENTS = segs
+            rec = dict(head, launch=launch, segments=segs)
+            if split is not None:
+                mod.BWD_SPLIT = split
+                rec["split"] = split
+                mod._BFLY_LAYOUT_OK.clear()  # which shuffle layout checks this launch passed
+            try:
+                err = grads_close(run(), want)
+                rec.update(ms=time_fn(run, dev), **{err_key: err}, **extra)
+                if split is not None:
+                    rec["layout_checks"] = list(mod._BFLY_LAYOUT_OK.values())
+            except Exception as e:  # noqa: BLE001 - a launch that fails is a result too
+                rec["error"] = repr(e)[:300]
+            log(rec)
+    mod.BWD_ROWS, mod.BWD_SEGMENTS = saved[:2]
+    if saved[2] is not None:
+        mod.BWD_SPLIT = saved[2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -94,9 +123,10 @@ def main() -> None:
 
     launches = [parse_launch(x, v) for x in args.launches.split(",")
                 for v in args.variants.split(",")]
+    base_launches = [parse_launch(x, v) for x in args.baseline_launches.split(",") if x
+                     for v in args.variants.split(",")]
+    segments = [int(x) for x in args.segments.split(",")]
     base = load_variant("baseline", args.baseline) if args.baseline else None
-    default = {size: dict(launch) for size, launch in ss.BWD_ROWS.items()}
-    default_split = ss.BWD_SPLIT
     for L in [int(x) for x in args.lengths.split(",")]:
         for dname in args.dtypes.split(","):
             dtype = DTYPES[dname]
@@ -111,49 +141,19 @@ def main() -> None:
                 log(dict(L=L, dtype=dname, what="bwd", method="rows", launch="baseline",
                          baseline=args.baseline, baseline_launch=base.BWD_ROWS,
                          ms=time_fn(base_bwd, dev)))
-                base_default = dict(base.BWD_ROWS)
-                for launch in [parse_launch(x, v) for x in args.baseline_launches.split(",")
-                               if x for v in args.variants.split(",")]:
-                    base.BWD_ROWS = {4: launch, 2: launch}
-                    for segs in [int(s) for s in args.segments.split(",")]:
-                        base.BWD_SEGMENTS = segs
-                        rec = dict(L=L, dtype=dname, what="bwd", method="rows",
-                                   module="baseline", baseline=args.baseline, launch=launch,
-                                   segments=segs)
-                        try:
-                            err = grads_close(base_bwd(), got)
-                            rec.update(ms=time_fn(base_bwd, dev), rel_err_vs_baseline=err)
-                        except Exception as e:  # noqa: BLE001 - a failed launch is a result
-                            rec.update(error=repr(e)[:300])
-                        log(rec)
-                base.BWD_ROWS = base_default
-                base.BWD_SEGMENTS = None
+                sweep(base, base_launches, segments, [None], base_bwd, got, log,
+                      dict(L=L, dtype=dname, what="bwd", method="rows", module="baseline",
+                           baseline=args.baseline), "rel_err_vs_baseline", dev)
             if args.reference == "chunk":
                 want = bwd("chunk")
                 ms = time_fn(lambda: bwd("chunk"), dev)
                 log(dict(L=L, dtype=dname, what="bwd", method="chunk", ms=ms))
             else:
                 want = got
-            for launch in launches:
-                ss.BWD_ROWS = {4: launch, 2: launch}  # whichever the dtype
-                for segs, split in [(int(s), int(f)) for s in args.segments.split(",")
-                                    for f in args.splits.split(",")]:
-                    ss.BWD_SEGMENTS, ss.BWD_SPLIT = segs, split
-                    ss._BFLY_LAYOUT_OK.clear()  # which shuffle layout checks this launch passed
-                    try:
-                        err = grads_close(bwd("rows"), want)
-                        ms = time_fn(lambda: bwd("rows"), dev)
-                    except Exception as e:  # noqa: BLE001 - a launch that fails is a result too
-                        log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
-                                 segments=segs, split=split, error=repr(e)[:300]))
-                        continue
-                    log(dict(L=L, dtype=dname, what="bwd", method="rows", launch=launch,
-                             segments=segs, split=split, ms=ms, rel_err=err,
-                             reference=args.reference,
-                             layout_checks=list(ss._BFLY_LAYOUT_OK.values())))
-            ss.BWD_ROWS = default
-            ss.BWD_SEGMENTS = None
-            ss.BWD_SPLIT = default_split
+            sweep(ss, launches, segments, [int(f) for f in args.splits.split(",")],
+                  lambda: bwd("rows"), want, log,
+                  dict(L=L, dtype=dname, what="bwd", method="rows"), "rel_err", dev,
+                  reference=args.reference)
             default_lanes = dict(ss.BWD_LANES)
             for spec in filter(None, args.lanes.split(",")):
                 cpw, w, t = (int(v) for v in spec.split("x"))
