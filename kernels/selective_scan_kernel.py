@@ -1737,7 +1737,8 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 # 3.34, 4 pieces 5.4-6.5). No autotuning: the atomics would need a reset per trial. Session 9,
 # side by side in one run (backward_rows_sweep.json): B and C shuffled from one load per tile
 # (BCL) 3.45 against 3.52 ms in fp32, 2.90 against 2.63 ms in bf16 (more spills at the cap),
-# so fp32 only; the states in pairs (experiments/rows_pairs.patch) no faster (3.70 / 3.66 ms).
+# so fp32 only; the states in pairs (rows_pairs.patch, removed: in git at 4849a59) no faster
+# (3.70 / 3.66 ms).
 BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True, BCL=True),
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
                     BCL=False)}
@@ -2192,7 +2193,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         tiles = u.new_empty(bsz, n_seg, tpc, dstate, dim, dtype=torch.float32)
         args = (*args, seg_k, seg_s, kap, tiles, length, dim, dstate, dpg, seg_len, n_seg,
                 seg_len // split, n_seg * split, *strides)
-        even = length % (launch["R"] * launch["T"]) == 0 and dpg % launch["BLOCK_D"] == 0
+        even = length % tile == 0 and dpg % launch["BLOCK_D"] == 0
         lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
         bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
             and launch["T"] in (1, 2, 4, 8) else 0
