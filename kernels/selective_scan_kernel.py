@@ -507,7 +507,7 @@ def _selective_scan_fwd_lanes_kernel(
     o_row = out_ptr + pid_b * s_o_b + d3 * s_o_d
     B_row = B_ptr + pid_b * s_B_b + grp * s_B_g + 0 * d3  # the same steps for every channel
     C_row = C_ptr + pid_b * s_C_b + grp * s_C_g + 0 * d3
-    ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * dstate  # (CPW, 1)
+    ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
     for _n in tl.static_range(N):
         hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)
@@ -527,6 +527,7 @@ def _selective_scan_fwd_lanes_kernel(
             else:
                 ys = ys + (tl.zeros_like(dt),)
         hc_new = ()
+        ck_group = ()  # the states entering the runs, 4 at a time (SAVE_CKPT)
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
             if VARYING_BC:
@@ -540,8 +541,19 @@ def _selective_scan_fwd_lanes_kernel(
             hc_new = hc_new + (h_next,)
             if SAVE_CKPT:
                 t_run = t0 + j * T
-                tl.store(ck_row + (t_run // CHUNK) * dstate + n, h_in,
-                         mask=mask_d[:, None] & ((t_run % CHUNK) == 0) & (t_run < L))
+                ck_mask = mask_d[:, None] & ((t_run % CHUNK) == 0) & (t_run < L)
+                if N % 4 == 0:  # 4 states at a time: one 16-byte store per lane
+                    ck_group = ck_group + (h_in,)
+                    if n % 4 == 3:
+                        # join appends the new axis last: (a, c), (b, d) -> a, b, c, d
+                        v = tl.join(tl.join(ck_group[0], ck_group[2]),
+                                    tl.join(ck_group[1], ck_group[3])).reshape(CPW, LT, 4)
+                        off = (t_run // CHUNK) * N + (n - 3)
+                        tl.store(ck_row[:, :, None] + off[:, :, None] + tl.arange(0, 4)[None, None, :],
+                                 v, mask=ck_mask[:, :, None])
+                        ck_group = ()
+                else:
+                    tl.store(ck_row + (t_run // CHUNK) * N + n, h_in, mask=ck_mask)
             yn = ()
             for r in tl.static_range(R):
                 if VARYING_BC:
@@ -1751,6 +1763,11 @@ BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps);
 # 0.72 -> 0.58 ms (fp32) and 0.46 -> 0.35 ms (bf16) at 4; the backward 3.74 -> 3.46-3.55 ms with
 # 2, 4 or 8 (fp32), 2.77 -> 2.74 / 2.65 / 2.64 ms (bf16).
 BWD_SPLIT = 4
+# The checkpoint interval of forward + backward (the forward saves the state every BWD_CHUNK
+# steps; the rows backward sweeps each chunk forwards, storing its tiles' first states, then
+# walks its tiles in reverse). None: max(16, 512 / N) steps (32 at N = 16). A multiple of the
+# lanes forward's runs (16) and of the backward's tiles (8 steps fp32, 16 bf16).
+BWD_CHUNK: int | None = None
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
 # (the program's channels share one atomic per (state, step) for time-varying dB, dC), runs
@@ -1777,7 +1794,7 @@ def _config(dstate: int, backward: bool) -> dict:
     """Block sizes and warps: BLOCK_D x BLOCK_N x CHUNK values live in registers."""
     block_n = triton.next_power_of_2(dstate)
     if backward:  # measured on the H200 (benchmarks/tune_selective_scan.py): 1 channel, 2 warps
-        chunk = max(16, 512 // block_n)
+        chunk = BWD_CHUNK or max(16, 512 // block_n)
         return dict(BLOCK_D=4 if _INTERPRET else 1, BLOCK_N=block_n, CHUNK=chunk, num_warps=2)
     # the "assoc" forward; CHUNK is also the interval of the loop forward's checkpoints
     chunk = max(16, 512 // block_n)

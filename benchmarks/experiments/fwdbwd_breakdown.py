@@ -34,13 +34,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--splits", default=str(ss.BWD_SPLIT),
                     help="values of BWD_SPLIT (PASS 1's sub-segments) to profile at")
+    ap.add_argument("--chunks", default="0",
+                    help="checkpoint intervals (BWD_CHUNK) to profile at; 0: the library's")
     args = ap.parse_args()
     dev = torch.device("cuda")
     B, D, N = 8, 1536, 16
     records = []
-    for L, dname, split in [(int(x), d, int(f)) for x in args.lengths.split(",")
-                            for d in args.dtypes.split(",") for f in args.splits.split(",")]:
+    reference = {}
+    for L, dname, split, chunk in [(int(x), d, int(f), int(c))
+                                   for x in args.lengths.split(",")
+                                   for d in args.dtypes.split(",")
+                                   for f in args.splits.split(",")
+                                   for c in args.chunks.split(",")]:
         ss.BWD_SPLIT = split
+        ss.BWD_CHUNK = chunk or None
+        chunk = ss._config(N, backward=True)["CHUNK"]
+        torch.manual_seed(0)  # the same inputs for every record of an (L, dtype)
         leaves = make_scan_inputs(B, D, L, N, DTYPES[dname], dev, requires_grad=True)
         dout = torch.randn_like(leaves["u"])
 
@@ -49,6 +58,13 @@ def main() -> None:
                                 list(leaves.values()), dout)
 
         ms = time_fn(step, dev)
+        # gradients against the first record's of this (L, dtype): a checkpoint interval or
+        # split changes the order of sums, not the result
+        grads = torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
+                                    list(leaves.values()), dout)
+        first = reference.setdefault((L, dname), grads)
+        grad_err = max(float((g - f).abs().max() / f.abs().max().clamp_min(1e-30))
+                       for g, f in zip(grads, first))
         step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -68,12 +84,14 @@ def main() -> None:
                     for i in range(n_step)]
         kernels = sorted(((name, t / args.steps, c / args.steps) for name, (t, c) in per.items()),
                          key=lambda x: -x[1])
-        rec = dict(L=L, dtype=dname, split=split, step_ms_do_bench=ms,
+        rec = dict(L=L, dtype=dname, split=split, chunk=chunk, step_ms_do_bench=ms,
+                   grad_err_vs_first=grad_err,
                    sum_kernel_ms=sum(k[1] for k in kernels),
                    kernels=[dict(name=k[0][:120], ms=k[1], launches=k[2]) for k in kernels],
                    launches_in_order=launches)
         records.append(rec)
-        print(L, dname, f"split {split}", f"step {ms:.3f} ms (do_bench)",
+        print(L, dname, f"split {split}", f"chunk {chunk}", f"step {ms:.3f} ms (do_bench)",
+              f"grad err {grad_err:.1e}",
               " | ".join(f"{x['name'][:32]} {x['ms']:.3f}" for x in launches), flush=True)
         with open(args.out, "w") as f:  # after every record: a run cut short keeps its results
             json.dump({"provenance": provenance(dev), "shape": dict(B=B, D=D, N=N),
