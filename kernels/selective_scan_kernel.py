@@ -480,12 +480,17 @@ def _selective_scan_fwd_lanes_kernel(
     cache serves each once; with CPW = 1 every channel reads all of B and C through L2 (at
     B=8, D=1536, L=4K, fp32: 6.4 GB, 5.5 TB/s over the 1.17 ms that launch took: most
     likely bound by L2, not profiled; 2-8 channels per warp ran in 0.81-0.95 ms). The state
-    before every CHUNK steps is saved when SAVE_CKPT (CHUNK a multiple of T): the checkpoints
+    before every CHUNK steps is saved when SAVE_CKPT (CHUNK a multiple of T, or a multiple of
+    V dividing T: then several per run, the states entering its pieces): the checkpoints
     of the other forwards. With EVEN (L a multiple of LT T, the channels a multiple of CPW)
     no load or store is masked.
     """
     LT: tl.constexpr = 32 // CPW
     R: tl.constexpr = T // V
+    # checkpoints: CHUNK a multiple of T (CPR = 1: the state entering a run, where the run
+    # starts a chunk) or of V dividing T (CPR = T / CHUNK per run, every STEP_R pieces)
+    CPR: tl.constexpr = T // CHUNK if CHUNK < T else 1
+    STEP_R: tl.constexpr = CHUNK // V if CHUNK < T else R
     grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     d3 = offs_d[:, None, None]
@@ -539,21 +544,32 @@ def _selective_scan_fwd_lanes_kernel(
             _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
                                                    last_lane, is_last, R, VARYING_BC)
             hc_new = hc_new + (h_next,)
-            if SAVE_CKPT:
-                t_run = t0 + j * T
-                ck_mask = mask_d[:, None] & ((t_run % CHUNK) == 0) & (t_run < L)
+            if SAVE_CKPT:  # the states entering the run's CPR checkpointed pieces
+                for q in tl.static_range(CPR):
+                    if q == 0:
+                        ck_group = ck_group + (h_in,)
+                    else:  # the state after piece q STEP_R - 1
+                        ck_group = ck_group + (
+                            tl.sum(tl.where(is_last, hs[q * STEP_R - 1], 0.0), axis=2),)
                 if N % 4 == 0:  # 4 states at a time: one 16-byte store per lane
-                    ck_group = ck_group + (h_in,)
                     if n % 4 == 3:
-                        # join appends the new axis last: (a, c), (b, d) -> a, b, c, d
-                        v = tl.join(tl.join(ck_group[0], ck_group[2]),
-                                    tl.join(ck_group[1], ck_group[3])).reshape(CPW, LT, 4)
-                        off = (t_run // CHUNK) * N + (n - 3)
-                        tl.store(ck_row[:, :, None] + off[:, :, None] + tl.arange(0, 4)[None, None, :],
-                                 v, mask=ck_mask[:, :, None])
+                        for q in tl.static_range(CPR):
+                            t_ck = t0 + j * T + q * CHUNK
+                            ck_mask = mask_d[:, None] & ((t_ck % CHUNK) == 0) & (t_ck < L)
+                            # join appends the new axis last: (a, c), (b, d) -> a, b, c, d
+                            v = tl.join(tl.join(ck_group[q], ck_group[2 * CPR + q]),
+                                        tl.join(ck_group[CPR + q], ck_group[3 * CPR + q]))
+                            off = (t_ck // CHUNK) * N + (n - 3)
+                            tl.store(ck_row[:, :, None] + off[:, :, None]
+                                     + tl.arange(0, 4)[None, None, :], v.reshape(CPW, LT, 4),
+                                     mask=ck_mask[:, :, None])
                         ck_group = ()
                 else:
-                    tl.store(ck_row + (t_run // CHUNK) * N + n, h_in, mask=ck_mask)
+                    for q in tl.static_range(CPR):
+                        t_ck = t0 + j * T + q * CHUNK
+                        ck_mask = mask_d[:, None] & ((t_ck % CHUNK) == 0) & (t_ck < L)
+                        tl.store(ck_row + (t_ck // CHUNK) * N + n, ck_group[q], mask=ck_mask)
+                    ck_group = ()
             yn = ()
             for r in tl.static_range(R):
                 if VARYING_BC:
@@ -1763,11 +1779,16 @@ BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps);
 # 0.72 -> 0.58 ms (fp32) and 0.46 -> 0.35 ms (bf16) at 4; the backward 3.74 -> 3.46-3.55 ms with
 # 2, 4 or 8 (fp32), 2.77 -> 2.74 / 2.65 / 2.64 ms (bf16).
 BWD_SPLIT = 4
-# The checkpoint interval of forward + backward (the forward saves the state every BWD_CHUNK
-# steps; the rows backward sweeps each chunk forwards, storing its tiles' first states, then
-# walks its tiles in reverse). None: max(16, 512 / N) steps (32 at N = 16). A multiple of the
-# lanes forward's runs (16) and of the backward's tiles (8 steps fp32, 16 bf16).
-BWD_CHUNK: int | None = None
+# The checkpoint interval of forward + backward, by the inputs' element size: the forward
+# saves the state every CHUNK steps; the rows backward sweeps each chunk forwards, storing its
+# tiles' first states, then walks the tiles in reverse, so a chunk of one tile skips the
+# sweep. Where absent: _config's max(16, 512 / N) (32 at N = 16). A multiple of the lanes
+# forward's runs (16) and of the backward's tiles (8 steps fp32, 16 bf16). H200, B=8,
+# D=1536, N=16, L=4096, forward + backward (session 10, results/nvidia-h200/
+# fwdbwd_breakdown.json): bf16 3.20 ms at 16 (PASS 2 2.00 ms, no sweep; the forward 0.80)
+# against 3.36 at 32 (2.24; 0.73), 3.40 at 64, 3.39 at 128; fp32 4.45 / 4.42 / 4.41 / 4.49 ms
+# at 16 / 32 / 64 / 128 (its 8-step tiles still sweep at 16), so fp32 keeps 32.
+BWD_CHUNK: dict[int, int] = {2: 16}
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
 # (the program's channels share one atomic per (state, step) for time-varying dB, dC), runs
@@ -1794,11 +1815,18 @@ def _config(dstate: int, backward: bool) -> dict:
     """Block sizes and warps: BLOCK_D x BLOCK_N x CHUNK values live in registers."""
     block_n = triton.next_power_of_2(dstate)
     if backward:  # measured on the H200 (benchmarks/tune_selective_scan.py): 1 channel, 2 warps
-        chunk = BWD_CHUNK or max(16, 512 // block_n)
+        chunk = max(16, 512 // block_n)
         return dict(BLOCK_D=4 if _INTERPRET else 1, BLOCK_N=block_n, CHUNK=chunk, num_warps=2)
     # the "assoc" forward; CHUNK is also the interval of the loop forward's checkpoints
     chunk = max(16, 512 // block_n)
     return dict(BLOCK_D=4, BLOCK_N=block_n, CHUNK=chunk, num_warps=4)
+
+
+def _ckpt_chunk(dstate: int, element_size: int) -> int:
+    """Steps between the forward's checkpoints for the backward (BWD_CHUNK, else _config's)."""
+    if not _INTERPRET and element_size in BWD_CHUNK:
+        return BWD_CHUNK[element_size]
+    return _config(dstate, backward=True)["CHUNK"]
 
 
 SEGMENT_TARGET = 2_000_000  # independent recurrences (B x D x N x segments) to aim for
@@ -1875,7 +1903,7 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=False)
     if save_ckpt:  # the backward's chunk sets the checkpoint interval
-        cfg["CHUNK"] = _config(dstate, backward=True)["CHUNK"]
+        cfg["CHUNK"] = _ckpt_chunk(dstate, u.element_size())
     dpg = dim // groups
     A = A.float().contiguous()
     Df = D.float().contiguous() if D is not None else A
@@ -2019,6 +2047,13 @@ def _lanes_pairs(a: dict) -> bool:
             and all(s % 2 == 0 for s in strides) and aligned)
 
 
+def _lanes_ckpt_ok(chunk: int, run: int, vec: int) -> bool:
+    """Whether the lanes forward can save checkpoints every `chunk` steps with runs of `run`
+    steps loaded `vec` at a time: at run starts (chunk a multiple of the run) or at pieces
+    inside every run (chunk a multiple of vec dividing the run)."""
+    return chunk % run == 0 or (run % chunk == 0 and chunk % vec == 0)
+
+
 def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
     """Launch the lanes forward (arguments prepared by _scan_fwd), checkpoints every CHUNK:
     autotuned over LANES_CONFIGS on a GPU, LANES_FIXED when set (sweeps), the interpreter's
@@ -2035,10 +2070,12 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     fixed = _INTERPRET_LANES if _INTERPRET else LANES_FIXED
     if fixed is not None:
         cfg = dict(fixed)
-        if cfg["T"] % vec or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):
+        if cfg["T"] % vec or (flags["SAVE_CKPT"] and not _lanes_ckpt_ok(flags["CHUNK"],
+                                                                         cfg["T"], vec)):
             raise ValueError(f"the lanes forward's runs (T = {cfg['T']} steps) must be a multiple "
                              f"of one 16-byte load ({vec} steps) and divide the checkpoint "
-                             f"interval ({flags['CHUNK']})")
+                             f"interval ({flags['CHUNK']}) or be a multiple of it (itself "
+                             f"a multiple of {vec})")
         maxnreg = cfg.pop("maxnreg", None)
         named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
         pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)
@@ -2047,6 +2084,10 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
             *args, **flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, num_warps=1,
             **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
     else:
+        runs = {c.kwargs["T"] for c in LANES_CONFIGS}
+        if flags["SAVE_CKPT"] and not all(_lanes_ckpt_ok(flags["CHUNK"], t, vec) for t in runs):
+            raise ValueError(f"the lanes forward cannot save checkpoints every {flags['CHUNK']} "
+                             f"steps with runs of {sorted(runs)} steps ({vec} per load)")
         grid = lambda meta: (groups * triton.cdiv(dpg, meta["CPW"]), bsz)
         _lanes_kernel_tuned[grid](*args, **flags, V=vec)
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
@@ -2152,6 +2193,7 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     varying = B.dim() > 2
     groups = B.shape[1] if B.dim() == 4 else 1
     cfg = _config(dstate, backward=True)
+    cfg["CHUNK"] = _ckpt_chunk(dstate, u.element_size())  # the forward's checkpoint interval
     dpg = dim // groups
     lanes_launch = _INTERPRET_BWD_LANES if _INTERPRET else BWD_LANES
     if method == "lanes" and _lanes_chunk(lanes_launch["CPW"], lanes_launch["T"]) % cfg["CHUNK"]:
@@ -2198,7 +2240,10 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         launch = dict(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS[u.element_size()])
         launch.setdefault("R", 1)
         while cfg["CHUNK"] % (launch["R"] * launch["T"]):  # tiles must tile a chunk
-            launch["R"] //= 2
+            if launch["R"] > 1:
+                launch["R"] //= 2
+            else:  # a chunk shorter than one piece: shorter pieces
+                launch["T"] //= 2
         tile = launch["R"] * launch["T"]
         tpc = cfg["CHUNK"] // tile  # tiles per chunk
         split = max(1, min(BWD_SPLIT, 32 // n_seg))

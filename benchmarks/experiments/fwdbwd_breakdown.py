@@ -41,14 +41,15 @@ def main() -> None:
     B, D, N = 8, 1536, 16
     records = []
     reference = {}
+    default_chunks = dict(ss.BWD_CHUNK)
     for L, dname, split, chunk in [(int(x), d, int(f), int(c))
                                    for x in args.lengths.split(",")
                                    for d in args.dtypes.split(",")
                                    for f in args.splits.split(",")
                                    for c in args.chunks.split(",")]:
         ss.BWD_SPLIT = split
-        ss.BWD_CHUNK = chunk or None
-        chunk = ss._config(N, backward=True)["CHUNK"]
+        ss.BWD_CHUNK = {4: chunk, 2: chunk} if chunk else default_chunks
+        chunk = ss._ckpt_chunk(N, DTYPES[dname].itemsize)
         torch.manual_seed(0)  # the same inputs for every record of an (L, dtype)
         leaves = make_scan_inputs(B, D, L, N, DTYPES[dname], dev, requires_grad=True)
         dout = torch.randn_like(leaves["u"])

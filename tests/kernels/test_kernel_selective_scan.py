@@ -273,6 +273,38 @@ def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments)
         torch.testing.assert_close(g, w, **tol(torch.float32))
 
 
+@pytest.mark.parametrize("dstate", [5, 8])
+@pytest.mark.parametrize("length, chunk", [(45, 2), (48, 4), (37, 4)])
+def test_selective_scan_lanes_checkpoints_inside_runs(dstate, length, chunk):
+    """A checkpoint interval shorter than the lanes forward's runs (8 steps, 4 pieces of 2
+    under the interpreter): each run saves the states entering every chunk / 2-th piece, 4
+    states per store where N is a multiple of 4 (N = 8) and one at a time otherwise (N = 5),
+    equal to the loop forward's; the backward from them matches the ref."""
+    inputs = make_inputs(2, 6, length, dstate, layout="BNL")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(chunk))
+        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=8))
+        got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="lanes")
+        want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
+        assert got[2].shape == want[2].shape == (2, 6, -(-length // chunk), dstate)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **tol(torch.float32))
+        mp.setenv(ss.FORWARD_ENV, "lanes")
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        check_against_ref(inputs, True, torch.float32)
+
+
+def test_selective_scan_lanes_checkpoint_interval_refused():
+    """An interval that neither divides the runs in whole loads nor is a multiple of them is
+    refused by name, not saved at the wrong steps."""
+    inputs = make_inputs(1, 4, 24, 4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ss, "_config", small_chunks(6))
+        mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=2, T=8))
+        with pytest.raises(ValueError, match="checkpoint interval"):
+            ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="lanes")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("forward, dstate", [("tile", 4), ("rows", 16), ("lanes", 16)])
 def test_selective_scan_tile_rows_half_inputs(dtype, forward, dstate):
