@@ -2206,6 +2206,10 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
     parts = (n_seg, bsz, dim) if rows else (bsz, dim)
     parts_n = (n_seg, bsz, dstate, dim) if rows else (bsz, dim, dstate)
     dout = dout.contiguous()
+    # du and ddelta are written with u's strides, dz with z's, and they are allocated
+    # contiguous: a padded view of u or z (rows longer than L) must not lend them its strides
+    u = u.contiguous()
+    z = z.contiguous() if z is not None else None
     Af = A.float().contiguous()
     Df = D.float().contiguous() if D is not None else Af
     bias = delta_bias.float().contiguous() if delta_bias is not None else Af

@@ -294,6 +294,37 @@ def test_selective_scan_lanes_checkpoints_inside_runs(dstate, length, chunk):
         check_against_ref(inputs, True, torch.float32)
 
 
+@pytest.mark.parametrize("backward", ["rows", "chunk", "lanes"])
+def test_selective_scan_padded_rows(backward):
+    """u, delta and z as views of longer rows (stride L + 8, last dimension contiguous): the
+    gradients are written at their own (contiguous) strides, not the views' (which once
+    wrote past the end of du, dz: heap corruption), and equal the ref's."""
+    b, d, length, n = 2, 4, 24, 4
+    inputs = make_inputs(b, d, length, n)
+    padded = {k: torch.randn(b, d, length + 8) for k in ("u", "delta", "z")}
+    for k, big in padded.items():
+        big[..., :length] = inputs[k]
+    dout = torch.randn(b, d, length)
+    leaves_ref = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    want = torch.autograd.grad(selective_scan_ref(**leaves_ref, delta_softplus=True),
+                               list(leaves_ref.values()), dout)
+    bigs = {k: v.requires_grad_() for k, v in padded.items()}
+    leaves = {k: (bigs[k][..., :length] if k in bigs else v.clone().requires_grad_())
+              for k, v in inputs.items()}
+    assert leaves["u"].stride(1) == length + 8
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, backward)
+        mp.setattr(ss, "_config", small_chunks(8))
+        out = ss.selective_scan(**leaves, delta_softplus=True)
+        wrt = [bigs[k] if k in bigs else v for k, v in leaves.items()]
+        got = torch.autograd.grad(out, wrt, dout)
+    for name, g, w in zip(leaves, got, want):
+        if name in bigs:  # the padding gets no gradient
+            assert torch.all(g[..., length:] == 0), name
+            g = g[..., :length]
+        torch.testing.assert_close(g, w, **tol(torch.float32), msg=lambda m, n=name: f"d{n}: {m}")
+
+
 def test_selective_scan_lanes_checkpoint_interval_refused():
     """An interval that neither divides the runs in whole loads nor is a multiple of them is
     refused by name, not saved at the wrong steps."""
