@@ -96,6 +96,9 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     """
     bsz, dim, dstate, groups = _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     out = torch.empty_like(x)
+    # the kernel reads D and dt_bias at unit stride: a strided view (D[::2]) is copied
+    D = D.contiguous() if D is not None else None
+    dt_bias = dt_bias.contiguous() if dt_bias is not None else None
     block_n = triton.next_power_of_2(dstate)
     # 1024 state values per program, 2 warps: 26.4 us (85% of the HBM floor) at B=128,
     # D=5120, N=16 on the H200; 512 values and 4 warps (the first launch) took 28.5 us

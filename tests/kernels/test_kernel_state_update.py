@@ -63,6 +63,31 @@ def test_state_update_half_inputs(dtype):
     check_step(make_step(2, 37, 16, dtype=dtype, state_dtype=dtype), True, dtype)
 
 
+def test_state_update_strided_views():
+    """Every operand as a strided view (state a slice of a wider cache, x and dt columns of
+    a (B, 2D) tensor, D and dt_bias every other element, A transposed): the kernel reads
+    each at its strides (D and dt_bias once were read at unit stride: a wrong answer) and
+    updates the view in place, leaving the rest of the cache untouched."""
+    bsz, dim, dstate = 2, 6, 4
+    base = make_step(bsz, dim, dstate)
+    cache = torch.randn(bsz, dim, dstate + 3)
+    cache[..., :dstate] = base["state"]
+    xs, dts = torch.randn(bsz, 2 * dim), torch.randn(bsz, 2 * dim)
+    xs[:, ::2], dts[:, ::2] = base["x"], base["dt"]
+    Ds, biases = torch.randn(2 * dim), torch.randn(2 * dim)
+    Ds[::2], biases[::2] = base["D"], base["dt_bias"]
+    views = dict(base, x=xs[:, ::2], dt=dts[:, ::2], A=base["A"].t().contiguous().t(),
+                 D=Ds[::2], dt_bias=biases[::2])
+    assert not views["A"].is_contiguous() and views["D"].stride(0) == 2
+    rest = cache[..., dstate:].clone()
+    ref = dict(base, state=base["state"].clone())
+    out = selective_state_update(**dict(views, state=cache[..., :dstate]), dt_softplus=True)
+    out_ref = selective_state_update_ref(**ref, dt_softplus=True)
+    torch.testing.assert_close(out, out_ref, **tol(torch.float32))
+    torch.testing.assert_close(cache[..., :dstate], ref["state"], **tol(torch.float32))
+    assert torch.equal(cache[..., dstate:], rest)
+
+
 def test_state_update_steps_equal_the_scan():
     """L steps from a zero state give selective_scan_ref's outputs and last state."""
     bsz, dim, dstate, length = 2, 9, 5, 6
