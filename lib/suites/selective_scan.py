@@ -182,9 +182,10 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
         plan = [("fwd", "fp32", 32)]
     only = os.environ.get("MAMBABOOK_SCAN_PROVIDERS")  # e.g. "triton": re-measure one provider
     modes = os.environ.get("MAMBABOOK_SCAN_MODES")  # e.g. "fwd+bwd": re-measure one mode
+    dtypes = os.environ.get("MAMBABOOK_SCAN_DTYPES")  # e.g. "bf16": re-measure one dtype
     records: list[Record] = []
     for mode, dtype, L_max_loop in plan:
-        if modes and mode not in modes.split(","):
+        if (modes and mode not in modes.split(",")) or (dtypes and dtype not in dtypes.split(",")):
             continue
         for name, make, L_max in scan_providers(mode, dtype, L_max_loop, device, **shape):
             if only and name not in only.split(","):
