@@ -2,10 +2,10 @@
 interpreter: outputs, last states and the backward's checkpoints must be equal bit for bit
 (small shapes: N = 4, 6, 8, 16; L a multiple of the interpreter's chunk run and not; the
 three layouts of B and C). For patches that change how the lanes forward computes or stores
-something, not what (e.g. session 9's ckpt_vec4.patch):
+something, not what (e.g. session 10's pipelined chunk loop):
 
-    cp kernels/selective_scan_kernel.py /tmp/vec4.py && patch /tmp/vec4.py benchmarks/experiments/ckpt_vec4.patch
-    python3 benchmarks/experiments/check_lanes_variant.py /tmp/vec4.py
+    python3 benchmarks/experiments/lanes_pipelined.py kernels/selective_scan_kernel.py /tmp/p2.py 2
+    python3 benchmarks/experiments/check_lanes_variant.py /tmp/p2.py
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ A probe is DTYPE:VARIANT:LAUNCH[:V[:WIDEN]]: LAUNCH as in lanes_forward.py (TxCP
 V the elements per load (empty or left out: 16 bytes of the widest stream), WIDEN 0/1 sets
 the variant's LANES_WIDEN_BC where it has one (e.g. bf16:rerun:16x2r128::1). "base" is the library's kernel. Needs a GPU.
 With --save-ckpt every probe saves the backward's checkpoints, as the forward of forward +
-backward does, and they are checked too (session 9's ckpt_vec4.patch:
+backward does, and they are checked too (session 9's ckpt_vec4.patch, timed in session 10 and
+applied in 36d11ed: `git show baacae5:benchmarks/experiments/ckpt_vec4.patch`;
 `--save-ckpt --variant vec4=/tmp/vec4.py --probes fp32:base:16x4r128,fp32:vec4:16x4r128,...`).
 """
 
