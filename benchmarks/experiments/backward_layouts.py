@@ -9,7 +9,8 @@ B=8, D=1536, N=16, time-varying B and C, with D, z, delta_bias and softplus; nee
     python3 benchmarks/experiments/backward_layouts.py --out /tmp/backward_layouts.json
 
 A launch is BLOCK_D x num_warps, optionally followed by :T<steps per piece>, :R<pieces per
-tile>, :M<register cap>, :P<PREFETCH value> and :B<0 or 1> (BCL: B and C through shuffles),
+tile>, :M<register cap>, :P<PREFETCH value>, :B<0 or 1> (BCL: B and C through shuffles; left
+out, the wrapper's default: on) and :W<0 or 1> (WIDE, in a copy with rows_wide_stores.patch),
 e.g. 32x1:T4:R2:M168 (P2: the states in pairs of experiments/rows_pairs.patch, removed
 after session 9 timed it: `git show 4849a59:benchmarks/experiments/rows_pairs.patch`). --baseline times the rows backward of a copy of the
 kernel module (e.g. `git show HEAD~3:kernels/selective_scan_kernel.py`) at its own launch
@@ -45,14 +46,15 @@ def grads_close(got, want) -> float:
 
 
 def parse_launch(spec: str, variant: str) -> dict:
-    """BLOCK_D x num_warps[:T<n>][:R<n>][:M<n>][:P<n>][:B<n>] and the PREFETCH, BFLY bits ->
+    """BLOCK_D x num_warps[:T<n>][:R<n>][:M<n>][:P<n>][:B<n>][:W<n>] and the PREFETCH, BFLY bits ->
     a BWD_ROWS dict (:P sets PREFETCH to n, :B sets BCL)."""
     head, *opts = spec.split(":")
     bd, w = head.split("x")
     launch = dict(BLOCK_D=int(bd), T=4, num_warps=int(w), PREFETCH=variant[0] == "1",
                   BFLY=variant[1] == "1")
     for o in opts:
-        launch[{"T": "T", "R": "R", "M": "maxnreg", "P": "PREFETCH", "B": "BCL"}[o[0]]] = int(o[1:])
+        launch[{"T": "T", "R": "R", "M": "maxnreg", "P": "PREFETCH", "B": "BCL",
+                "W": "WIDE"}[o[0]]] = int(o[1:])
     return launch
 
 

@@ -4,15 +4,23 @@ Compute to profile its second PASS 2 launch (launches: PASS 1, PASS 2, PASS 1, P
     ncu --clock-control none --kernel-name regex:bwd_rows --launch-skip 3 --launch-count 1 \\
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \\
         --section MemoryWorkloadAnalysis --section InstructionStats --print-details all \\
-        python3 benchmarks/experiments/profile_backward.py
+        python3 benchmarks/experiments/profile_backward.py [--bf16] [--module COPY.py]
 """
 
+import importlib.util
 import sys
 
 import torch
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.suites.selective_scan import make_scan_inputs
+
+if "--module" in sys.argv:  # a copy of the kernel module instead (e.g. rows_nostore.patch applied)
+    path = sys.argv[sys.argv.index("--module") + 1]
+    spec = importlib.util.spec_from_file_location("mambabook.kernels.variant_profiled", path)
+    ss = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = ss
+    spec.loader.exec_module(ss)
 
 dtype = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
 x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
