@@ -1787,7 +1787,8 @@ BWD_SPLIT = 4
 # D=1536, N=16, L=4096, forward + backward (session 10, results/nvidia-h200/
 # fwdbwd_breakdown.json): bf16 3.20 ms at 16 (PASS 2 2.00 ms, no sweep; the forward 0.80)
 # against 3.36 at 32 (2.24; 0.73), 3.40 at 64, 3.39 at 128; fp32 4.45 / 4.42 / 4.41 / 4.49 ms
-# at 16 / 32 / 64 / 128 (its 8-step tiles still sweep at 16), so fp32 keeps 32.
+# at 16 / 32 / 64 / 128 and 4.79 at 8 (one fp32 tile: PASS 2 no faster without its sweep,
+# the forward 1.33 ms saving 2 states per run), so fp32 keeps 32.
 BWD_CHUNK: dict[int, int] = {2: 16}
 BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: which backward runs
 # The lanes backward's launch (opt-in): CPW channels per warp, num_warps warps per program
