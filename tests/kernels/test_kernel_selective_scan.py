@@ -772,6 +772,44 @@ for spec in sys.argv[1:]:
 """
 
 
+_SM90_LANES_COMPILE = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import mambabook.kernels.selective_scan_kernel as ss
+
+kernel = ss._selective_scan_fwd_lanes_kernel
+for spec in sys.argv[1:]:
+    n, chunk, even = (int(x) for x in spec.split(","))
+    const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True,
+                 SAVE_CKPT=True, N=n, CHUNK=chunk, CPW=4, T=16, V=4, EVEN=bool(even), PAIRS=False)
+    names = kernel.arg_names
+    sig = {k: "constexpr" if k in const else "*fp32" if k.endswith("_ptr") else "i32"
+           for k in names}
+    src = ASTSource(fn=kernel, signature=sig,
+                    constexprs={(names.index(k),): v for k, v in const.items()})
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
+    assert "fwd_lanes" in compiled.asm["ptx"], spec
+    print("compiled", spec)
+"""
+
+
+def test_selective_scan_lanes_checkpoints_compile_for_sm90():
+    """The lanes forward's checkpoint stores compile for sm_90 (no interpreter): 4 states per
+    16-byte store (N = 8) with 2 checkpoints inside each run of 16 steps (every 8), masked, and
+    one state per store (N = 5) at run starts, unmasked."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    specs = ["8,8,0", "5,32,1"]
+    done = subprocess.run([sys.executable, "-c", _SM90_LANES_COMPILE, *specs], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [w for s in specs for w in ("compiled", s)]
+
+
 def test_selective_scan_rows_backward_compiles_for_sm90():
     """The rows backward compiles for an H100/H200 (sm_90) on this machine, GPU or not (in a
     process without the interpreter). The interpreter runs Python, so it does not see what
