@@ -454,14 +454,15 @@ def test_selective_scan_auto_forward_times_each(dstate, want, monkeypatch):
 
 
 def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
-    """Runs that are not whole 16-byte loads, or that do not divide the checkpoint interval,
-    are refused with a ValueError naming both."""
+    """Runs that are not whole 16-byte loads, or that neither divide the checkpoint interval
+    nor hold it a whole number of times (in whole loads), are refused with a ValueError
+    naming both (an interval of 2 with runs of 4 is allowed: checkpoints inside runs)."""
     inputs = make_inputs(1, 2, 16, 2)
     use_forward(monkeypatch, "lanes", 2, 3)
     with pytest.raises(ValueError, match="16-byte load"):
         ss.selective_scan(**inputs)
     use_forward(monkeypatch, "lanes", 2, 4)
-    monkeypatch.setattr(ss, "_config", small_chunks(2))
+    monkeypatch.setattr(ss, "_config", small_chunks(6))
     with pytest.raises(ValueError, match="checkpoint interval"):
         ss.selective_scan(**{k: v.requires_grad_() if k == "u" else v
                              for k, v in inputs.items()})
