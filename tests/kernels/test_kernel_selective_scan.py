@@ -750,65 +750,51 @@ def test_selective_scan_gpu_butterfly_in_use(monkeypatch):
 
 
 _SM90_COMPILE = """
-import sys
+import json, sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import mambabook.kernels.selective_scan_kernel as ss
 
-kernel = ss._selective_scan_bwd_rows_kernel
-for spec in sys.argv[1:]:
-    pass_, bfly, pieces, even, bcl = (int(x) for x in spec.split(","))
-    const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True,
-                 CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=bool(even),
-                 PREFETCH=True, BFLY=bfly, ASM=True, BCL=bool(bcl))
+kernel = getattr(ss, sys.argv[1])
+for spec in sys.argv[2:]:
+    const = json.loads(spec)
     names = kernel.arg_names
     sig = {n: "constexpr" if n in const else "*fp32" if n.endswith("_ptr") else "i32"
            for n in names}
     src = ASTSource(fn=kernel, signature=sig,
                     constexprs={(names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
-    assert "bwd_rows" in compiled.asm["ptx"], spec
-    print("compiled", spec)
+    assert kernel.__name__ in compiled.asm["ptx"], spec
+    print("compiled")
 """
 
 
-_SM90_LANES_COMPILE = """
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import mambabook.kernels.selective_scan_kernel as ss
+def compile_for_sm90(kernel_name, consts):
+    """Compile a kernel of the module for sm_90 once per dict of constexprs, in a process
+    without the interpreter (GPU or not); fails with the compiler's message."""
+    import json
+    import subprocess
+    import sys
 
-kernel = ss._selective_scan_fwd_lanes_kernel
-for spec in sys.argv[1:]:
-    n, chunk, even = (int(x) for x in spec.split(","))
-    const = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True,
-                 SAVE_CKPT=True, N=n, CHUNK=chunk, CPW=4, T=16, V=4, EVEN=bool(even), PAIRS=False)
-    names = kernel.arg_names
-    sig = {k: "constexpr" if k in const else "*fp32" if k.endswith("_ptr") else "i32"
-           for k in names}
-    src = ASTSource(fn=kernel, signature=sig,
-                    constexprs={(names.index(k),): v for k, v in const.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
-    assert "fwd_lanes" in compiled.asm["ptx"], spec
-    print("compiled", spec)
-"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _SM90_COMPILE, kernel_name,
+                           *(json.dumps(c) for c in consts)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["compiled"] * len(consts)
+
+
+FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=True)
 
 
 def test_selective_scan_lanes_checkpoints_compile_for_sm90():
     """The lanes forward's checkpoint stores compile for sm_90 (no interpreter): 4 states per
     16-byte store (N = 8) with 2 checkpoints inside each run of 16 steps (every 8), masked, and
     one state per store (N = 5) at run starts, unmasked."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    specs = ["8,8,0", "5,32,1"]
-    done = subprocess.run([sys.executable, "-c", _SM90_LANES_COMPILE, *specs], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == [w for s in specs for w in ("compiled", s)]
+    compile_for_sm90("_selective_scan_fwd_lanes_kernel", [
+        dict(FLAGS, SAVE_CKPT=True, N=n, CHUNK=chunk, CPW=4, T=16, V=4, EVEN=even, PAIRS=False)
+        for n, chunk, even in ((8, 8, False), (5, 32, True))])
 
 
 def test_selective_scan_rows_backward_compiles_for_sm90():
@@ -818,12 +804,8 @@ def test_selective_scan_rows_backward_compiles_for_sm90():
     the tl.sum path (no butterfly) runs only for shapes whose loads Triton cannot vectorise.
     PASS, BFLY, R, EVEN, BCL: both passes, both paths for dB and dC, 1 and 2 pieces, masked
     and not, B and C loaded per state or shuffled from one load per tile."""
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    specs = ["1,0,2,0,0", "2,0,2,0,1", "2,32,2,1,1", "2,0,1,1,0"]
-    done = subprocess.run([sys.executable, "-c", _SM90_COMPILE, *specs], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == [w for s in specs for w in ("compiled", s)]
+    compile_for_sm90("_selective_scan_bwd_rows_kernel", [
+        dict(FLAGS, CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=even, PREFETCH=True,
+             BFLY=bfly, ASM=True, BCL=bcl)
+        for pass_, bfly, pieces, even, bcl in ((1, 0, 2, False, False), (2, 0, 2, False, True),
+                                                (2, 32, 2, True, True), (2, 0, 1, True, False))])
