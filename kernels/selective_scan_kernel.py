@@ -417,8 +417,9 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
 
     dts, dtus: R pieces (CPW, LT, V) of delta and delta u; Bx: R pieces of B (time-varying)
     or one (CPW, 1, 1) value; A2n: (CPW, 1, 1) A log2(e); h0: (CPW, LT) the state entering
-    the chunk. Returns the pieces of a, b = delta u B and h, the state entering each lane's
-    run ((CPW, LT)), and the state after the chunk (in every lane of a channel)."""
+    the chunk. Returns the pieces of a, b = delta u B and h, the state entering each piece
+    of each lane's run (R of (CPW, LT); the first enters the run), and the state after the
+    chunk (in every lane of a channel)."""
     As = ()
     bs = ()
     Ps = ()
@@ -443,12 +444,14 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
     h_end = Pi * h0 + Hi  # the state after each lane's run
     h_run_in = tl.where(j == 0, h0, tl.gather(h_end, prev, axis=1))
     hs = ()
+    h_ins = ()
     h_in = h_run_in
     for r in tl.static_range(R):
         h = Hs[r] + Ps[r] * h_in[:, :, None]
         hs = hs + (h,)
+        h_ins = h_ins + (h_in,)
         h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
-    return As, bs, hs, h_run_in, tl.gather(h_end, last_lane, axis=1)
+    return As, bs, hs, h_ins, tl.gather(h_end, last_lane, axis=1)
 
 
 @triton.jit
@@ -491,6 +494,7 @@ def _selective_scan_fwd_lanes_kernel(
     # starts a chunk) or of V dividing T (CPR = T / CHUNK per run, every STEP_R pieces)
     CPR: tl.constexpr = T // CHUNK if CHUNK < T else 1
     STEP_R: tl.constexpr = CHUNK // V if CHUNK < T else R
+    G: tl.constexpr = 4 if N % 4 == 0 else 1  # states per checkpoint store
     grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     d3 = offs_d[:, None, None]
@@ -532,7 +536,7 @@ def _selective_scan_fwd_lanes_kernel(
             else:
                 ys = ys + (tl.zeros_like(dt),)
         hc_new = ()
-        ck_group = ()  # the states entering the runs, 4 at a time (SAVE_CKPT)
+        ck_group = ()  # the states entering the runs' checkpointed pieces, G states (SAVE_CKPT)
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
             if VARYING_BC:
@@ -541,34 +545,25 @@ def _selective_scan_fwd_lanes_kernel(
             else:
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
-            _, _, hs, h_in, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
-                                                   last_lane, is_last, R, VARYING_BC)
+            _, _, hs, h_ins, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
+                                                    last_lane, is_last, R, VARYING_BC)
             hc_new = hc_new + (h_next,)
             if SAVE_CKPT:  # the states entering the run's CPR checkpointed pieces
                 for q in tl.static_range(CPR):
-                    if q == 0:
-                        ck_group = ck_group + (h_in,)
-                    else:  # the state after piece q STEP_R - 1
-                        ck_group = ck_group + (
-                            tl.sum(tl.where(is_last, hs[q * STEP_R - 1], 0.0), axis=2),)
-                if N % 4 == 0:  # 4 states at a time: one 16-byte store per lane
-                    if n % 4 == 3:
-                        for q in tl.static_range(CPR):
-                            t_ck = t0 + j * T + q * CHUNK
-                            ck_mask = mask_d[:, None] & ((t_ck % CHUNK) == 0) & (t_ck < L)
-                            # join appends the new axis last: (a, c), (b, d) -> a, b, c, d
-                            v = tl.join(tl.join(ck_group[q], ck_group[2 * CPR + q]),
-                                        tl.join(ck_group[CPR + q], ck_group[3 * CPR + q]))
-                            off = (t_ck // CHUNK) * N + (n - 3)
-                            tl.store(ck_row[:, :, None] + off[:, :, None]
-                                     + tl.arange(0, 4)[None, None, :], v.reshape(CPW, LT, 4),
-                                     mask=ck_mask[:, :, None])
-                        ck_group = ()
-                else:
+                    ck_group = ck_group + (h_ins[q * STEP_R],)
+                if n % G == G - 1:  # G states a store: one 16-byte store per lane when G = 4
                     for q in tl.static_range(CPR):
                         t_ck = t0 + j * T + q * CHUNK
                         ck_mask = mask_d[:, None] & ((t_ck % CHUNK) == 0) & (t_ck < L)
-                        tl.store(ck_row + (t_ck // CHUNK) * N + n, ck_group[q], mask=ck_mask)
+                        ck_at = ck_row + (t_ck // CHUNK) * N + (n - (G - 1))
+                        if G == 4:
+                            # join appends the new axis last: (a, c), (b, d) -> a, b, c, d
+                            v = tl.join(tl.join(ck_group[q], ck_group[2 * CPR + q]),
+                                        tl.join(ck_group[CPR + q], ck_group[3 * CPR + q]))
+                            tl.store(ck_at[:, :, None] + tl.arange(0, 4)[None, None, :],
+                                     v.reshape(CPW, LT, 4), mask=ck_mask[:, :, None])
+                        else:
+                            tl.store(ck_at, ck_group[q], mask=ck_mask)
                     ck_group = ()
             yn = ()
             for r in tl.static_range(R):
@@ -1320,15 +1315,11 @@ def _selective_scan_bwd_rows_kernel(
         c1 = tl.cdiv(s_end, TT)
         for ci in range(0, c1 - c0):
             t0 = (c1 - 1 - ci) * TT  # tiles in reverse
-            dts = ()
-            dys = ()
+            # (not `_` for the unused delta u: it holds a tensor elsewhere in the loop)
+            dts, _dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t, mask_c,
+                                           L, bias, HAS_BIAS, SOFTPLUS, HAS_Z, EVEN, T, R)
             for r in tl.static_range(R):
-                t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
-                dt, _ = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-                _, _, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
-                S += tl.sum(dt, axis=1, keep_dims=True)
-                dts = dts + (dt,)
-                dys = dys + (dy,)
+                S += tl.sum(dts[r], axis=1, keep_dims=True)
             if PREFETCH:
                 k_in, A2n, Cn = _k_cols(kp, A_col, C_base, C_ptr, 0, s_C_n, t0, offs_t, L, dim,
                                         d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R, True)
@@ -2069,14 +2060,15 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
             *_row_strides(u, delta, zz, out), *sB, *sC)
     fixed = _INTERPRET_LANES if _INTERPRET else LANES_FIXED
-    if fixed is not None:
-        cfg = dict(fixed)
-        if cfg["T"] % vec or (flags["SAVE_CKPT"] and not _lanes_ckpt_ok(flags["CHUNK"],
-                                                                         cfg["T"], vec)):
-            raise ValueError(f"the lanes forward's runs (T = {cfg['T']} steps) must be a multiple "
+    runs = [fixed["T"]] if fixed is not None else [c.kwargs["T"] for c in LANES_CONFIGS]
+    for run in runs:
+        if run % vec or (flags["SAVE_CKPT"] and not _lanes_ckpt_ok(flags["CHUNK"], run, vec)):
+            raise ValueError(f"the lanes forward's runs (T = {run} steps) must be a multiple "
                              f"of one 16-byte load ({vec} steps) and divide the checkpoint "
                              f"interval ({flags['CHUNK']}) or be a multiple of it (itself "
                              f"a multiple of {vec})")
+    if fixed is not None:
+        cfg = dict(fixed)
         maxnreg = cfg.pop("maxnreg", None)
         named = dict(zip(_selective_scan_fwd_lanes_kernel.arg_names, args), **cfg)
         pairs = cfg.pop("PAIRS", True) and _lanes_pairs(named)
@@ -2085,10 +2077,6 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
             *args, **flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, num_warps=1,
             **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
     else:
-        runs = {c.kwargs["T"] for c in LANES_CONFIGS}
-        if flags["SAVE_CKPT"] and not all(_lanes_ckpt_ok(flags["CHUNK"], t, vec) for t in runs):
-            raise ValueError(f"the lanes forward cannot save checkpoints every {flags['CHUNK']} "
-                             f"steps with runs of {sorted(runs)} steps ({vec} per load)")
         grid = lambda meta: (groups * triton.cdiv(dpg, meta["CPW"]), bsz)
         _lanes_kernel_tuned[grid](*args, **flags, V=vec)
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
