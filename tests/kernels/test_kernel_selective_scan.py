@@ -64,6 +64,13 @@ class LaunchSpy:
         return call
 
 
+def grads_of(fn, inputs, dout):
+    """The gradient of every input (all given) of fn(**inputs, delta_softplus=True) . dout,
+    on fresh leaves."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    return torch.autograd.grad(fn(**leaves, delta_softplus=True), list(leaves.values()), dout)
+
+
 def small_chunks(chunk):
     """A _config replacement that forces CHUNK (so short sequences span several chunks)."""
     def config(dstate, backward):
@@ -305,9 +312,7 @@ def test_selective_scan_padded_rows(backward):
     for k, big in padded.items():
         big[..., :length] = inputs[k]
     dout = torch.randn(b, d, length)
-    leaves_ref = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    want = torch.autograd.grad(selective_scan_ref(**leaves_ref, delta_softplus=True),
-                               list(leaves_ref.values()), dout)
+    want = grads_of(selective_scan_ref, inputs, dout)
     bigs = {k: v.requires_grad_() for k, v in padded.items()}
     leaves = {k: (bigs[k][..., :length] if k in bigs else v.clone().requires_grad_())
               for k, v in inputs.items()}
@@ -503,9 +508,7 @@ def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
     (state, piece): N R = 6 and 8 of 8 rows, L a multiple of the tile and not."""
     inputs = make_inputs(2, 10, length, dstate, "BGNL", 2, True, True, True)
     dout = torch.randn(2, 10, length)
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    want = torch.autograd.grad(selective_scan_ref(**leaves, delta_softplus=True),
-                               list(leaves.values()), dout)
+    want = grads_of(selective_scan_ref, inputs, dout)
     got = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.BACKWARD_ENV, "rows")
@@ -516,9 +519,7 @@ def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
                                                        BFLY=True, BCL=bcl))
             spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
             mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
-            leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-            got[bcl] = torch.autograd.grad(ss.selective_scan(**leaves, delta_softplus=True),
-                                           list(leaves.values()), dout)
+            got[bcl] = grads_of(ss.selective_scan, inputs, dout)
             mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
             assert [m["BCL"] for m in spy.meta] == [False, bcl]  # PASS 1 never, PASS 2 as asked
     for g, o, w in zip(got[True], got[False], want):
@@ -537,13 +538,9 @@ def test_selective_scan_rows_backward_sub_segments(length, split, runs):
 
     def grads(mp, split):
         mp.setattr(ss, "BWD_SPLIT", split)
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-        out = ss.selective_scan(**leaves, delta_softplus=True)
-        return torch.autograd.grad(out, list(leaves.values()), dout)
+        return grads_of(ss.selective_scan, inputs, dout)
 
-    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
-    want = torch.autograd.grad(selective_scan_ref(**leaves, delta_softplus=True),
-                               list(leaves.values()), dout)
+    want = grads_of(selective_scan_ref, inputs, dout)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.BACKWARD_ENV, "rows")
         mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=4, T=2, R=2, PREFETCH=True, BFLY=True))
