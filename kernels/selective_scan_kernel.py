@@ -455,6 +455,18 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
 
 
 @triton.jit
+def _runs_in_rows(p, CPW: tl.constexpr, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr):
+    """R (CPW, LT, V) pieces (lane j's piece r: steps j R V + r V ..) as (CPW, LT R, V) rows in
+    time order (row j R + r)."""
+    if R == 2:
+        x = tl.join(p[0], p[1])  # (CPW, LT, V, 2)
+        return x.permute(0, 1, 3, 2).reshape(CPW, LT * 2, V)
+    else:  # R == 4: (p0, p2), (p1, p3) -> [.., k1, k2] = piece 2 k1 + k2
+        x = tl.join(tl.join(p[0], p[2]), tl.join(p[1], p[3]))  # (CPW, LT, V, 2, 2)
+        return x.permute(0, 1, 3, 4, 2).reshape(CPW, LT * 4, V)
+
+
+@triton.jit
 def _selective_scan_fwd_lanes_kernel(
     # pointers and strides as in the rows forward (no segments)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
@@ -575,13 +587,22 @@ def _selective_scan_fwd_lanes_kernel(
         hc = hc_new
         if HAS_Z:
             zs = _lanes_load(z_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
+        outs = ()
         for r in tl.static_range(R):
             y = ys[r]
             if HAS_Z:
                 y *= zs[r] * tl.sigmoid(zs[r])
-            t = t0 + r * V + steps
-            tl.store(o_row + t, y.to(out_ptr.dtype.element_ty),
-                     mask=None if EVEN else m3 & (t < L))
+            if EVEN and (R == 2 or R == 4):
+                outs = outs + (y.to(out_ptr.dtype.element_ty),)
+            else:
+                t = t0 + r * V + steps
+                tl.store(o_row + t, y.to(out_ptr.dtype.element_ty),
+                         mask=None if EVEN else m3 & (t < L))
+        if EVEN and (R == 2 or R == 4):  # the chunk as LT R rows of V steps, in time order,
+            # one row per lane: each store instruction writes 32 lanes' consecutive 16 bytes
+            tr = t0 + (tl.arange(0, LT * R)[None, :, None] * V + tl.arange(0, V)[None, None, :])
+            tr = tl.max_contiguous(tl.multiple_of(tr, [1, V, V]), [1, 1, V])
+            tl.store(o_row + tr, _runs_in_rows(outs, CPW, LT, R, V))
     last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
     for n in tl.static_range(N):
         tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
@@ -1225,6 +1246,12 @@ def _lane_sums(P, Q, lane, W: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
+def _pieces2(p, BLOCK_D: tl.constexpr, T: tl.constexpr):
+    """Two (BLOCK_D, T) pieces as (2 BLOCK_D, T) rows: row 2d + k is channel d's piece k."""
+    return tl.join(p[0], p[1]).permute(0, 2, 1).reshape(2 * BLOCK_D, T)
+
+
+@triton.jit
 def _selective_scan_bwd_rows_kernel(
     # pointers: inputs (A and (D, N) B, C transposed to (N, D)), checkpoints (B, D, L/CHUNK, N)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
@@ -1240,7 +1267,8 @@ def _selective_scan_bwd_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
     CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
-    BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr,
+    BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr, WIDE: tl.constexpr,
+    STORE_EV: tl.constexpr, SCRATCH_EV: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards. A tile is R
@@ -1275,7 +1303,15 @@ def _selective_scan_bwd_rows_kernel(
     time-varying B, C, N R <= BLOCK_D), B and C of every state on a tile are one load per
     row (`_bc_lanes`) and each state's pieces reach every row by shuffles (`_lane_pieces`)
     instead of a 16-byte load per (state, piece) that every lane makes to the same address.
+    With WIDE (R = 2), a tile's gradients are stored once, a channel's two pieces in adjacent
+    lanes (`_pieces2`), so that each store instruction writes whole 32-byte sectors.
+    STORE_EV and SCRATCH_EV are the L2 eviction policies of the gradient stores and of the
+    scratch columns' stores ("" the default): the gradients are written once and never read
+    here, the scratch is read back soon, and with "evict_first" / "evict_last" the streams
+    of gradients stop pushing the scratch out of L2 (fp32, H200: benchmarks/
+    selective_scan_notes.md, session 11).
     """
+    WIDE2: tl.constexpr = WIDE and R == 2
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     seg = tl.program_id(2)  # segment of the sequence (PASS 1: sub-segment)
@@ -1335,7 +1371,7 @@ def _selective_scan_bwd_rows_kernel(
                 k_out = k_in
                 for r in tl.static_range(R - 1, -1, -1):
                     _, k_out = _grad_scan(tl.exp2(dts[r] * A2n), dys[r] * Cn[r], k_out, offs_t, T)
-                tl.store(kp + n * dim, k_out, mask=mask_c)
+                tl.store(kp + n * dim, k_out, mask=mask_c, eviction_policy=SCRATCH_EV)
                 if PREFETCH:
                     k_in, A2n, Cn = k_nx, A_nx, C_nx
         tl.store(ss_base + seg * dim, S, mask=mask_c)
@@ -1348,7 +1384,7 @@ def _selective_scan_bwd_rows_kernel(
                 j = n_sub - 1 - jj
                 kn = (tl.exp2(_col_load(ss_base + j * dim, mask_c) * A2n) * kn
                       + _col_load(sk_base + (j * dstate + n) * dim, mask_c))
-            tl.store(kp + n * dim, kn, mask=mask_c)
+            tl.store(kp + n * dim, kn, mask=mask_c, eviction_policy=SCRATCH_EV)
         part = (seg * tl.num_programs(1) + pid_b) * dim + d_col  # into (n_seg, B, D)
         dA_p = dA_ptr + (seg * tl.num_programs(1) + pid_b) * dstate * dim + d_col  # + n * dim
         dB_p = dB_ptr + (seg * tl.num_programs(1) + pid_b) * dstate * dim + d_col  # (D, N) B
@@ -1370,7 +1406,8 @@ def _selective_scan_bwd_rows_kernel(
             j1 = tl.minimum(j0 + TPC, tl.cdiv(L, TT))  # the chunk's tiles: j0 .. j1 - 1
             # forward over the chunk from its checkpoint: the state entering each tile
             for n in range(0, dstate):
-                tl.store(tl_base + n * dim, _col_load(ck_base + k * dstate + n, mask_c), mask=mask_c)
+                tl.store(tl_base + n * dim, _col_load(ck_base + k * dstate + n, mask_c),
+                         mask=mask_c, eviction_policy=SCRATCH_EV)
             for j in range(j0, j1 - 1):  # (the last tile's end state is not needed)
                 t0 = j * TT
                 dts, dtus, dys = _tile_inputs(dt_base, u_base, do_base, z_base, t0, offs_t,
@@ -1397,7 +1434,8 @@ def _selective_scan_bwd_rows_kernel(
                     for r in tl.static_range(R):
                         _, h_out = _state_scan(tl.exp2(dts[r] * A2n), dtus[r] * Bp[r], h_out,
                                                offs_t, T)
-                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c)
+                    tl.store(h_ptr + (dstate + n) * dim, h_out, mask=mask_c,
+                             eviction_policy=SCRATCH_EV)
                     if PREFETCH:
                         h_in, A2n, Bn = h_nx, A_nx, B_nx
             # the chunk's tiles in reverse
@@ -1452,7 +1490,7 @@ def _selective_scan_bwd_rows_kernel(
                     for r in tl.static_range(R - 1, -1, -1):  # the gradient, backwards
                         g, k_out = _grad_scan(As[r], dys[r] * Cp[r], k_out, offs_t, T)
                         gs = (g,) + gs
-                    tl.store(kp + n * dim, k_out, mask=mask_c)
+                    tl.store(kp + n * dim, k_out, mask=mask_c, eviction_policy=SCRATCH_EV)
                     dA_s = dA_o
                     dB_s = dB_o
                     dC_s = dC_o
@@ -1491,14 +1529,17 @@ def _selective_scan_bwd_rows_kernel(
                     ys = ys_n
                     ddts = ddts_n
                     gBs = gBs_n
-                    tl.store(dA_p + n * dim, dA_s, mask=mask_c)
+                    tl.store(dA_p + n * dim, dA_s, mask=mask_c, eviction_policy=SCRATCH_EV)
                     if not VARYING_BC:
-                        tl.store(dB_p + n * dim, dB_s, mask=mask_c)
-                        tl.store(dC_p + n * dim, dC_s, mask=mask_c)
+                        tl.store(dB_p + n * dim, dB_s, mask=mask_c, eviction_policy=SCRATCH_EV)
+                        tl.store(dC_p + n * dim, dC_s, mask=mask_c, eviction_policy=SCRATCH_EV)
                     if PREFETCH:
                         h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = (
                             h_nx, k_nx, A_nx, dA_nx, B_nx, C_nx, dB_nx, dC_nx)
                 # every state done: the tile's inputs again (from the cache) and its gradients
+                g_du = ()
+                g_dt = ()
+                g_dz = ()
                 for r in tl.static_range(R):
                     t, mask_dt = _piece_mask(t0, r, offs_t, mask_c, L, T)
                     dt, dt_raw, u, dout, zz, dy = _piece_inputs(dt_base, u_base, do_base, z_base,
@@ -1514,8 +1555,11 @@ def _selective_scan_bwd_rows_kernel(
                             y += Dv * u
                         sz = tl.sigmoid(zz)
                         dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-                        tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
-                                 mask=None if EVEN else mask_dt)
+                        if WIDE2:
+                            g_dz = g_dz + (dz.to(dz_ptr.dtype.element_ty),)
+                        else:
+                            tl.store(dz_base + t[None, :], dz.to(dz_ptr.dtype.element_ty),
+                                     mask=None if EVEN else mask_dt, eviction_policy=STORE_EV)
                     ddt = ddts[r] + gBs[r] * u
                     if SOFTPLUS:
                         ddt = ddt * tl.sigmoid(dt_raw)
@@ -1523,10 +1567,38 @@ def _selective_scan_bwd_rows_kernel(
                         ddt = tl.where(mask_dt, ddt, 0.0)
                     if HAS_BIAS:
                         dbias_acc += tl.sum(ddt, axis=1, keep_dims=True)
-                    tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
-                             mask=None if EVEN else mask_dt)
-                    tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
-                             mask=None if EVEN else mask_dt)
+                    if WIDE2:
+                        g_du = g_du + (du.to(du_ptr.dtype.element_ty),)
+                        g_dt = g_dt + (ddt.to(ddelta_ptr.dtype.element_ty),)
+                    else:
+                        tl.store(du_base + t[None, :], du.to(du_ptr.dtype.element_ty),
+                                 mask=None if EVEN else mask_dt, eviction_policy=STORE_EV)
+                        tl.store(ddt_base + t[None, :], ddt.to(ddelta_ptr.dtype.element_ty),
+                                 mask=None if EVEN else mask_dt, eviction_policy=STORE_EV)
+                if WIDE2:  # the tile's 2 pieces as (2 BLOCK_D, T) rows: a channel's two
+                    # pieces in adjacent lanes, so one instruction writes whole sectors
+                    kk = tl.arange(0, 2)
+                    tw = t0 + (kk[:, None] * T + offs_t[None, :])  # (2, T)
+                    rows = tl.reshape(tl.broadcast_to(d_col[:, :, None], (BLOCK_D, 2, 1)),
+                                      (2 * BLOCK_D, 1))
+                    tws = tl.reshape(tl.broadcast_to(tw[None, :, :], (BLOCK_D, 2, T)),
+                                     (2 * BLOCK_D, T))
+                    tws = tl.max_contiguous(tl.multiple_of(tws, [T, T]), [1, T])
+                    mw = None
+                    if not EVEN:
+                        mrow = tl.reshape(tl.broadcast_to(mask_c[:, :, None], (BLOCK_D, 2, 1)),
+                                          (2 * BLOCK_D, 1))
+                        mw = mrow & (tws < L)
+                    base_u = du_ptr + pid_b * s_u_b + rows * s_u_d + tws
+                    base_dt = ddelta_ptr + pid_b * s_u_b + rows * s_u_d + tws
+                    tl.store(base_u, _pieces2(g_du, BLOCK_D, T), mask=mw,
+                             eviction_policy=STORE_EV)
+                    tl.store(base_dt, _pieces2(g_dt, BLOCK_D, T), mask=mw,
+                             eviction_policy=STORE_EV)
+                    if HAS_Z:
+                        base_z = dz_ptr + pid_b * s_z_b + rows * s_z_d + tws
+                        tl.store(base_z, _pieces2(g_dz, BLOCK_D, T), mask=mw,
+                                 eviction_policy=STORE_EV)
         if HAS_D:
             tl.store(dD_ptr + part, dD_acc, mask=mask_c)
         if HAS_BIAS:
@@ -1758,10 +1830,20 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 # (BCL) 3.45 against 3.52 ms in fp32, 2.90 against 2.63 ms in bf16 (more spills at the cap),
 # so fp32 only; the states in pairs (rows_pairs.patch, removed: in git at 4849a59) no faster
 # (3.70 / 3.66 ms).
-BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, PREFETCH=True, BFLY=True, BCL=True),
+# Session 11 (fp32, side by side in one run; results/nvidia-h200/
+# backward_rows_sweep.json "session11_*"): a 168-register cap 3.44 -> 3.28 ms (12 warps per SM
+# instead of 11), whole-sector gradient stores (WIDE) 3.22, the gradient stores evict_first
+# 3.07, the scratch columns' stores evict_last too 2.93 (PASS 2's HBM traffic 4.5 -> 3.3 GB);
+# evict_last on the scratch loads, evict_first on the checkpoint loads or the last input
+# reads, evict_last on the first: each slower (2.98-3.14). In bf16 WIDE spills more and is
+# slower (2.71 against 2.40 ms) and the hints gain 2% or lose (2.36-2.83): none is used.
+BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
+                    BCL=True, WIDE=True, STORE_EV="evict_first", SCRATCH_EV="evict_last"),
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
                     BCL=False)}
-_INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True)  # the interpreter's tile
+_INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True,  # the interpreter's
+                           WIDE=True, STORE_EV="evict_first", SCRATCH_EV="evict_last")  # tile
+_ROWS_DEFAULTS = dict(R=1, WIDE=False, STORE_EV="", SCRATCH_EV="")  # keys a launch may omit
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 # The rows backward's PASS 1 runs only (n_seg - 1) x B x D / BLOCK_D one-warp programs (1,152
 # at B=8, D=1536, 4 segments: 8.7 warps per SM), so it cuts each segment into BWD_SPLIT
@@ -2230,8 +2312,8 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                  SOFTPLUS=bool(softplus), VARYING_BC=varying, CHUNK=cfg["CHUNK"])
     strides = (*_row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
     if rows:
-        launch = dict(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS[u.element_size()])
-        launch.setdefault("R", 1)
+        launch = dict(_ROWS_DEFAULTS,
+                      **(_INTERPRET_BWD_ROWS if _INTERPRET else BWD_ROWS[u.element_size()]))
         while cfg["CHUNK"] % (launch["R"] * launch["T"]):  # tiles must tile a chunk
             if launch["R"] > 1:
                 launch["R"] //= 2

@@ -8,8 +8,9 @@
 #   $OUT/<dtype>_summary.json ncu_summary.py's digest (instruction mix, stalls, top waits)
 # Session 9 collected the same sections (ncu_pass2_4k_split_bcl in
 # results/nvidia-h200/backward_rows_sweep.json) without --print-details all, so the tables
-# were not printed. Usage: [DTYPES="fp32 bf16"] [T=115] [MODULE=copy.py] bash benchmarks/experiments/ncu_pass2.sh
-# (MODULE: profile a copy of the kernel module, e.g. with rows_nostore.patch applied)
+# were not printed. Usage: [DTYPES="fp32 bf16"] [T=115] [MODULE=copy.py] [ROWS=WIDE=1,maxnreg=168] bash benchmarks/experiments/ncu_pass2.sh
+# (MODULE: profile a copy of the kernel module, e.g. with rows_nostore.patch applied; ROWS:
+# override keys of the dtype's BWD_ROWS launch, see profile_backward.py)
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,7 +22,7 @@ NCU=(ncu --clock-control none --kernel-name regex:bwd_rows --launch-skip 3 --lau
      --section MemoryWorkloadAnalysis_Tables --section InstructionStats --import-source no)
 for v in ${DTYPES:-fp32 bf16}; do
   flag=""; [ "$v" = bf16 ] && flag="--bf16"
-  timeout "${T:-115}" "${NCU[@]}" -o "$OUT/$v" python3 benchmarks/experiments/profile_backward.py $flag ${MODULE:+--module "$MODULE"} \
+  timeout "${T:-115}" "${NCU[@]}" -o "$OUT/$v" python3 benchmarks/experiments/profile_backward.py $flag ${MODULE:+--module "$MODULE"} ${ROWS:+--rows "$ROWS"} \
     2>&1 | grep -v Warn | tail -2
   ncu -i "$OUT/$v.ncu-rep" --page details > "$OUT/${v}_details.txt" 2>&1
   ncu -i "$OUT/$v.ncu-rep" --page details --print-details all > "$OUT/${v}_details_all.txt" 2>&1

@@ -4,7 +4,10 @@ Compute to profile its second PASS 2 launch (launches: PASS 1, PASS 2, PASS 1, P
     ncu --clock-control none --kernel-name regex:bwd_rows --launch-skip 3 --launch-count 1 \\
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \\
         --section MemoryWorkloadAnalysis --section InstructionStats --print-details all \\
-        python3 benchmarks/experiments/profile_backward.py [--bf16] [--module COPY.py]
+        python3 benchmarks/experiments/profile_backward.py [--bf16] [--module COPY.py] \\
+        [--rows WIDE=1,maxnreg=168]
+
+--rows overrides keys of the dtype's BWD_ROWS launch (integers; 0/1 for the flags).
 """
 
 import importlib.util
@@ -23,6 +26,13 @@ if "--module" in sys.argv:  # a copy of the kernel module instead (e.g. rows_nos
     spec.loader.exec_module(ss)
 
 dtype = torch.bfloat16 if "--bf16" in sys.argv else torch.float32
+if "--rows" in sys.argv:  # e.g. WIDE=1,maxnreg=168 (rows_wide_stores.patch's flag and a cap)
+    size = torch.tensor([], dtype=dtype).element_size()
+    launch = dict(ss.BWD_ROWS[size])
+    for kv in sys.argv[sys.argv.index("--rows") + 1].split(","):
+        key, val = kv.split("=")
+        launch[key] = int(val) if key in ("BLOCK_D", "T", "R", "num_warps", "maxnreg", "SEV", "LEV", "SCR") else bool(int(val))
+    ss.BWD_ROWS = {**ss.BWD_ROWS, size: launch}
 x = make_scan_inputs(8, 1536, 4096, 16, dtype, "cuda")
 args = (x["u"], x["delta"], x["A"], x["B"], x["C"], x["D"], x["z"], x["delta_bias"], True)
 out, _, ckpt = ss._scan_fwd(*args, save_ckpt=True, method="rows")

@@ -478,23 +478,27 @@ def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
 @given(**CASES, block_d=st.sampled_from([2, 4, 8, 16]), tile=st.sampled_from([2, 4, 8]),
        pieces=st.sampled_from([1, 2, 4]), chunk=st.sampled_from([4, 8, 16]),
        segments=st.sampled_from([1, 2, 3]), split=st.sampled_from([1, 2, 4]),
-       prefetch=st.booleans(), bfly=st.booleans())
+       prefetch=st.booleans(), bfly=st.booleans(), wide=st.booleans(),
+       hints=st.sampled_from([("", ""), ("evict_first", "evict_last")]))
 def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
                                                   has_bias, softplus, block_d, tile, pieces,
-                                                  chunk, segments, split, prefetch, bfly):
+                                                  chunk, segments, split, prefetch, bfly, wide,
+                                                  hints):
     """The rows backward (tiles of R pieces of T steps in one thread, the gradient's carry
     a g between tiles, chunks recomputed from the checkpoints, L cut into segments joined
     by a first pass over sub-segments, dB and dC summed over the block's channels by tl.sum
-    or by a butterfly, each state's columns loaded during the state before or not) gives
-    every gradient of the ref, for every layout and option, masked (L, D not multiples of
-    the tile) and not."""
+    or by a butterfly, each state's columns loaded during the state before or not, the
+    gradients stored per piece or a tile of 2 pieces at once, with eviction policies or
+    not) gives every gradient of the ref, for every layout and option, masked (L, D not
+    multiples of the tile) and not."""
     tile = min(tile, chunk)
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ss.BACKWARD_ENV, "rows")
         mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=block_d, T=tile, R=pieces,
-                                                   PREFETCH=prefetch, BFLY=bfly))
+                                                   PREFETCH=prefetch, BFLY=bfly, WIDE=wide,
+                                                   STORE_EV=hints[0], SCRATCH_EV=hints[1]))
         mp.setattr(ss, "BWD_SEGMENTS", segments)
         mp.setattr(ss, "BWD_SPLIT", split)
         mp.setattr(ss, "_config", small_chunks(chunk))
@@ -525,6 +529,37 @@ def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
     for g, o, w in zip(got[True], got[False], want):
         torch.testing.assert_close(g, w, **tol(torch.float32))
         torch.testing.assert_close(g, o, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim, length", [(16, 64), (13, 45)])
+def test_selective_scan_rows_backward_wide_stores(dtype, dim, length):
+    """A tile's gradients stored as (2 BLOCK_D, T) rows at once (WIDE, two pieces of a
+    channel in adjacent lanes) equal those stored piece by piece, in fp32 and bf16, with
+    whole tiles and blocks (D = 16, L = 64) and masked ones (D = 13, L = 45); and the ref's.
+    Tiles of one piece ignore WIDE."""
+    inputs = make_inputs(2, dim, length, 4, "BNL", 1, True, True, True)
+    inputs = {k: v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v
+              for k, v in inputs.items()}
+    dout = torch.randn(2, dim, length).to(dtype)
+    got = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "BWD_SEGMENTS", 2)
+        mp.setattr(ss, "_config", small_chunks(16))
+        for pieces, wide in ((2, True), (2, False), (1, True)):
+            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=4, R=pieces, PREFETCH=True,
+                                                       BFLY=True, WIDE=wide))
+            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
+            got[pieces, wide] = grads_of(ss.selective_scan, inputs, dout)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
+            assert [m["WIDE"] for m in spy.meta] == [wide, wide]
+    want = grads_of(selective_scan_ref, inputs, dout)
+    for g, o, one, w in zip(got[2, True], got[2, False], got[1, True], want):
+        torch.testing.assert_close(g, o, rtol=0, atol=0)  # the same values, stored otherwise
+        torch.testing.assert_close(g.float(), one.float(), **tol(dtype))
+        torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
 
 
 @pytest.mark.parametrize("length, split, runs", [(61, 2, 2), (61, 4, 3), (64, 3, 3), (37, 4, 4)])
