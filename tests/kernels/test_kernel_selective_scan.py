@@ -823,10 +823,12 @@ FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, VARYING_BC=Tr
 def test_selective_scan_lanes_checkpoints_compile_for_sm90():
     """The lanes forward's checkpoint stores compile for sm_90 (no interpreter): 4 states per
     16-byte store (N = 8) with 2 checkpoints inside each run of 16 steps (every 8), masked, and
-    one state per store (N = 5) at run starts, unmasked."""
+    one state per store (N = 5) at run starts, unmasked; and its output stored as rows in time
+    order (unmasked chunks of R = 4 pieces, and of R = 2 without checkpoints)."""
     compile_for_sm90("_selective_scan_fwd_lanes_kernel", [
-        dict(FLAGS, SAVE_CKPT=True, N=n, CHUNK=chunk, CPW=4, T=16, V=4, EVEN=even, PAIRS=False)
-        for n, chunk, even in ((8, 8, False), (5, 32, True))])
+        dict(FLAGS, SAVE_CKPT=ckpt, N=n, CHUNK=chunk, CPW=cpw, T=16, V=v, EVEN=even, PAIRS=False)
+        for ckpt, n, chunk, cpw, v, even in ((True, 8, 8, 4, 4, False), (True, 5, 32, 4, 4, True),
+                                             (False, 16, 32, 2, 8, True))])
 
 
 def test_selective_scan_rows_backward_compiles_for_sm90():
@@ -834,10 +836,15 @@ def test_selective_scan_rows_backward_compiles_for_sm90():
     process without the interpreter). The interpreter runs Python, so it does not see what
     only the compiler rejects (a loop-carried variable whose type changes, say); on the GPU
     the tl.sum path (no butterfly) runs only for shapes whose loads Triton cannot vectorise.
-    PASS, BFLY, R, EVEN, BCL: both passes, both paths for dB and dC, 1 and 2 pieces, masked
-    and not, B and C loaded per state or shuffled from one load per tile."""
+    PASS, BFLY, R, EVEN, BCL, WIDE: both passes, both paths for dB and dC, 1 and 2 pieces,
+    masked and not, B and C loaded per state or shuffled from one load per tile, gradients
+    stored per piece or per tile (with the eviction policies of the float32 launch)."""
+    hints = dict(STORE_EV="evict_first", SCRATCH_EV="evict_last")
     compile_for_sm90("_selective_scan_bwd_rows_kernel", [
         dict(FLAGS, CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=even, PREFETCH=True,
-             BFLY=bfly, ASM=True, BCL=bcl)
-        for pass_, bfly, pieces, even, bcl in ((1, 0, 2, False, False), (2, 0, 2, False, True),
-                                                (2, 32, 2, True, True), (2, 0, 1, True, False))])
+             BFLY=bfly, ASM=True, BCL=bcl, WIDE=wide,
+             **(hints if wide else dict(STORE_EV="", SCRATCH_EV="")))
+        for pass_, bfly, pieces, even, bcl, wide in (
+            (1, 0, 2, False, False, False), (2, 0, 2, False, True, True),
+            (2, 32, 2, True, True, True), (2, 32, 2, True, False, False),
+            (2, 0, 1, True, False, True))])
