@@ -1135,17 +1135,25 @@ def _rev_cols(h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 
 
 @triton.jit
 def _bc_lanes(M_base, s_n, dstate, t0, offs_t, L, EVEN: tl.constexpr, BLOCK_D: tl.constexpr,
-              T: tl.constexpr, R: tl.constexpr):
+              T: tl.constexpr, R: tl.constexpr, PACK: tl.constexpr):
     """Time-varying B or C of every state on a tile, one piece per row: row i holds state
     i // R, piece i % R (T steps), float32; rows past N R are 0. One 16-byte load per lane
     instead of one per (state, piece): `_lane_pieces` hands each state's pieces to every
-    row by shuffles."""
+    row by shuffles. With PACK (bfloat16, unmasked, even strides) the pieces stay bfloat16
+    pairs packed in int32, (BLOCK_D, T / 2): half the registers and half the shuffles, and
+    `_lane_pieces` widens them after the shuffle."""
     row = tl.arange(0, BLOCK_D)[:, None]
-    t = t0 + (row % R) * T + offs_t[None, :]
     mask = row < dstate * R
-    if not EVEN:
-        mask = mask & (t < L)
-    return tl.load(M_base + (row // R) * s_n + t, mask=mask, other=0.0).to(tl.float32)
+    if PACK:  # bfloat16 pairs as int32 (T / 2 per row), unpacked after the shuffles
+        M32 = M_base.to(tl.pointer_type(tl.int32), bitcast=True)
+        t2 = t0 // 2 + (row % R) * (T // 2) + tl.arange(0, T // 2)[None, :]
+        x = tl.load(M32 + (row // R) * (s_n // 2) + t2, mask=mask, other=0)
+    else:
+        t = t0 + (row % R) * T + offs_t[None, :]
+        if not EVEN:
+            mask = mask & (t < L)
+        x = tl.load(M_base + (row // R) * s_n + t, mask=mask, other=0.0).to(tl.float32)
+    return x
 
 
 @triton.jit
@@ -1161,11 +1169,16 @@ def _lane_pieces(M, n, R: tl.constexpr, ASM: tl.constexpr):
                                           [M.to(tl.int32, bitcast=True),
                                            tl.zeros(M.shape, tl.int32) + src],
                                           dtype=tl.int32, is_pure=True, pack=1)
-            y = y.to(tl.float32, bitcast=True)
         else:
             row = tl.arange(0, M.shape[0])[:, None]
-            y = tl.broadcast_to(tl.sum(tl.where(row == src, M, 0.0), axis=0, keep_dims=True),
+            y = tl.broadcast_to(tl.sum(tl.where(row == src, M, 0), axis=0, keep_dims=True),
                                 M.shape)
+        if M.dtype == tl.int32:  # bfloat16 pairs: the low one is the first step
+            lo = (y << 16).to(tl.float32, bitcast=True)
+            hi = (y & -65536).to(tl.float32, bitcast=True)
+            y = tl.reshape(tl.join(lo, hi), (M.shape[0], M.shape[1] * 2))
+        else:
+            y = y.to(tl.float32, bitcast=True)
         out = out + (y,)
     return out
 
@@ -1268,7 +1281,7 @@ def _selective_scan_bwd_rows_kernel(
     VARYING_BC: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, R: tl.constexpr,
     CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr, PREFETCH: tl.constexpr,
     BFLY: tl.constexpr, ASM: tl.constexpr, BCL: tl.constexpr, WIDE: tl.constexpr,
-    STORE_EV: tl.constexpr, SCRATCH_EV: tl.constexpr,
+    STORE_EV: tl.constexpr, SCRATCH_EV: tl.constexpr, BCLP: tl.constexpr,
 ):
     """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
     every scan along time is a sequential loop in registers), walked backwards. A tile is R
@@ -1302,7 +1315,8 @@ def _selective_scan_bwd_rows_kernel(
     (`_lane_sums`), else by tl.sum (5 shuffle rounds per value). With BCL (PASS 2,
     time-varying B, C, N R <= BLOCK_D), B and C of every state on a tile are one load per
     row (`_bc_lanes`) and each state's pieces reach every row by shuffles (`_lane_pieces`)
-    instead of a 16-byte load per (state, piece) that every lane makes to the same address.
+    instead of a 16-byte load per (state, piece) that every lane makes to the same address;
+    with BCLP (bfloat16) they are shuffled as packed pairs (`_bc_lanes`).
     With WIDE (R = 2), a tile's gradients are stored once, a channel's two pieces in adjacent
     lanes (`_pieces2`), so that each store instruction writes whole 32-byte sectors.
     STORE_EV and SCRATCH_EV are the L2 eviction policies of the gradient stores and of the
@@ -1415,7 +1429,8 @@ def _selective_scan_bwd_rows_kernel(
                                               T, R)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if BCL:
-                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
+                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
+                                   BCLP and EVEN)
                 if PREFETCH:
                     h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t0, offs_t, L,
                                             dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R,
@@ -1454,8 +1469,10 @@ def _selective_scan_bwd_rows_kernel(
                     gBs = gBs + (tl.zeros((BLOCK_D, T), dtype=tl.float32),)
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if BCL:
-                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
-                    Ct = _bc_lanes(C_base, s_C_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R)
+                    Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
+                                   BCLP and EVEN)
+                    Ct = _bc_lanes(C_base, s_C_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
+                                   BCLP and EVEN)
                 if PREFETCH:
                     h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                         h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
@@ -1836,14 +1853,18 @@ LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CP
 # 3.07, the scratch columns' stores evict_last too 2.93 (PASS 2's HBM traffic 4.5 -> 3.3 GB);
 # evict_last on the scratch loads, evict_first on the checkpoint loads or the last input
 # reads, evict_last on the first: each slower (2.98-3.14). In bf16 WIDE spills more and is
-# slower (2.71 against 2.40 ms) and the hints gain 2% or lose (2.36-2.83): none is used.
+# slower (2.71 against 2.40 ms), and the hints alone gain 2% or lose (2.36-2.83).
+# Then in bf16 (same session, results/nvidia-h200/backward_rows_sweep.json "session11_bclp"):
+# B and C shuffled as packed bfloat16 pairs (BCLP: sm_90 spills 53/70 -> 34/46 per PASS 2 tile)
+# 2.42 -> 2.27 ms, with both eviction policies 2.215; WIDE on top 2.37, a 184 cap 2.97.
 BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
                     BCL=True, WIDE=True, STORE_EV="evict_first", SCRATCH_EV="evict_last"),
             2: dict(BLOCK_D=32, T=8, R=2, num_warps=1, maxnreg=168, PREFETCH=True, BFLY=True,
-                    BCL=False)}
+                    BCL=True, BCLP=True, STORE_EV="evict_first", SCRATCH_EV="evict_last")}
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True,  # the interpreter's
                            WIDE=True, STORE_EV="evict_first", SCRATCH_EV="evict_last")  # tile
-_ROWS_DEFAULTS = dict(R=1, WIDE=False, STORE_EV="", SCRATCH_EV="")  # keys a launch may omit
+# keys a launch may omit
+_ROWS_DEFAULTS = dict(R=1, WIDE=False, STORE_EV="", SCRATCH_EV="", BCLP=False)
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 # The rows backward's PASS 1 runs only (n_seg - 1) x B x D / BLOCK_D one-warp programs (1,152
 # at B=8, D=1536, 4 segments: 8.7 warps per SM), so it cuts each segment into BWD_SPLIT
@@ -2338,14 +2359,21 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         # (state, piece) needs a row, and on a GPU the rows must be one warp's lanes
         bcl = varying and launch.get("BCL", True) and dstate * launch["R"] <= launch["BLOCK_D"] \
             and (_INTERPRET or launch["BLOCK_D"] == 32)
-        launch = {k: v for k, v in launch.items() if k not in ("BFLY", "BCL")}
+        # ... as bfloat16 pairs in int32 (BCLP): unmasked tiles, every pair at a 4-byte
+        # address. A launch that asks for pairs where they cannot run shuffles nothing (in
+        # 2-byte types the unpacked shuffles spill: slower than one load per state)
+        bclp = bcl and launch["BCLP"] and Bk.dtype == torch.bfloat16 and even \
+            and launch["T"] % 2 == 0 and all(s % 2 == 0 for s in (*sB, *sC)) \
+            and Bk.data_ptr() % 4 == 0 and Ck.data_ptr() % 4 == 0
+        bcl = bcl and (bclp or not launch["BCLP"])
+        launch = {k: v for k, v in launch.items() if k not in ("BFLY", "BCL", "BCLP")}
         # PASS 1: the sub-segments of segments 1 .. n_seg - 1
         for pass_, segs in ((1, (n_seg - 1) * split), (2, n_seg)):
             if segs == 0:
                 continue
             grid = (groups * triton.cdiv(dpg, launch["BLOCK_D"]), bsz, segs)
             kw = dict(flags, **launch, PASS=pass_, EVEN=even, BFLY=bfly, ASM=not _INTERPRET,
-                      BCL=bcl and pass_ == 2)
+                      BCL=bcl and pass_ == 2, BCLP=bclp and pass_ == 2)
             if pass_ == 2 and (kw["BFLY"] or kw["BCL"]) and not _INTERPRET:
                 # the shuffles are right only if Triton laid the tiles out one row per lane:
                 # if not, without BCL (its tile may be laid out alone), then without BFLY

@@ -562,6 +562,51 @@ def test_selective_scan_rows_backward_wide_stores(dtype, dim, length):
         torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
 
 
+@pytest.mark.parametrize("case", ["bf16", "bf16 odd address", "bf16 masked", "fp32"])
+def test_selective_scan_rows_backward_bc_pairs(case):
+    """B and C shuffled as bfloat16 pairs packed in int32 (BCLP) give the gradients of the
+    unpacked shuffles bit for bit, and run only where every pair starts at a 4-byte address:
+    bfloat16, unmasked tiles, even strides and base address (B 2 bytes past a boundary),
+    never in PASS 1 or in float32; where they cannot run, a launch that asks for them
+    shuffles nothing (one load per state)."""
+    dtype = torch.float32 if case == "fp32" else torch.bfloat16
+    length = 45 if case == "bf16 masked" else 64
+    inputs = make_inputs(2, 16, length, 4, "BNL", 1, True, True, True)
+    inputs = {k: v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v
+              for k, v in inputs.items()}
+    dout = torch.randn(2, 16, length).to(dtype)
+
+    def grads(fn):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+        if case == "bf16 odd address":  # B 2 bytes past a 4-byte boundary (clone would align)
+            flat = torch.empty(inputs["B"].numel() + 1, dtype=dtype)
+            flat[1:] = inputs["B"].flatten()
+            leaves["B"] = flat[1:].view_as(inputs["B"]).detach().requires_grad_()
+            assert leaves["B"].data_ptr() % 4 == 2
+        out = fn(**leaves, delta_softplus=True)
+        return torch.autograd.grad(out, list(leaves.values()), dout)
+
+    got = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "BWD_SEGMENTS", 2)
+        mp.setattr(ss, "_config", small_chunks(16))
+        for pairs in (True, False):
+            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=4, R=2, PREFETCH=True,
+                                                       BFLY=True, BCL=True, BCLP=pairs))
+            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
+            got[pairs] = grads(ss.selective_scan)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
+            packed = pairs and case == "bf16"
+            assert [m["BCL"] for m in spy.meta] == [False, packed or not pairs]
+            assert [m["BCLP"] for m in spy.meta] == [False, packed]
+    want = grads(selective_scan_ref)
+    for g, o, w in zip(got[True], got[False], want):
+        torch.testing.assert_close(g, o, rtol=0, atol=0)
+        torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
+
+
 @pytest.mark.parametrize("length, split, runs", [(61, 2, 2), (61, 4, 3), (64, 3, 3), (37, 4, 4)])
 def test_selective_scan_rows_backward_sub_segments(length, split, runs):
     """PASS 1 over sub-segments gives the gradients of the ref and those of one sub-segment
@@ -791,9 +836,10 @@ import mambabook.kernels.selective_scan_kernel as ss
 kernel = getattr(ss, sys.argv[1])
 for spec in sys.argv[2:]:
     const = json.loads(spec)
+    half = set(const.pop("_bf16", ()))  # pointers to bfloat16
     names = kernel.arg_names
-    sig = {n: "constexpr" if n in const else "*fp32" if n.endswith("_ptr") else "i32"
-           for n in names}
+    sig = {n: "constexpr" if n in const else ("*bf16" if n in half else "*fp32")
+           if n.endswith("_ptr") else "i32" for n in names}
     src = ASTSource(fn=kernel, signature=sig,
                     constexprs={(names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1))
@@ -842,9 +888,16 @@ def test_selective_scan_rows_backward_compiles_for_sm90():
     hints = dict(STORE_EV="evict_first", SCRATCH_EV="evict_last")
     compile_for_sm90("_selective_scan_bwd_rows_kernel", [
         dict(FLAGS, CHUNK=32, BLOCK_D=32, T=4, R=pieces, PASS=pass_, EVEN=even, PREFETCH=True,
-             BFLY=bfly, ASM=True, BCL=bcl, WIDE=wide,
+             BFLY=bfly, ASM=True, BCL=bcl, WIDE=wide, BCLP=False,
              **(hints if wide else dict(STORE_EV="", SCRATCH_EV="")))
         for pass_, bfly, pieces, even, bcl, wide in (
             (1, 0, 2, False, False, False), (2, 0, 2, False, True, True),
             (2, 32, 2, True, True, True), (2, 32, 2, True, False, False),
             (2, 0, 1, True, False, True))])
+    # bfloat16 inputs, B and C shuffled as packed pairs (the bfloat16 launch), masked and not
+    half = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "dout_ptr", "du_ptr",
+            "ddelta_ptr", "dz_ptr"]
+    compile_for_sm90("_selective_scan_bwd_rows_kernel", [
+        dict(FLAGS, CHUNK=16, BLOCK_D=32, T=8, R=2, PASS=2, EVEN=even, PREFETCH=True, BFLY=32,
+             ASM=True, BCL=True, WIDE=False, BCLP=even, **hints, _bf16=half)
+        for even in (True, False)])
