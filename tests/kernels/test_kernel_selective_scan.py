@@ -505,6 +505,23 @@ def test_selective_scan_rows_backward_matches_ref(bsz, dim, length, dstate, layo
         check_against_ref(inputs, softplus, torch.float32)
 
 
+def rows_runs(launches: dict, grads, chunk: int) -> dict:
+    """For each interpreter launch of the rows backward (2 segments, checkpoints every
+    `chunk` steps): (grads(), the keyword arguments of its kernel launches)."""
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ss.BACKWARD_ENV, "rows")
+        mp.setattr(ss, "BWD_SEGMENTS", 2)
+        mp.setattr(ss, "_config", small_chunks(chunk))
+        for key, launch in launches.items():
+            mp.setattr(ss, "_INTERPRET_BWD_ROWS", launch)
+            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
+            out[key] = (grads(), spy.meta)
+            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
+    return out
+
+
 @pytest.mark.parametrize("dstate, length", [(3, 40), (4, 37)])
 def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
     """B and C of all states loaded once per tile and handed to the rows by shuffles (BCL;
@@ -513,20 +530,11 @@ def test_selective_scan_rows_backward_bc_shuffled(dstate, length):
     inputs = make_inputs(2, 10, length, dstate, "BGNL", 2, True, True, True)
     dout = torch.randn(2, 10, length)
     want = grads_of(selective_scan_ref, inputs, dout)
-    got = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.BACKWARD_ENV, "rows")
-        mp.setattr(ss, "BWD_SEGMENTS", 2)
-        mp.setattr(ss, "_config", small_chunks(8))
-        for bcl in (True, False):
-            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=2, R=2, PREFETCH=True,
-                                                       BFLY=True, BCL=bcl))
-            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
-            got[bcl] = grads_of(ss.selective_scan, inputs, dout)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
-            assert [m["BCL"] for m in spy.meta] == [False, bcl]  # PASS 1 never, PASS 2 as asked
-    for g, o, w in zip(got[True], got[False], want):
+    runs = rows_runs({bcl: dict(BLOCK_D=8, T=2, R=2, PREFETCH=True, BFLY=True, BCL=bcl)
+                      for bcl in (True, False)}, lambda: grads_of(ss.selective_scan, inputs, dout), 8)
+    for bcl, (_, meta) in runs.items():
+        assert [m["BCL"] for m in meta] == [False, bcl]  # PASS 1 never, PASS 2 as asked
+    for g, o, w in zip(runs[True][0], runs[False][0], want):
         torch.testing.assert_close(g, w, **tol(torch.float32))
         torch.testing.assert_close(g, o, rtol=1e-5, atol=1e-6)
 
@@ -542,20 +550,14 @@ def test_selective_scan_rows_backward_wide_stores(dtype, dim, length):
     inputs = {k: v.to(dtype) if k in ("u", "delta", "z", "B", "C") else v
               for k, v in inputs.items()}
     dout = torch.randn(2, dim, length).to(dtype)
-    got = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.BACKWARD_ENV, "rows")
-        mp.setattr(ss, "BWD_SEGMENTS", 2)
-        mp.setattr(ss, "_config", small_chunks(16))
-        for pieces, wide in ((2, True), (2, False), (1, True)):
-            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=4, R=pieces, PREFETCH=True,
-                                                       BFLY=True, WIDE=wide))
-            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
-            got[pieces, wide] = grads_of(ss.selective_scan, inputs, dout)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
-            assert [m["WIDE"] for m in spy.meta] == [wide, wide]
+    runs = rows_runs({(pieces, wide): dict(BLOCK_D=8, T=4, R=pieces, PREFETCH=True, BFLY=True,
+                                           WIDE=wide)
+                      for pieces, wide in ((2, True), (2, False), (1, True))},
+                     lambda: grads_of(ss.selective_scan, inputs, dout), 16)
+    for (_, wide), (_, meta) in runs.items():
+        assert [m["WIDE"] for m in meta] == [wide, wide]
     want = grads_of(selective_scan_ref, inputs, dout)
+    got = {key: grads for key, (grads, _) in runs.items()}
     for g, o, one, w in zip(got[2, True], got[2, False], got[1, True], want):
         torch.testing.assert_close(g, o, rtol=0, atol=0)  # the same values, stored otherwise
         torch.testing.assert_close(g.float(), one.float(), **tol(dtype))
@@ -586,23 +588,15 @@ def test_selective_scan_rows_backward_bc_pairs(case):
         out = fn(**leaves, delta_softplus=True)
         return torch.autograd.grad(out, list(leaves.values()), dout)
 
-    got = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(ss.BACKWARD_ENV, "rows")
-        mp.setattr(ss, "BWD_SEGMENTS", 2)
-        mp.setattr(ss, "_config", small_chunks(16))
-        for pairs in (True, False):
-            mp.setattr(ss, "_INTERPRET_BWD_ROWS", dict(BLOCK_D=8, T=4, R=2, PREFETCH=True,
-                                                       BFLY=True, BCL=True, BCLP=pairs))
-            spy = LaunchSpy(ss._selective_scan_bwd_rows_kernel)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy)
-            got[pairs] = grads(ss.selective_scan)
-            mp.setattr(ss, "_selective_scan_bwd_rows_kernel", spy.kernel)
-            packed = pairs and case == "bf16"
-            assert [m["BCL"] for m in spy.meta] == [False, packed or not pairs]
-            assert [m["BCLP"] for m in spy.meta] == [False, packed]
+    runs = rows_runs({pairs: dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True, BCL=True,
+                                  BCLP=pairs) for pairs in (True, False)},
+                     lambda: grads(ss.selective_scan), 16)
+    for pairs, (_, meta) in runs.items():
+        packed = pairs and case == "bf16"
+        assert [m["BCL"] for m in meta] == [False, packed or not pairs]
+        assert [m["BCLP"] for m in meta] == [False, packed]
     want = grads(selective_scan_ref)
-    for g, o, w in zip(got[True], got[False], want):
+    for g, o, w in zip(runs[True][0], runs[False][0], want):
         torch.testing.assert_close(g, o, rtol=0, atol=0)
         torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
 
