@@ -507,6 +507,7 @@ def _selective_scan_fwd_lanes_kernel(
     CPR: tl.constexpr = T // CHUNK if CHUNK < T else 1
     STEP_R: tl.constexpr = CHUNK // V if CHUNK < T else R
     G: tl.constexpr = 4 if N % 4 == 0 else 1  # states per checkpoint store
+    ROWS_OUT: tl.constexpr = EVEN and (R == 2 or R == 4)  # output stored as rows (below)
     grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
     d3 = offs_d[:, None, None]
@@ -592,13 +593,13 @@ def _selective_scan_fwd_lanes_kernel(
             y = ys[r]
             if HAS_Z:
                 y *= zs[r] * tl.sigmoid(zs[r])
-            if EVEN and (R == 2 or R == 4):
+            if ROWS_OUT:
                 outs = outs + (y.to(out_ptr.dtype.element_ty),)
             else:
                 t = t0 + r * V + steps
                 tl.store(o_row + t, y.to(out_ptr.dtype.element_ty),
                          mask=None if EVEN else m3 & (t < L))
-        if EVEN and (R == 2 or R == 4):  # the chunk as LT R rows of V steps, in time order,
+        if ROWS_OUT:  # the chunk as LT R rows of V steps, in time order,
             # one row per lane: each store instruction writes 32 lanes' consecutive 16 bytes
             tr = t0 + (tl.arange(0, LT * R)[None, :, None] * V + tl.arange(0, V)[None, None, :])
             tr = tl.max_contiguous(tl.multiple_of(tr, [1, V, V]), [1, 1, V])
@@ -1316,7 +1317,8 @@ def _selective_scan_bwd_rows_kernel(
     time-varying B, C, N R <= BLOCK_D), B and C of every state on a tile are one load per
     row (`_bc_lanes`) and each state's pieces reach every row by shuffles (`_lane_pieces`)
     instead of a 16-byte load per (state, piece) that every lane makes to the same address;
-    with BCLP (bfloat16) they are shuffled as packed pairs (`_bc_lanes`).
+    with BCLP (bfloat16, unmasked: the wrapper checks) they are shuffled as packed pairs
+    (`_bc_lanes`).
     With WIDE (R = 2), a tile's gradients are stored once, a channel's two pieces in adjacent
     lanes (`_pieces2`), so that each store instruction writes whole 32-byte sectors.
     STORE_EV and SCRATCH_EV are the L2 eviction policies of the gradient stores and of the
@@ -1430,7 +1432,7 @@ def _selective_scan_bwd_rows_kernel(
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if BCL:
                     Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
-                                   BCLP and EVEN)
+                                   BCLP)
                 if PREFETCH:
                     h_in, A2n, Bn = _k_cols(h_ptr, A_col, B_base, B_ptr, 0, s_B_n, t0, offs_t, L,
                                             dim, d_col, mask_c, VARYING_BC, EVEN, BLOCK_D, T, R,
@@ -1470,9 +1472,9 @@ def _selective_scan_bwd_rows_kernel(
                 h_ptr = tl_base + (j - j0) * dstate * dim
                 if BCL:
                     Bt = _bc_lanes(B_base, s_B_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
-                                   BCLP and EVEN)
+                                   BCLP)
                     Ct = _bc_lanes(C_base, s_C_n, dstate, t0, offs_t, L, EVEN, BLOCK_D, T, R,
-                                   BCLP and EVEN)
+                                   BCLP)
                 if PREFETCH:
                     h_in, k_in, A2n, dA_o, Bn, Cn, dB_o, dC_o = _rev_cols(
                         h_ptr, kp, A_col, dA_p, dB_p, dC_p, B_base, B_ptr, C_base, C_ptr, 0,
@@ -1864,7 +1866,8 @@ BWD_ROWS = {4: dict(BLOCK_D=32, T=4, R=2, num_warps=1, maxnreg=168, PREFETCH=Tru
 _INTERPRET_BWD_ROWS = dict(BLOCK_D=8, T=4, R=2, PREFETCH=True, BFLY=True,  # the interpreter's
                            WIDE=True, STORE_EV="evict_first", SCRATCH_EV="evict_last")  # tile
 # keys a launch may omit
-_ROWS_DEFAULTS = dict(R=1, WIDE=False, STORE_EV="", SCRATCH_EV="", BCLP=False)
+_ROWS_DEFAULTS = dict(R=1, BFLY=True, BCL=True, WIDE=False, STORE_EV="", SCRATCH_EV="",
+                      BCLP=False)
 BWD_SEGMENTS: int | None = None  # the rows backward's segments (tests, sweeps); None: automatic
 # The rows backward's PASS 1 runs only (n_seg - 1) x B x D / BLOCK_D one-warp programs (1,152
 # at B=8, D=1536, 4 segments: 8.7 warps per SM), so it cuts each segment into BWD_SPLIT
@@ -2353,11 +2356,11 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
                 seg_len // split, n_seg * split, *strides)
         even = length % tile == 0 and dpg % launch["BLOCK_D"] == 0
         lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
-        bfly = lanes if varying and launch.get("BFLY", True) and 2 * launch["T"] <= lanes \
+        bfly = lanes if varying and launch["BFLY"] and 2 * launch["T"] <= lanes \
             and launch["T"] in (1, 2, 4, 8) else 0
         # B and C of all states loaded once per tile and shuffled to the rows (BCL): each
         # (state, piece) needs a row, and on a GPU the rows must be one warp's lanes
-        bcl = varying and launch.get("BCL", True) and dstate * launch["R"] <= launch["BLOCK_D"] \
+        bcl = varying and launch["BCL"] and dstate * launch["R"] <= launch["BLOCK_D"] \
             and (_INTERPRET or launch["BLOCK_D"] == 32)
         # ... as bfloat16 pairs in int32 (BCLP): unmasked tiles, every pair at a 4-byte
         # address. A launch that asks for pairs where they cannot run shuffles nothing (in
