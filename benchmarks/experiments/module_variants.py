@@ -12,16 +12,17 @@ from the lanes forward's checkpoints, fwdbwd_ms forward + backward through autog
 fwd_ms / fwd_ckpt_ms the lanes forward without / with checkpoints. Each variant's
 gradients are compared with the library's (max |diff| / max |ref|). --warm NAME compiles
 one variant without timing: run one per variant in parallel first (each compile takes
-20-60 s on the device machine), then time them all in one process. Session 11's runs:
+20-60 s on the device machine), then time them all in one process. Run with this folder on
+PYTHONPATH (it imports its sibling scripts). Session 11's runs:
 results/nvidia-h200/backward_rows_sweep.json, "session11_wide_stores_and_hints"."""
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 
 import torch
+from backward_layouts import grads_close  # this folder's sibling scripts
+from lanes_variants import load_variant
 from triton.testing import do_bench
 
 import mambabook.kernels.selective_scan_kernel as lib
@@ -48,16 +49,11 @@ _MODULES: dict = {}
 
 
 def load(path: str):
-    """The library's module for "lib", else a copy loaded under its own name (once)."""
+    """The library's module for "lib", else a copy of it loaded once under its own name."""
     if path == "lib":
         return lib
     if path not in _MODULES:
-        name = "mambabook.kernels.v_" + os.path.basename(path).removesuffix(".py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        _MODULES[path] = module
+        _MODULES[path] = load_variant(str(len(_MODULES)), path)
     return _MODULES[path]
 
 
@@ -86,8 +82,7 @@ def measure(module, x: dict, dout, what: set, timed: bool, want):
         ckpt = module._scan_fwd(*args, save_ckpt=True, method="lanes")[2]
         grads = module._scan_bwd(dout, *args, ckpt, method="rows")
         want = want if want is not None else grads
-        rec["rel_err"] = max(float((g.float() - w.float()).abs().max() / w.float().abs().max())
-                             for g, w in zip(grads, want) if w is not None)
+        rec["rel_err"] = grads_close(grads, want)
         rec["bwd_ms"] = bench(lambda: module._scan_bwd(dout, *args, ckpt, method="rows"))
     if "fwdbwd" in what:
         xs = {k: v.detach().requires_grad_(k in LEAVES) for k, v in x.items()}
