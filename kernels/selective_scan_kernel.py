@@ -1266,6 +1266,283 @@ def _pieces2(p, BLOCK_D: tl.constexpr, T: tl.constexpr):
 
 
 @triton.jit
+def _shfl_seg(x, idx: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
+    """x of row (r - r % W) + idx in every row r (W a power of 2, rows along lanes): one
+    indexed shuffle per value within segments of W lanes (the lane an immediate) on a GPU;
+    under the interpreter (and where the rows are not one per lane) through tl.gather."""
+    if ASM:
+        y = tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, $3, -1;", "=r,r,r,r",
+                                      [x.to(tl.int32, bitcast=True),
+                                       tl.full(x.shape, idx, tl.int32),
+                                       tl.full(x.shape, ((32 - W) << 8) | 31, tl.int32)],
+                                      dtype=tl.int32, is_pure=True, pack=1)
+        y = y.to(tl.float32, bitcast=True)
+    else:
+        rows = tl.arange(0, x.shape[0])[:, None] + tl.zeros(x.shape, tl.int32)
+        y = tl.gather(x, rows - rows % W + idx, axis=0)
+    return y
+
+
+@triton.jit
+def _shfl_xor_rows(x, m: tl.constexpr, ASM: tl.constexpr):
+    """`_shfl_xor` where the rows may not be one per lane (ASM off): tl.gather along rows."""
+    if ASM:
+        y = _shfl_xor(x, m, ASM)
+    else:
+        rows = tl.arange(0, x.shape[0])[:, None] + tl.zeros(x.shape, tl.int32)
+        y = tl.gather(x, rows ^ m, axis=0)
+    return y
+
+
+@triton.jit
+def _ex2_fast(x):
+    """2^x by one MUFU.EX2 (ex2.approx.ftz: results below 2^-126 flush to 0); tl.exp2 adds a
+    range check and two multiplies for them."""
+    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _softplus_fast(x, ASM: tl.constexpr):
+    """`_softplus` (threshold 20) from the approximate exp2 and log2 of the special-function
+    unit (about 7 instructions; tl.log is a polynomial of about 20), under the interpreter
+    `_softplus` itself. Relative error a few ulp (ex2.approx, lg2.approx: about 2^-22)."""
+    if ASM:
+        e = _ex2_fast(x * 1.4426950408889634)
+        lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e],
+                                       dtype=tl.float32, is_pure=True, pack=1)
+        y = tl.where(x <= 20.0, lg * 0.6931471805599453, x)
+    else:
+        y = _softplus(x)
+    return y
+
+
+@triton.jit
+def _silu_fast(x, ASM: tl.constexpr):
+    """x sigmoid(x) from ex2.approx and rcp.approx (4 instructions; tl.sigmoid adds range
+    checks), under the interpreter x * tl.sigmoid(x)."""
+    if ASM:
+        e = _ex2_fast(x * -1.4426950408889634)
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        y = x * r
+    else:
+        y = x * tl.sigmoid(x)
+    return y
+
+
+@triton.jit
+def _columns(x, W: tl.constexpr):
+    """The W columns of x ((32, W), W a power of 2 held in each thread) as a tuple of (32, 1)
+    columns in order, by halving (reshape and split move no data)."""
+    cols = (x,)
+    for lev in tl.static_range(5):
+        if (W >> lev) > 1:
+            nxt = ()
+            for q in tl.static_range(1 << lev):
+                lo, hi = tl.split(cols[q].reshape(32, 2, W >> (lev + 1)).permute(0, 2, 1))
+                nxt = nxt + (lo, hi)
+            cols = nxt
+    return cols
+
+
+@triton.jit
+def _join_columns(cols, K: tl.constexpr):
+    """K (32, 1) columns (K a power of 2) as one (32, K) tile: the inverse of `_columns`,
+    by joining neighbours (join, permute and reshape move no data)."""
+    for lev in tl.static_range(5):
+        if (K >> lev) > 1:
+            nxt = ()
+            for q in tl.static_range(K >> (lev + 1)):
+                x = tl.join(cols[2 * q], cols[2 * q + 1]).permute(0, 2, 1)
+                nxt = nxt + (x.reshape(32, 2 << lev),)
+            cols = nxt
+    return cols[0]
+
+
+@triton.jit
+def _states_columns(ptr, t0, V: tl.constexpr, mask, L, EVEN: tl.constexpr, PAIRS: tl.constexpr):
+    """V steps t0 .. t0 + V - 1 of rows (ptr: (32, 1) pointers) as V float32 (32, 1) columns,
+    one 16-byte load per row. With PAIRS (bfloat16, no mask, t0 and the row offsets even)
+    read as int32 pairs and widened with one shift or one AND per value."""
+    out = ()
+    if PAIRS and ptr.dtype.element_ty == tl.bfloat16:
+        ptr32 = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+        x = tl.load(ptr32 + (t0 // 2 + tl.arange(0, V // 2)[None, :]))
+        cols = _columns(x, V // 2)
+        for q in tl.static_range(V // 2):
+            c = cols[q]
+            out = out + ((c << 16).to(tl.float32, bitcast=True),
+                         (c & -65536).to(tl.float32, bitcast=True))
+    else:
+        t = t0 + tl.arange(0, V)[None, :]
+        x = tl.load(ptr + t, mask=None if EVEN else mask & (t < L), other=None if EVEN else 0.0)
+        out = _columns(x.to(tl.float32), V)
+    return out
+
+
+@triton.jit
+def _states_sums(ys, lrow, NL: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr):
+    """Sums over a channel's NL rows (rows r with the same r // NL) of its T steps, held as T
+    (32, 1) columns, as a reduce-scatter: row l of the channel ends with the K = T / NL
+    columns of steps l K .. l K + K - 1 summed over the NL rows. Each of the log2 NL butterfly
+    rounds halves what a row holds (rows with the round's lane bit keep the later half):
+    T - K shuffles per row instead of T log2 NL."""
+    for j in tl.static_range(5):
+        if (NL >> (j + 1)) > 0:
+            keep_hi = (lrow & (NL >> (j + 1))) != 0
+            nxt = ()
+            for q in tl.static_range(T >> (j + 1)):
+                lo = ys[q]
+                hi = ys[(T >> (j + 1)) + q]
+                nxt = nxt + (tl.where(keep_hi, hi, lo)
+                             + _shfl_xor_rows(tl.where(keep_hi, lo, hi), NL >> (j + 1), ASM),)
+            ys = nxt
+    return ys
+
+
+@triton.jit
+def _selective_scan_fwd_states_kernel(
+    # pointers and strides as in the lanes forward
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    L, dim, dstate, dpg,
+    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_o_b, s_o_d,
+    s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
+    NL: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr,
+):
+    """The "states" forward: one warp per 32 / NL channels, a channel's states across NL lanes.
+
+    Row r of the warp (one lane) holds channel r // NL and its S = N / NL states
+    n = (r % NL) S + s, and walks them through time sequentially, T steps at a time (each
+    step a (32, 1) column; B and C loaded V steps, 16 bytes, at a time): a = exp2(delta A
+    log2 e), h = a h + delta u B, y += C h: 5 instructions per (step, state), with no scan
+    across lanes and nothing computed twice. What a channel's rows share is computed once
+    and moved by shuffles:
+    - delta (bias, softplus) and delta u: each of the NL rows computes K = T / NL of the
+      chunk's steps, then every row gathers all T by indexed shuffles (2 T per row: 2 / S
+      per (step, state));
+    - y: each row's partial sum over its S states is summed over the channel's rows by a
+      butterfly reduce-scatter (`_states_sums`: T - K shuffles per row), which leaves each
+      row the K steps whose inputs it loaded: D u and the z gate are applied there and the
+      output stored.
+    Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
+    each row storing its S states. With EVEN (L a multiple of T, the channels a multiple of
+    32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
+    inline PTX (rows must be one per lane: the wrapper checks the compiled layout), else
+    through tl.gather.
+    """
+    S: tl.constexpr = (N + NL - 1) // NL  # states per row
+    K: tl.constexpr = T // NL  # steps of the chunk whose inputs a row loads
+    CPW: tl.constexpr = 32 // NL
+    BC_EVEN: tl.constexpr = EVEN and NL * S == N  # B, C loads unmasked: every row's states exist
+    rows = tl.arange(0, 32)
+    pid_gd = tl.program_id(0)
+    nblk = tl.cdiv(dpg, CPW)
+    grp = pid_gd // nblk
+    d_in = (pid_gd % nblk) * CPW + rows // NL
+    d_col = (grp * dpg + d_in).to(tl.int64)[:, None]  # (32, 1): each row's channel
+    m_col = (d_in < dpg)[:, None]
+    lrow = (rows % NL)[:, None]  # a row's place in its channel
+    pid_b = tl.program_id(1).to(tl.int64)
+    offs_k = tl.arange(0, K)[None, :]
+    if HAS_D:
+        Dv = tl.load(D_ptr + d_col, mask=m_col, other=0.0)
+    bias = 0.0  # unused without HAS_BIAS
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_col, mask=m_col, other=0.0)
+    u_row = u_ptr + pid_b * s_u_b + d_col * s_u_d
+    dt_row = delta_ptr + pid_b * s_dt_b + d_col * s_dt_d
+    z_row = z_ptr + pid_b * s_z_b + d_col * s_z_d
+    o_row = out_ptr + pid_b * s_o_b + d_col * s_o_d
+    ck_row = ckpt_ptr + (pid_b * dim + d_col) * tl.cdiv(L, CHUNK) * N
+    A2 = ()  # per state: A log2(e), (32, 1)
+    Bs = ()  # per state: B's row pointer (time-varying) or its value ((D, N) B)
+    Cs = ()
+    ms = ()  # per state: rows whose state exists
+    hs = ()  # per state: the state entering the chunk
+    for s in tl.static_range(S):
+        n = lrow * S + s
+        mn = m_col & (n < N)
+        ms = ms + (mn,)
+        A2 = A2 + (tl.load(A_ptr + d_col * dstate + n, mask=mn, other=0.0) * 1.4426950408889634,)
+        if VARYING_BC:
+            Bs = Bs + (B_ptr + pid_b * s_B_b + grp * s_B_g + n * s_B_n,)
+            Cs = Cs + (C_ptr + pid_b * s_C_b + grp * s_C_g + n * s_C_n,)
+        else:
+            Bs = Bs + (tl.load(B_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
+            Cs = Cs + (tl.load(C_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
+        hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
+    for c in range(0, tl.cdiv(L, T)):
+        t0 = c * T
+        # the row's own K steps: delta (bias, softplus) and delta u, computed once a channel
+        tk = t0 + lrow * K + offs_k  # (32, K)
+        mk = m_col & (tk < L)
+        u_k = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        raw = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        dt_k = raw.to(tl.float32)
+        if HAS_BIAS:
+            dt_k += bias
+        if SOFTPLUS:
+            dt_k = _softplus_fast(dt_k, ASM)
+        if not EVEN:
+            dt_k = tl.where(tk < L, dt_k, 0.0)
+        u_k = u_k.to(tl.float32)
+        dt_c = _columns(dt_k, K)
+        dtu_c = _columns(dt_k * u_k, K)
+        # ... and every row gets all T: step i from row first + i // K, its column i % K
+        dts = ()
+        dtus = ()
+        for i in tl.static_range(T):
+            dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
+            dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
+        ys = ()  # per step: the row's sum over its states of C h
+        hs_new = ()
+        for s in tl.static_range(S):
+            h = hs[s]
+            if SAVE_CKPT:
+                if t0 % CHUNK == 0:
+                    tl.store(ck_row + (t0 // CHUNK) * N + lrow * S + s, h, mask=ms[s])
+            yn = ()
+            for r in tl.static_range(T // V):
+                if VARYING_BC:
+                    Bc = _states_columns(Bs[s], t0 + r * V, V, ms[s], L, BC_EVEN,
+                                         PAIRS and BC_EVEN)
+                    Cc = _states_columns(Cs[s], t0 + r * V, V, ms[s], L, BC_EVEN,
+                                         PAIRS and BC_EVEN)
+                for v in tl.static_range(V):
+                    if VARYING_BC:
+                        b_i = Bc[v]
+                        c_i = Cc[v]
+                    else:
+                        b_i = Bs[s]
+                        c_i = Cs[s]
+                    if ASM:
+                        a_i = _ex2_fast(dts[r * V + v] * A2[s])
+                    else:
+                        a_i = tl.exp2(dts[r * V + v] * A2[s])
+                    h = a_i * h + dtus[r * V + v] * b_i
+                    if s == 0:
+                        yn = yn + (c_i * h,)
+                    else:
+                        yn = yn + (ys[r * V + v] + c_i * h,)
+            ys = yn
+            hs_new = hs_new + (h,)
+        hs = hs_new
+        y = _join_columns(_states_sums(ys, lrow, NL, T, ASM), K)  # the row's own K steps
+        if HAS_D:
+            y += Dv * u_k
+        if HAS_Z:
+            zk = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+            y *= _silu_fast(zk.to(tl.float32), ASM)
+        tl.store(o_row + tk, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mk)
+    for s in tl.static_range(S):
+        tl.store(last_ptr + (pid_b * dim + d_col) * dstate + lrow * S + s, hs[s], mask=ms[s])
+
+
+@triton.jit
 def _selective_scan_bwd_rows_kernel(
     # pointers: inputs (A and (D, N) B, C transposed to (N, D)), checkpoints (B, D, L/CHUNK, N)
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, dout_ptr,
@@ -1830,6 +2107,12 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 # 128-register cap), so "auto" only times it up to this N (MAMBABOOK_SCAN_FORWARD=lanes runs
 # it for any N).
 LANES_AUTO_MAX_N = 32
+# The states forward's launch by the element size of time-varying B and C: NL rows (lanes)
+# per channel, chunks of T steps (pieces of one 16-byte load), a register cap. Not yet
+# measured on a GPU; not one of auto's choices (MAMBABOOK_SCAN_FORWARD=states runs it).
+STATES_LAUNCH = {4: dict(NL=8, T=8, maxnreg=80), 2: dict(NL=8, T=8, maxnreg=80)}
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg]
+_INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
 # The rows backward's launches, by the element size of u: one channel per lane, one warp,
@@ -2021,6 +2304,9 @@ def _scan_fwd(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt, method="
     if method == "lanes":
         return _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                                groups)
+    if method == "states":
+        return _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
+                                groups)
     if method == "rows":
         return _scan_fwd_rows(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg,
                               groups)
@@ -2188,14 +2474,69 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 
+def _states_launch(dstate: int, element_size: int, chunk: int | None) -> dict:
+    """The states forward's launch: STATES_FIXED if set, else STATES_LAUNCH by element size
+    (the interpreter's small one under TRITON_INTERPRET), with NL at most N's power of 2
+    and T cut to divide the checkpoint interval."""
+    if _INTERPRET:
+        cfg = dict(_INTERPRET_STATES)
+    elif STATES_FIXED is not None:
+        cfg = dict(STATES_FIXED)
+    else:
+        cfg = dict(STATES_LAUNCH.get(element_size, STATES_LAUNCH[4]))
+    cfg["NL"] = min(cfg["NL"], triton.next_power_of_2(dstate))
+    return cfg
+
+
+def _states_pairs(B: torch.Tensor, C: torch.Tensor, even: bool) -> bool:
+    """Whether the states forward may read time-varying bfloat16 B and C as int32 pairs:
+    no masks, even strides, 4-byte aligned."""
+    return (even and B.dim() > 2 and B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16
+            and all(s % 2 == 0 for s in (*B.stride()[:-1], *C.stride()[:-1]))
+            and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
+
+
+def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
+    """Launch the states forward (arguments prepared by _scan_fwd), checkpoints every CHUNK.
+    On a GPU its shuffles run as inline PTX when Triton laid the rows one per lane (read
+    from the compiled kernel, as for the rows backward), else through tl.gather."""
+    bsz, dim, length = u.shape
+    dstate = A.shape[1]
+    B, C, sB, sC = _bc_operands(B, C)
+    flags = dict(flags, N=dstate)
+    flags.pop("BLOCK_N")
+    cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4, flags["CHUNK"])
+    maxnreg = cfg.pop("maxnreg", None)
+    vec = cfg.pop("V", None) or (2 if _INTERPRET else 16 // (B.element_size() if B.dim() > 2 else 4))
+    nl = cfg["NL"]
+    if cfg["T"] % vec or cfg["T"] % nl or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):
+        raise ValueError(f"the states forward's chunks (T = {cfg['T']} steps) must be a multiple "
+                         f"of one load ({vec} steps) and of its rows per channel ({nl}), and "
+                         f"divide the checkpoint interval ({flags['CHUNK']})")
+    even = length % cfg["T"] == 0 and dpg % (32 // nl) == 0
+    pairs = _states_pairs(B, C, even)
+    args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
+            *_row_strides(u, delta, zz, out), *sB, *sC)
+    grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)
+    kw = dict(flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, ASM=not _INTERPRET, num_warps=1,
+              **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
+    if not _INTERPRET and (nl > 1 or cfg["T"] > nl):
+        done = _selective_scan_fwd_states_kernel.warmup(*args, grid=grid, **kw)
+        if not _butterfly_layout_ok(done):
+            kw["ASM"] = False
+    _selective_scan_fwd_states_kernel[grid](*args, **kw)
+    return out, last, (ckpt if flags["SAVE_CKPT"] else None)
+
+
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
     """"loop", "tile", "rows" or "lanes": MAMBABOOK_SCAN_FORWARD when it names one; with
     "auto" (the default), on CUDA, the four are timed once per shape/dtype key (L rounded up
     to a power of 2) and the fastest is kept (lanes only for N <= LANES_AUTO_MAX_N);
     elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("loop", "tile", "rows", "lanes", "auto"):
-        raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes or auto, got {choice!r}")
+    if choice not in ("loop", "tile", "rows", "lanes", "states", "auto"):
+        raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes, states or auto, "
+                         f"got {choice!r}")
     if choice != "auto":
         return choice
     if u.device.type != "cuda":

@@ -208,6 +208,9 @@ def use_forward(mp, name, block_d=4, tile=16):
     if name == "lanes":
         mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=block_d, T=tile))
         return
+    if name == "states":  # block_d: rows (lanes) per channel
+        mp.setattr(ss, "_INTERPRET_STATES", dict(NL=block_d, T=tile))
+        return
     mp.setattr(ss, {"tile": "_INTERPRET_TILE", "rows": "_INTERPRET_ROWS"}[name],
                dict(BLOCK_D=block_d, T=tile))
 
@@ -259,7 +262,7 @@ def test_selective_scan_rows_matches_ref(bsz, dim, length, dstate, layout, has_D
 @pytest.mark.parametrize("layout", ["BNL", "BGNL", "DN"])
 @pytest.mark.parametrize("method, length, segments", [
     ("tile", 45, None), ("rows", 45, 1), ("rows", 48, 1), ("rows", 45, 3), ("rows", 48, 2),
-    ("lanes", 45, None), ("lanes", 48, None)])
+    ("lanes", 45, None), ("lanes", 48, None), ("states", 45, None), ("states", 48, None)])
 def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments):
     """With checkpoints, the tile, rows and lanes forwards save the loop forward's states
     (before every CHUNK steps), out and last state; the rows and lanes forwards masked
@@ -273,6 +276,8 @@ def test_selective_scan_checkpoints_equal_loop(layout, method, length, segments)
             mp.setattr(ss, "ROWS_SEGMENTS", segments)
         if method == "lanes":  # 4 lanes of 4 steps per channel, 8 channels per warp
             mp.setattr(ss, "_INTERPRET_LANES", dict(CPW=8, T=4))
+        if method == "states":  # 4 rows per channel (2 states each), chunks of 8 steps
+            mp.setattr(ss, "_INTERPRET_STATES", dict(NL=4, T=8))
         got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method=method)
         want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
     assert got[2].shape == want[2].shape == (2, 6, 6, 5)
@@ -357,7 +362,7 @@ def test_selective_scan_forward_choice(monkeypatch):
     args = (*inputs.values(), True, False)
     monkeypatch.delenv(ss.FORWARD_ENV, raising=False)
     assert ss._pick_forward(*args) == "loop"
-    for name in ("loop", "tile", "rows", "lanes"):
+    for name in ("loop", "tile", "rows", "lanes", "states"):
         monkeypatch.setenv(ss.FORWARD_ENV, name)
         assert ss._pick_forward(*args) == name
     monkeypatch.setenv(ss.FORWARD_ENV, "fast")
@@ -688,6 +693,98 @@ def test_selective_scan_backward_choice(monkeypatch):
         out.sum().backward()
 
 
+# ----------------------------------------------------------------------------- the states forward
+# (rows per channel NL, chunk T): T a multiple of NL and of the interpreter's 2-step loads,
+# dividing the checkpoint interval (16); NL = 1 (all states in one row) to 16 (one state a row)
+STATES_LAUNCHES = [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (2, 8), (16, 16)]
+
+
+@settings(max_examples=16, deadline=None)
+@given(**CASES, launch=st.sampled_from(STATES_LAUNCHES), grads=st.booleans())
+def test_selective_scan_states_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
+                                           has_bias, softplus, launch, grads):
+    """The states forward (a channel's states across NL rows of a warp, each row's states
+    walked through time in registers; delta and delta u gathered from the rows that computed
+    them, y summed over the rows by a reduce-scatter) equals the ref for every layout and
+    option: masked (L not a multiple of T, D not of 32 / NL, N not of NL) and not, NL clipped
+    to N's power of 2; with grads its checkpoints feed the backward."""
+    groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
+    inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
+    with pytest.MonkeyPatch.context() as mp:
+        use_forward(mp, "states", *launch)
+        mp.setattr(ss, "_config", small_chunks(16))
+        check_against_ref(inputs, softplus, torch.float32, grads=grads)
+
+
+@pytest.mark.parametrize("nl, tile", [(8, 8), (4, 16), (16, 16)])
+def test_selective_scan_states_mamba_shape(nl, tile):
+    """N = 16 as in Mamba: 2 states per row (NL = 8), 4 (NL = 4, chunks of 16 with 4 steps of
+    inputs per row), 1 (NL = 16), unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out,
+    last state and checkpoints equal to the loop forward's."""
+    for dim, length in ((8, 64), (3, 37)):
+        inputs = make_inputs(2, dim, length, 16)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ss, "_INTERPRET_STATES", dict(NL=nl, T=tile))
+            got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="states")
+            want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **tol(torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_states_half_inputs(dtype, monkeypatch):
+    """bfloat16 B and C of unmasked chunks are read as int32 pairs (bit-identical to the
+    plain conversion); float16 never is, nor a bfloat16 view at an odd element; both equal
+    the ref."""
+    inputs = make_inputs(2, 8, 64, 8, dtype=dtype)
+    use_forward(monkeypatch, "states", 4, 8)
+    rule, seen = ss._states_pairs, []
+    monkeypatch.setattr(ss, "_states_pairs", lambda *a: seen.append(rule(*a)) or seen[-1])
+    check_against_ref(inputs, True, dtype, grads=False)
+    assert seen == [dtype == torch.bfloat16]
+    paired = ss._scan_fwd(**inputs, softplus=True, save_ckpt=False, method="states")[0]
+    monkeypatch.setattr(ss, "_states_pairs", lambda *a: False)
+    plain = ss._scan_fwd(**inputs, softplus=True, save_ckpt=False, method="states")[0]
+    torch.testing.assert_close(paired, plain, rtol=0, atol=0)
+    B = inputs["B"]
+    assert not rule(B, B, False)  # masked
+    assert not rule(B[..., 1:], B[..., 1:], True) or dtype != torch.bfloat16  # odd address
+    assert rule(B, B, True) == (dtype == torch.bfloat16)
+
+
+def test_selective_scan_states_rejects_bad_chunks(monkeypatch):
+    """Chunks that are not whole loads, not a multiple of the rows per channel, or that do
+    not divide the checkpoint interval are refused with a ValueError naming them."""
+    inputs = make_inputs(1, 2, 16, 8)
+    use_forward(monkeypatch, "states", 4, 6)
+    with pytest.raises(ValueError, match="states forward"):
+        ss.selective_scan(**inputs)
+    use_forward(monkeypatch, "states", 8, 4)
+    with pytest.raises(ValueError, match="rows per channel"):
+        ss.selective_scan(**inputs)
+    use_forward(monkeypatch, "states", 4, 8)
+    monkeypatch.setattr(ss, "_config", small_chunks(4))
+    leaves = {k: v.requires_grad_() if v is not None else None for k, v in inputs.items()}
+    with pytest.raises(ValueError, match="checkpoint interval"):
+        ss.selective_scan(**leaves)
+
+
+def test_selective_scan_states_compiles_for_sm90():
+    """The states forward compiles for sm_90 (no interpreter): float32 with checkpoints,
+    unmasked, 2 states a row; bfloat16 pairs with 4 states a row and 4 steps of inputs per
+    row; masked with N not a multiple of the rows (N = 5 on 8 rows), (D, N) B and C."""
+    half = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
+    compile_for_sm90("_selective_scan_fwd_states_kernel", [
+        dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4, EVEN=True, PAIRS=False,
+             ASM=True),
+        dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
+             ASM=True, _bf16=half),
+        dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
+             ASM=True),
+        dict(FLAGS, VARYING_BC=False, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4,
+             EVEN=False, PAIRS=False, ASM=False)])
+
+
 # ----------------------------------------------------------------------------- GPU, real sizes
 @pytest.mark.gpu
 @pytest.mark.parametrize("backward", ["chunk", "rows", "lanes"])
@@ -730,6 +827,26 @@ def test_selective_scan_gpu_tile_bf16_odd(forward, monkeypatch):
     inputs = make_inputs(3, 97, 1001, 7, has_D=False, has_z=False, has_bias=False,
                          dtype=torch.bfloat16, device="cuda")
     check_against_ref(inputs, False, torch.bfloat16, grads=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("launch", [(8, 8), (8, 16), (4, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selective_scan_gpu_states(dtype, launch, monkeypatch):
+    """The states forward at real sizes: its shuffles as inline PTX (the compiled layout has
+    one row per lane), the approximate special functions; unmasked (L = 4096, bfloat16
+    pairs) and masked (L = 2053, D = 97, N = 7), groups, (D, N) B and C, gradients from its
+    checkpoints."""
+    monkeypatch.setenv(ss.FORWARD_ENV, "states")
+    monkeypatch.setattr(ss, "STATES_FIXED", dict(NL=launch[0], T=launch[1]))
+    ss._BFLY_LAYOUT_OK.clear()
+    for layout in ("BNL", "BGNL", "DN"):
+        inputs = make_inputs(2, 768, 4096, 16, layout=layout, groups=4, dtype=dtype,
+                             device="cuda")
+        check_against_ref(inputs, True, dtype)
+    assert ss._BFLY_LAYOUT_OK and all(ss._BFLY_LAYOUT_OK.values())
+    inputs = make_inputs(3, 97, 2053, 7, dtype=dtype, device="cuda")
+    check_against_ref(inputs, True, dtype)
 
 
 @pytest.mark.gpu
