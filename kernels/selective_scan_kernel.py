@@ -1361,22 +1361,37 @@ def _join_columns(cols, K: tl.constexpr):
 
 
 @triton.jit
-def _states_columns(ptr, t0, V: tl.constexpr, mask, L, EVEN: tl.constexpr, PAIRS: tl.constexpr):
-    """V steps t0 .. t0 + V - 1 of rows (ptr: (32, 1) pointers) as V float32 (32, 1) columns,
-    one 16-byte load per row. With PAIRS (bfloat16, no mask, t0 and the row offsets even)
-    read as int32 pairs and widened with one shift or one AND per value."""
+def _states_raw(ptr, t0, V: tl.constexpr, R: tl.constexpr, mask, L, EVEN: tl.constexpr,
+                PAIRS: tl.constexpr):
+    """R pieces of V steps from t0 of rows (ptr: (32, 1) pointers), as loaded (one 16-byte
+    load per row and piece): with PAIRS (bfloat16, no mask, t0 and the row offsets even)
+    int32 pairs (32, V / 2), else (32, V) of the stored type. `_states_widen` makes them
+    columns; in between, they can wait in registers (the prefetch)."""
     out = ()
-    if PAIRS and ptr.dtype.element_ty == tl.bfloat16:
-        ptr32 = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
-        x = tl.load(ptr32 + (t0 // 2 + tl.arange(0, V // 2)[None, :]))
+    for r in tl.static_range(R):
+        if PAIRS and ptr.dtype.element_ty == tl.bfloat16:
+            ptr32 = ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+            x = tl.load(ptr32 + ((t0 + r * V) // 2 + tl.arange(0, V // 2)[None, :]))
+        else:
+            t = t0 + r * V + tl.arange(0, V)[None, :]
+            x = tl.load(ptr + t, mask=None if EVEN else mask & (t < L),
+                        other=None if EVEN else 0.0)
+        out = out + (x,)
+    return out
+
+
+@triton.jit
+def _states_widen(x, V: tl.constexpr):
+    """One piece from `_states_raw` as V float32 (32, 1) columns in time order: int32 pairs
+    widened with one shift or one AND per value (a bfloat16 is the top half of a float32)."""
+    out = ()
+    if x.dtype == tl.int32:
         cols = _columns(x, V // 2)
         for q in tl.static_range(V // 2):
             c = cols[q]
             out = out + ((c << 16).to(tl.float32, bitcast=True),
                          (c & -65536).to(tl.float32, bitcast=True))
     else:
-        t = t0 + tl.arange(0, V)[None, :]
-        x = tl.load(ptr + t, mask=None if EVEN else mask & (t < L), other=None if EVEN else 0.0)
         out = _columns(x.to(tl.float32), V)
     return out
 
@@ -1411,7 +1426,7 @@ def _selective_scan_fwd_states_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     NL: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
-    PAIRS: tl.constexpr, ASM: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr,
 ):
     """The "states" forward: one warp per 32 / NL channels, a channel's states across NL lanes.
 
@@ -1428,6 +1443,10 @@ def _selective_scan_fwd_states_kernel(
       butterfly reduce-scatter (`_states_sums`: T - K shuffles per row), which leaves each
       row the K steps whose inputs it loaded: D u and the z gate are applied there and the
       output stored.
+    With PREF, each chunk's loads are issued one step of the pipeline early: the next
+    chunk's u, delta, z as the chunk starts, each state's B and C while the state before is
+    computed (the next chunk's first state's during the last), so that their latency
+    overlaps work instead of stalling it (at the cost of the registers that hold them).
     Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
     each row storing its S states. With EVEN (L a multiple of T, the channels a multiple of
     32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
@@ -1475,13 +1494,40 @@ def _selective_scan_fwd_states_kernel(
             Bs = Bs + (tl.load(B_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
             Cs = Cs + (tl.load(C_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
         hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
+    BC_PAIRS: tl.constexpr = PAIRS and BC_EVEN
+    if PREF:  # the first chunk's inputs and its first state's B, C
+        tk = lrow * K + offs_k
+        mk = m_col & (tk < L)
+        u_p = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        raw_p = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        if HAS_Z:
+            z_p = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        if VARYING_BC:
+            B_p = _states_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
+            C_p = _states_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
     for c in range(0, tl.cdiv(L, T)):
         t0 = c * T
-        # the row's own K steps: delta (bias, softplus) and delta u, computed once a channel
-        tk = t0 + lrow * K + offs_k  # (32, K)
+        tk = t0 + lrow * K + offs_k  # (32, K): the row's own K steps
         mk = m_col & (tk < L)
-        u_k = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
-        raw = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        if PREF:  # take what was loaded during the chunk before, load the next chunk's
+            t_nx = t0 + T
+            if EVEN:  # past the end: load the last chunk again (in bounds, unused)
+                t_nx = tl.minimum(t_nx, L - T)
+            u_k = u_p
+            raw = raw_p
+            tkn = t_nx + lrow * K + offs_k
+            mkn = m_col & (tkn < L)
+            u_p = tl.load(u_row + tkn, mask=None if EVEN else mkn, other=None if EVEN else 0.0)
+            raw_p = tl.load(dt_row + tkn, mask=None if EVEN else mkn,
+                            other=None if EVEN else 0.0)
+            if HAS_Z:
+                zk = z_p
+                z_p = tl.load(z_row + tkn, mask=None if EVEN else mkn,
+                              other=None if EVEN else 0.0)
+        else:
+            u_k = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+            raw = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        # delta (bias, softplus) and delta u of the row's own steps: computed once a channel
         dt_k = raw.to(tl.float32)
         if HAS_BIAS:
             dt_k += bias
@@ -1505,13 +1551,26 @@ def _selective_scan_fwd_states_kernel(
             if SAVE_CKPT:
                 if t0 % CHUNK == 0:
                     tl.store(ck_row + (t0 // CHUNK) * N + lrow * S + s, h, mask=ms[s])
+            if VARYING_BC:
+                if PREF:  # this state's B, C came with the state before; load the next's
+                    B_r = B_p
+                    C_r = C_p
+                    if s + 1 < S:
+                        B_p = _states_raw(Bs[s + 1], t0, V, T // V, ms[s + 1], L, BC_EVEN,
+                                          BC_PAIRS)
+                        C_p = _states_raw(Cs[s + 1], t0, V, T // V, ms[s + 1], L, BC_EVEN,
+                                          BC_PAIRS)
+                    else:
+                        B_p = _states_raw(Bs[0], t_nx, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
+                        C_p = _states_raw(Cs[0], t_nx, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
+                else:
+                    B_r = _states_raw(Bs[s], t0, V, T // V, ms[s], L, BC_EVEN, BC_PAIRS)
+                    C_r = _states_raw(Cs[s], t0, V, T // V, ms[s], L, BC_EVEN, BC_PAIRS)
             yn = ()
             for r in tl.static_range(T // V):
                 if VARYING_BC:
-                    Bc = _states_columns(Bs[s], t0 + r * V, V, ms[s], L, BC_EVEN,
-                                         PAIRS and BC_EVEN)
-                    Cc = _states_columns(Cs[s], t0 + r * V, V, ms[s], L, BC_EVEN,
-                                         PAIRS and BC_EVEN)
+                    Bc = _states_widen(B_r[r], V)
+                    Cc = _states_widen(C_r[r], V)
                 for v in tl.static_range(V):
                     if VARYING_BC:
                         b_i = Bc[v]
@@ -1535,7 +1594,8 @@ def _selective_scan_fwd_states_kernel(
         if HAS_D:
             y += Dv * u_k
         if HAS_Z:
-            zk = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+            if not PREF:
+                zk = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
             y *= _silu_fast(zk.to(tl.float32), ASM)
         tl.store(o_row + tk, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mk)
     for s in tl.static_range(S):
@@ -2111,7 +2171,7 @@ LANES_AUTO_MAX_N = 32
 # per channel, chunks of T steps (pieces of one 16-byte load), a register cap. Not yet
 # measured on a GPU; not one of auto's choices (MAMBABOOK_SCAN_FORWARD=states runs it).
 STATES_LAUNCH = {4: dict(NL=8, T=8, maxnreg=80), 2: dict(NL=8, T=8, maxnreg=80)}
-STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg]
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF]
 _INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
@@ -2485,6 +2545,7 @@ def _states_launch(dstate: int, element_size: int, chunk: int | None) -> dict:
     else:
         cfg = dict(STATES_LAUNCH.get(element_size, STATES_LAUNCH[4]))
     cfg["NL"] = min(cfg["NL"], triton.next_power_of_2(dstate))
+    cfg.setdefault("PREF", False)
     return cfg
 
 

@@ -1,6 +1,7 @@
 """Run a lanes kernel twice at B=8, D=1536, N=16, L=4096, for Nsight Compute to profile the
 second launch: the lanes forward (``fwd``, its fastest bf16 launch unless a JSON launch is
-given) or the opt-in lanes backward (``bwd``, BWD_LANES unless given), in fp32 or bf16.
+given), the opt-in lanes backward (``bwd``, BWD_LANES unless given) or the states forward
+(``states``, NL=4, T=16 unless given; ``--kernel-name regex:fwd_states``), in fp32 or bf16.
 Session 6's profiles (benchmarks/results/nvidia-h200/profile_lanes.json) came from
 
     NCU="ncu --clock-control none --launch-skip 1 --launch-count 1 --section SourceCounters \\
@@ -38,7 +39,11 @@ if len(sys.argv) > 4:  # a variant of the kernel module (lanes_variants.py), for
     ss = load_variant("profiled", sys.argv[4])
 x = make_scan_inputs(8, 1536, 4096, 16, DTYPES[dname], "cuda")
 args = (*(x[k] for k in ARGS), True)  # softplus
-if kind == "fwd":
+if kind == "states":  # the states forward (session 12): launch {"NL": .., "T": ..}
+    ss.STATES_FIXED = launch or dict(NL=4, T=16)
+    for _ in range(2):
+        ss._scan_fwd(*args, save_ckpt=False, method="states")
+elif kind == "fwd":
     ss.LANES_FIXED = launch or dict(CPW=2, T=16, maxnreg=128)
     for _ in range(2):
         ss._scan_fwd(*args, save_ckpt=False, method="lanes")

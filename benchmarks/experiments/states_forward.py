@@ -34,11 +34,12 @@ def forward(x, method, ckpt=False):
 
 
 def parse(cfg):
-    """"8x8r72" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most 72
-    registers ("8x8": no cap)."""
-    nl, rest = cfg.split("x")
+    """"8x8r72p" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most 72
+    registers ("8x8": no cap), loads issued a step early (a trailing "p": PREF)."""
+    pref = cfg.endswith("p")
+    nl, rest = cfg.removesuffix("p").split("x")
     t, _, mr = rest.partition("r")
-    return dict(NL=int(nl), T=int(t), **({"maxnreg": int(mr)} if mr else {}))
+    return dict(NL=int(nl), T=int(t), PREF=pref, **({"maxnreg": int(mr)} if mr else {}))
 
 
 def main():
