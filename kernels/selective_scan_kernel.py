@@ -1546,11 +1546,17 @@ def _selective_scan_fwd_states_kernel(
             dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
         ys = ()  # per step: the row's sum over its states of C h
         hs_new = ()
+        if SAVE_CKPT:
+            if t0 % CHUNK == 0:  # the states entering the chunk: a row's S are adjacent
+                if (S & (S - 1)) == 0:  # S a power of 2: one store of S values per row
+                    ns = lrow * S + tl.arange(0, S)[None, :]
+                    tl.store(ck_row + (t0 // CHUNK) * N + ns, _join_columns(hs, S),
+                             mask=m_col & (ns < N))
+                else:
+                    for s in tl.static_range(S):
+                        tl.store(ck_row + (t0 // CHUNK) * N + lrow * S + s, hs[s], mask=ms[s])
         for s in tl.static_range(S):
             h = hs[s]
-            if SAVE_CKPT:
-                if t0 % CHUNK == 0:
-                    tl.store(ck_row + (t0 // CHUNK) * N + lrow * S + s, h, mask=ms[s])
             if VARYING_BC:
                 if PREF:  # this state's B, C came with the state before; load the next's
                     B_r = B_p
@@ -2171,7 +2177,7 @@ LANES_AUTO_MAX_N = 32
 # per channel, chunks of T steps (pieces of one 16-byte load), a register cap. Not yet
 # measured on a GPU; not one of auto's choices (MAMBABOOK_SCAN_FORWARD=states runs it).
 STATES_LAUNCH = {4: dict(NL=8, T=8, maxnreg=80), 2: dict(NL=8, T=8, maxnreg=80)}
-STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF]
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF, BC32]
 _INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
@@ -2568,6 +2574,11 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     flags.pop("BLOCK_N")
     cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4, flags["CHUNK"])
     maxnreg = cfg.pop("maxnreg", None)
+    if cfg.pop("BC32", False) and B.dim() > 2 and B.element_size() == 2:
+        # B and C widened to float32 once (each is (B, G, N, L), shared by all D channels),
+        # instead of every lane widening its own copy of each value in the kernel
+        B, C = B.float(), C.float()
+        sB, sC = _bc_strides(B), _bc_strides(C)
     vec = cfg.pop("V", None) or (2 if _INTERPRET else 16 // (B.element_size() if B.dim() > 2 else 4))
     nl = cfg["NL"]
     if cfg["T"] % vec or cfg["T"] % nl or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):
