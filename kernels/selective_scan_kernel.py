@@ -14,8 +14,12 @@ The "tile" forward loads T steps of BLOCK_D channels at once and runs one 2-D as
 scan per state n over the tile (the carry between tiles in registers); it saves the same
 checkpoints (then T = CHUNK). The "rows" forward keeps each channel's T steps (one 16-byte
 load) in one thread, so its scan is a sequential loop in registers, with no shuffles.
-MAMBABOOK_SCAN_FORWARD=loop|tile|rows|auto picks the forward that selective_scan runs; auto
-(the default) times the three once per shape on CUDA.
+The "lanes" forward lays a warp's lanes along time (runs scanned in registers, then across
+lanes); the "states" forward lays a channel's states across lanes (each lane's states walked
+through time, y summed over the lanes by shuffles): the fastest in float32 and in 2-byte
+types respectively on the H200.
+MAMBABOOK_SCAN_FORWARD=loop|tile|rows|lanes|states|auto picks the forward that
+selective_scan runs; auto (the default) times them once per shape on CUDA.
 """
 
 from __future__ import annotations
@@ -2174,10 +2178,18 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 # it for any N).
 LANES_AUTO_MAX_N = 32
 # The states forward's launch by the element size of time-varying B and C: NL rows (lanes)
-# per channel, chunks of T steps (pieces of one 16-byte load), a register cap. Not yet
-# measured on a GPU; not one of auto's choices (MAMBABOOK_SCAN_FORWARD=states runs it).
-STATES_LAUNCH = {4: dict(NL=8, T=8, maxnreg=80), 2: dict(NL=8, T=8, maxnreg=80)}
-STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF, BC32]
+# per channel, chunks of T steps (pieces of one 16-byte load), the prefetch, a register cap.
+# H200, B=8, D=1536, N=16, L=4096, bf16, side by side in one run (session 12,
+# benchmarks/experiments/states_forward.py, results/nvidia-h200/states_forward.json): NL=4,
+# T=16 with PREF 0.572 ms (0.591 without), NL=2 0.571-0.576 (with checkpoints 0.681 against
+# 0.622), T=8 0.63, NL=8 1.04-1.10 and NL=16 1.21 (the shuffles: Nsight Compute shows the
+# short-scoreboard and MIO stalls of NL=8 at 60% of its samples), against the lanes forward's
+# 0.618-0.627; with checkpoints 0.622 against 0.803-0.812. B and C widened to float32 before
+# the kernel (no widening in it, but twice the bytes to wait for): 0.65-1.03 ms. In float32
+# the lanes forward stays ahead (0.81 against 0.96-1.02 ms: the states kernel waits on its
+# 16-byte B and C loads, 58% of its stall samples), so auto picks it there.
+STATES_LAUNCH = {2: dict(NL=4, T=16, PREF=True), 4: dict(NL=4, T=16, PREF=True)}
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF]
 _INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
@@ -2250,7 +2262,7 @@ BACKWARD_ENV = "MAMBABOOK_SCAN_BACKWARD"  # chunk | rows (default) | lanes: whic
 BWD_LANES = dict(CPW=4, T=8, num_warps=8)
 _INTERPRET_BWD_LANES = dict(CPW=2, T=4, num_warps=2)  # the interpreter's launch
 
-FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | lanes | auto (default)
+FORWARD_ENV = "MAMBABOOK_SCAN_FORWARD"  # loop | tile | rows | lanes | states | auto (default)
 _FORWARD_CHOICE: dict[tuple, str] = {}  # auto's decisions, per shape/dtype/flags key
 
 
@@ -2574,11 +2586,6 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     flags.pop("BLOCK_N")
     cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4, flags["CHUNK"])
     maxnreg = cfg.pop("maxnreg", None)
-    if cfg.pop("BC32", False) and B.dim() > 2 and B.element_size() == 2:
-        # B and C widened to float32 once (each is (B, G, N, L), shared by all D channels),
-        # instead of every lane widening its own copy of each value in the kernel
-        B, C = B.float(), C.float()
-        sB, sC = _bc_strides(B), _bc_strides(C)
     vec = cfg.pop("V", None) or (2 if _INTERPRET else 16 // (B.element_size() if B.dim() > 2 else 4))
     nl = cfg["NL"]
     if cfg["T"] % vec or cfg["T"] % nl or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):
@@ -2601,10 +2608,10 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
 
 
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
-    """"loop", "tile", "rows" or "lanes": MAMBABOOK_SCAN_FORWARD when it names one; with
-    "auto" (the default), on CUDA, the four are timed once per shape/dtype key (L rounded up
-    to a power of 2) and the fastest is kept (lanes only for N <= LANES_AUTO_MAX_N);
-    elsewhere (the interpreter) "loop"."""
+    """"loop", "tile", "rows", "lanes" or "states": MAMBABOOK_SCAN_FORWARD when it names one;
+    with "auto" (the default), on CUDA, the five are timed once per shape/dtype key (L rounded
+    up to a power of 2) and the fastest is kept (lanes and states only for N <=
+    LANES_AUTO_MAX_N); elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
     if choice not in ("loop", "tile", "rows", "lanes", "states", "auto"):
         raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes, states or auto, "
@@ -2622,7 +2629,8 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
         ms = {}
-        methods = ("loop", "tile", "rows") + (("lanes",) if A.shape[1] <= LANES_AUTO_MAX_N else ())
+        methods = ("loop", "tile", "rows") + (("lanes", "states") if A.shape[1] <= LANES_AUTO_MAX_N
+                                              else ())
         for m in methods:
             try:
                 ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,

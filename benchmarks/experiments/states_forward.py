@@ -34,16 +34,14 @@ def forward(x, method, ckpt=False):
 
 
 def parse(cfg):
-    """"8x8r72pw" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most 72
-    registers ("8x8": no cap), loads issued a step early ("p": PREF), 2-byte B and C widened
-    to float32 before the kernel ("w": BC32)."""
-    bc32 = cfg.endswith("w")
-    cfg = cfg.removesuffix("w")
+    """"8x8r72p" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most 72
+    registers ("8x8": no cap), loads issued a step early ("p": PREF). Session 12's "w"
+    launches (B and C widened to float32 before the kernel, BC32 in commit 52d995e) were
+    measured slower and removed."""
     pref = cfg.endswith("p")
     nl, rest = cfg.removesuffix("p").split("x")
     t, _, mr = rest.partition("r")
-    return dict(NL=int(nl), T=int(t), PREF=pref, BC32=bc32,
-                **({"maxnreg": int(mr)} if mr else {}))
+    return dict(NL=int(nl), T=int(t), PREF=pref, **({"maxnreg": int(mr)} if mr else {}))
 
 
 def main():

@@ -437,13 +437,13 @@ def test_selective_scan_lanes_bf16_view_at_odd_offset(monkeypatch):
 @pytest.mark.parametrize("dstate, want", [(16, "lanes"), (ss.LANES_AUTO_MAX_N + 1, "rows")])
 def test_selective_scan_auto_forward_times_each(dstate, want, monkeypatch):
     """On CUDA, "auto" times every forward once per key and keeps the fastest; the lanes
-    forward only up to LANES_AUTO_MAX_N states (the timings here are stand-ins: a CUDA
+    and states forwards only up to LANES_AUTO_MAX_N states (the timings here are stand-ins: a CUDA
     tensor is faked, and each forward's "time" is a fixed number)."""
     from types import SimpleNamespace
 
     import mambabook.bench
 
-    fake_ms = {"loop": 4.0, "tile": 3.0, "rows": 2.0, "lanes": 1.0}
+    fake_ms = {"loop": 4.0, "tile": 3.0, "rows": 2.0, "lanes": 1.0, "states": 1.5}
     timed = []
 
     def time_fn(fn, device, **kw):
@@ -459,8 +459,8 @@ def test_selective_scan_auto_forward_times_each(dstate, want, monkeypatch):
     A, B = torch.zeros(8, dstate), torch.zeros(2, dstate, 100)
     args = (u, u, A, B, B, None, None, None, True, False)
     assert ss._pick_forward(*args) == want
-    assert timed == ["loop", "tile", "rows"] + (["lanes"] if want == "lanes" else [])
-    assert ss._pick_forward(*args) == want and len(timed) == 3 + (want == "lanes")  # cached
+    assert timed == ["loop", "tile", "rows"] + (["lanes", "states"] if want == "lanes" else [])
+    assert ss._pick_forward(*args) == want and len(timed) == 3 + 2 * (want == "lanes")  # cached
 
 
 def test_selective_scan_lanes_rejects_bad_runs(monkeypatch):
