@@ -2552,10 +2552,10 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 
-def _states_launch(dstate: int, element_size: int, chunk: int | None) -> dict:
-    """The states forward's launch: STATES_FIXED if set, else STATES_LAUNCH by element size
-    (the interpreter's small one under TRITON_INTERPRET), with NL at most N's power of 2
-    and T cut to divide the checkpoint interval."""
+def _states_launch(dstate: int, element_size: int) -> dict:
+    """The states forward's launch: STATES_FIXED if set, else STATES_LAUNCH by the element
+    size of B and C (the interpreter's small one under TRITON_INTERPRET), with NL at most
+    N's power of 2."""
     if _INTERPRET:
         cfg = dict(_INTERPRET_STATES)
     elif STATES_FIXED is not None:
@@ -2584,7 +2584,7 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     flags.pop("BLOCK_N")
-    cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4, flags["CHUNK"])
+    cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4)
     maxnreg = cfg.pop("maxnreg", None)
     vec = cfg.pop("V", None) or (2 if _INTERPRET else 16 // (B.element_size() if B.dim() > 2 else 4))
     nl = cfg["NL"]
@@ -2599,7 +2599,7 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)
     kw = dict(flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, ASM=not _INTERPRET, num_warps=1,
               **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
-    if not _INTERPRET and (nl > 1 or cfg["T"] > nl):
+    if not _INTERPRET:  # the shuffles are right only with one row per lane
         done = _selective_scan_fwd_states_kernel.warmup(*args, grid=grid, **kw)
         if not _butterfly_layout_ok(done):
             kw["ASM"] = False

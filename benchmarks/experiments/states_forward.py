@@ -19,18 +19,13 @@ import json
 import os
 
 import torch
-from forward_layouts import DTYPES, max_rel_err  # this folder's sibling script
+from forward_layouts import DTYPES, max_rel_err  # this folder's sibling scripts
+from lanes_forward import ARGS, forward
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance
 from mambabook.kernels import selective_scan
 from mambabook.suites.selective_scan import make_scan_inputs
-
-ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-
-
-def forward(x, method, ckpt=False):
-    return ss._scan_fwd(*(x[k] for k in ARGS), True, ckpt, method=method)
 
 
 def parse(cfg):
