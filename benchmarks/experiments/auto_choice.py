@@ -1,7 +1,7 @@
 """What the default forward (MAMBABOOK_SCAN_FORWARD=auto) picks on this GPU, and how long a
 user's call then takes: B=8, D=1536, N=16, time-varying B and C, D, z, delta_bias,
 softplus, without checkpoints (no autograd) and with them (inputs that require grad), next
-to each of the four forwards forced (auto's time is that of the forward it picked). Needs a GPU.
+to each of the five forwards forced (auto's time is that of the forward it picked). Needs a GPU.
 
     python3 benchmarks/experiments/auto_choice.py --out /tmp/auto_choice.json [--dtypes bf16]
 """
@@ -38,7 +38,7 @@ def main() -> None:
                 ss._scan_fwd(*fwd, True, ckpt, method=ss._pick_forward(*fwd, True, ckpt))
                 key = (set(ss._FORWARD_CHOICE) - before).pop()
                 row = dict(dtype=name, L=length, checkpoints=ckpt, auto=ss._FORWARD_CHOICE[key])
-                for m in ("loop", "tile", "rows", "lanes"):  # auto's time is its choice's
+                for m in ("loop", "tile", "rows", "lanes", "states"):  # auto's: its choice's
                     row[m + "_ms"] = time_fn(
                         lambda m=m, fwd=fwd, ckpt=ckpt: ss._scan_fwd(*fwd, True, ckpt, method=m), dev)
                 rows.append(row)
