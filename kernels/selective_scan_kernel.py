@@ -1452,7 +1452,7 @@ def _selective_scan_fwd_states_kernel(
     computed (the next chunk's first state's during the last), so that their latency
     overlaps work instead of stalling it (at the cost of the registers that hold them).
     Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
-    each row storing its S states. With EVEN (L a multiple of T, the channels a multiple of
+    each row storing its S adjacent states (in one store when S is a power of 2). With EVEN (L a multiple of T, the channels a multiple of
     32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
     inline PTX (rows must be one per lane: the wrapper checks the compiled layout), else
     through tl.gather.
@@ -1461,6 +1461,7 @@ def _selective_scan_fwd_states_kernel(
     K: tl.constexpr = T // NL  # steps of the chunk whose inputs a row loads
     CPW: tl.constexpr = 32 // NL
     BC_EVEN: tl.constexpr = EVEN and NL * S == N  # B, C loads unmasked: every row's states exist
+    BC_PAIRS: tl.constexpr = PAIRS and BC_EVEN
     rows = tl.arange(0, 32)
     pid_gd = tl.program_id(0)
     nblk = tl.cdiv(dpg, CPW)
@@ -1498,7 +1499,6 @@ def _selective_scan_fwd_states_kernel(
             Bs = Bs + (tl.load(B_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
             Cs = Cs + (tl.load(C_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
         hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
-    BC_PAIRS: tl.constexpr = PAIRS and BC_EVEN
     if PREF:  # the first chunk's inputs and its first state's B, C
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
