@@ -62,6 +62,14 @@ def _softplus(x):
 
 
 @triton.jit
+def _unpack_bf16(x):
+    """int32 holding two bfloat16 (the low one first in memory) as two float32: a bfloat16
+    is the top half of a float32, so one shift or one AND each (Triton's own conversion
+    spends about 1.5 instructions per value)."""
+    return (x << 16).to(tl.float32, bitcast=True), (x & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _channel_block(dpg, BLOCK_D: tl.constexpr):
     """Program axis 0 is (group, block of BLOCK_D channels inside the group): the group, the
     block's channel indices (int64, (BLOCK_D,)) and their mask (channels past the group)."""
@@ -399,8 +407,7 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
              + tl.arange(0, V // 2)[None, None, :])
         for r in tl.static_range(R):
             x = tl.load(row32 + t + r * (V // 2))
-            lo = (x << 16).to(tl.float32, bitcast=True)
-            hi = (x & -65536).to(tl.float32, bitcast=True)
+            lo, hi = _unpack_bf16(x)
             out = out + (tl.reshape(tl.join(lo, hi), (x.shape[0], LT, V)),)
     else:
         t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
@@ -974,7 +981,7 @@ def _selective_scan_bwd_lanes_kernel(
 
 @triton.jit
 def _delta_of(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-              EVEN: tl.constexpr):
+              EVEN: tl.constexpr, FAST: tl.constexpr = False):
     """delta in float32 from its stored values (any shape) with its bias and softplus, 0 where
     mask is False unless EVEN (padded steps: there a = 1, b = 0, so the state and its
     gradient pass through); and delta before the softplus, bias added (the softplus'
@@ -984,7 +991,7 @@ def _delta_of(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         raw += bias
     dt = raw
     if SOFTPLUS:
-        dt = _softplus(raw)
+        dt = _softplus_fast(raw, FAST)
     if not EVEN:
         dt = tl.where(mask, dt, 0.0)
     return dt, raw
@@ -1179,8 +1186,7 @@ def _lane_pieces(M, n, R: tl.constexpr, ASM: tl.constexpr):
             y = tl.broadcast_to(tl.sum(tl.where(row == src, M, 0), axis=0, keep_dims=True),
                                 M.shape)
         if M.dtype == tl.int32:  # bfloat16 pairs: the low one is the first step
-            lo = (y << 16).to(tl.float32, bitcast=True)
-            hi = (y & -65536).to(tl.float32, bitcast=True)
+            lo, hi = _unpack_bf16(y)
             y = tl.reshape(tl.join(lo, hi), (M.shape[0], M.shape[1] * 2))
         else:
             y = y.to(tl.float32, bitcast=True)
@@ -1288,22 +1294,15 @@ def _shfl_seg(x, idx: tl.constexpr, W: tl.constexpr, ASM: tl.constexpr):
 
 
 @triton.jit
-def _shfl_xor_rows(x, m: tl.constexpr, ASM: tl.constexpr):
-    """`_shfl_xor` where the rows may not be one per lane (ASM off): tl.gather along rows."""
+def _ex2_fast(x, ASM: tl.constexpr):
+    """2^x by one MUFU.EX2 on a GPU (ex2.approx.ftz: results below 2^-126 flush to 0;
+    tl.exp2 adds a range check and two multiplies for them), under the interpreter tl.exp2."""
     if ASM:
-        y = _shfl_xor(x, m, ASM)
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
+                                      dtype=tl.float32, is_pure=True, pack=1)
     else:
-        rows = tl.arange(0, x.shape[0])[:, None] + tl.zeros(x.shape, tl.int32)
-        y = tl.gather(x, rows ^ m, axis=0)
+        y = tl.exp2(x)
     return y
-
-
-@triton.jit
-def _ex2_fast(x):
-    """2^x by one MUFU.EX2 (ex2.approx.ftz: results below 2^-126 flush to 0); tl.exp2 adds a
-    range check and two multiplies for them."""
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x],
-                                     dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -1312,7 +1311,7 @@ def _softplus_fast(x, ASM: tl.constexpr):
     unit (about 7 instructions; tl.log is a polynomial of about 20), under the interpreter
     `_softplus` itself. Relative error a few ulp (ex2.approx, lg2.approx: about 2^-22)."""
     if ASM:
-        e = _ex2_fast(x * 1.4426950408889634)
+        e = _ex2_fast(x * 1.4426950408889634, ASM)
         lg = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e],
                                        dtype=tl.float32, is_pure=True, pack=1)
         y = tl.where(x <= 20.0, lg * 0.6931471805599453, x)
@@ -1326,7 +1325,7 @@ def _silu_fast(x, ASM: tl.constexpr):
     """x sigmoid(x) from ex2.approx and rcp.approx (4 instructions; tl.sigmoid adds range
     checks), under the interpreter x * tl.sigmoid(x)."""
     if ASM:
-        e = _ex2_fast(x * -1.4426950408889634)
+        e = _ex2_fast(x * -1.4426950408889634, ASM)
         r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + e],
                                       dtype=tl.float32, is_pure=True, pack=1)
         y = x * r
@@ -1365,6 +1364,12 @@ def _join_columns(cols, K: tl.constexpr):
 
 
 @triton.jit
+def _load_even(ptr, mask, EVEN: tl.constexpr):
+    """tl.load(ptr), masked (0 outside) unless EVEN."""
+    return tl.load(ptr, mask=None if EVEN else mask, other=None if EVEN else 0.0)
+
+
+@triton.jit
 def _states_raw(ptr, t0, V: tl.constexpr, R: tl.constexpr, mask, L, EVEN: tl.constexpr,
                 PAIRS: tl.constexpr):
     """R pieces of V steps from t0 of rows (ptr: (32, 1) pointers), as loaded (one 16-byte
@@ -1378,23 +1383,20 @@ def _states_raw(ptr, t0, V: tl.constexpr, R: tl.constexpr, mask, L, EVEN: tl.con
             x = tl.load(ptr32 + ((t0 + r * V) // 2 + tl.arange(0, V // 2)[None, :]))
         else:
             t = t0 + r * V + tl.arange(0, V)[None, :]
-            x = tl.load(ptr + t, mask=None if EVEN else mask & (t < L),
-                        other=None if EVEN else 0.0)
+            x = _load_even(ptr + t, mask & (t < L), EVEN)
         out = out + (x,)
     return out
 
 
 @triton.jit
 def _states_widen(x, V: tl.constexpr):
-    """One piece from `_states_raw` as V float32 (32, 1) columns in time order: int32 pairs
-    widened with one shift or one AND per value (a bfloat16 is the top half of a float32)."""
+    """One piece from `_states_raw` as V float32 (32, 1) columns in time order (int32 pairs
+    widened by `_unpack_bf16`)."""
     out = ()
     if x.dtype == tl.int32:
         cols = _columns(x, V // 2)
         for q in tl.static_range(V // 2):
-            c = cols[q]
-            out = out + ((c << 16).to(tl.float32, bitcast=True),
-                         (c & -65536).to(tl.float32, bitcast=True))
+            out = out + _unpack_bf16(cols[q])
     else:
         out = _columns(x.to(tl.float32), V)
     return out
@@ -1415,7 +1417,7 @@ def _states_sums(ys, lrow, NL: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr)
                 lo = ys[q]
                 hi = ys[(T >> (j + 1)) + q]
                 nxt = nxt + (tl.where(keep_hi, hi, lo)
-                             + _shfl_xor_rows(tl.where(keep_hi, lo, hi), NL >> (j + 1), ASM),)
+                             + _shfl_xor(tl.where(keep_hi, lo, hi), NL >> (j + 1), ASM),)
             ys = nxt
     return ys
 
@@ -1502,10 +1504,10 @@ def _selective_scan_fwd_states_kernel(
     if PREF:  # the first chunk's inputs and its first state's B, C
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
-        u_p = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
-        raw_p = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+        u_p = _load_even(u_row + tk, mk, EVEN)
+        raw_p = _load_even(dt_row + tk, mk, EVEN)
         if HAS_Z:
-            z_p = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+            z_p = _load_even(z_row + tk, mk, EVEN)
         if VARYING_BC:
             B_p = _states_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
             C_p = _states_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
@@ -1521,24 +1523,16 @@ def _selective_scan_fwd_states_kernel(
             raw = raw_p
             tkn = t_nx + lrow * K + offs_k
             mkn = m_col & (tkn < L)
-            u_p = tl.load(u_row + tkn, mask=None if EVEN else mkn, other=None if EVEN else 0.0)
-            raw_p = tl.load(dt_row + tkn, mask=None if EVEN else mkn,
-                            other=None if EVEN else 0.0)
+            u_p = _load_even(u_row + tkn, mkn, EVEN)
+            raw_p = _load_even(dt_row + tkn, mkn, EVEN)
             if HAS_Z:
                 zk = z_p
-                z_p = tl.load(z_row + tkn, mask=None if EVEN else mkn,
-                              other=None if EVEN else 0.0)
+                z_p = _load_even(z_row + tkn, mkn, EVEN)
         else:
-            u_k = tl.load(u_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
-            raw = tl.load(dt_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+            u_k = _load_even(u_row + tk, mk, EVEN)
+            raw = _load_even(dt_row + tk, mk, EVEN)
         # delta (bias, softplus) and delta u of the row's own steps: computed once a channel
-        dt_k = raw.to(tl.float32)
-        if HAS_BIAS:
-            dt_k += bias
-        if SOFTPLUS:
-            dt_k = _softplus_fast(dt_k, ASM)
-        if not EVEN:
-            dt_k = tl.where(tk < L, dt_k, 0.0)
+        dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
         u_k = u_k.to(tl.float32)
         dt_c = _columns(dt_k, K)
         dtu_c = _columns(dt_k * u_k, K)
@@ -1588,10 +1582,7 @@ def _selective_scan_fwd_states_kernel(
                     else:
                         b_i = Bs[s]
                         c_i = Cs[s]
-                    if ASM:
-                        a_i = _ex2_fast(dts[r * V + v] * A2[s])
-                    else:
-                        a_i = tl.exp2(dts[r * V + v] * A2[s])
+                    a_i = _ex2_fast(dts[r * V + v] * A2[s], ASM)
                     h = a_i * h + dtus[r * V + v] * b_i
                     if s == 0:
                         yn = yn + (c_i * h,)
@@ -1605,7 +1596,7 @@ def _selective_scan_fwd_states_kernel(
             y += Dv * u_k
         if HAS_Z:
             if not PREF:
-                zk = tl.load(z_row + tk, mask=None if EVEN else mk, other=None if EVEN else 0.0)
+                zk = _load_even(z_row + tk, mk, EVEN)
             y *= _silu_fast(zk.to(tl.float32), ASM)
         tl.store(o_row + tk, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mk)
     for s in tl.static_range(S):
@@ -2177,8 +2168,8 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 # 128-register cap), so "auto" only times it up to this N (MAMBABOOK_SCAN_FORWARD=lanes runs
 # it for any N).
 LANES_AUTO_MAX_N = 32
-# The states forward's launch by the element size of time-varying B and C: NL rows (lanes)
-# per channel, chunks of T steps (pieces of one 16-byte load), the prefetch, a register cap.
+# The states forward's launch (one for every dtype; auto times it against the others): NL
+# rows (lanes) per channel, chunks of T steps (pieces of one 16-byte load), the prefetch.
 # H200, B=8, D=1536, N=16, L=4096, bf16, side by side in one run (session 12,
 # benchmarks/experiments/states_forward.py, results/nvidia-h200/states_forward.json): NL=4,
 # T=16 with PREF 0.572 ms (0.591 without), NL=2 0.571-0.576 (with checkpoints 0.681 against
@@ -2187,8 +2178,8 @@ LANES_AUTO_MAX_N = 32
 # 0.618-0.627; with checkpoints 0.622 against 0.803-0.812. B and C widened to float32 before
 # the kernel (no widening in it, but twice the bytes to wait for): 0.65-1.03 ms. In float32
 # the lanes forward stays ahead (0.81 against 0.96-1.02 ms: the states kernel waits on its
-# 16-byte B and C loads, 58% of its stall samples), so auto picks it there.
-STATES_LAUNCH = {2: dict(NL=4, T=16, PREF=True), 4: dict(NL=4, T=16, PREF=True)}
+# 16-byte B and C loads, 58% of its stall samples), so auto should pick lanes there.
+STATES_LAUNCH = dict(NL=4, T=16, PREF=True)
 STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF]
 _INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
@@ -2552,16 +2543,15 @@ def _scan_fwd_lanes(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 
-def _states_launch(dstate: int, element_size: int) -> dict:
-    """The states forward's launch: STATES_FIXED if set, else STATES_LAUNCH by the element
-    size of B and C (the interpreter's small one under TRITON_INTERPRET), with NL at most
-    N's power of 2."""
+def _states_launch(dstate: int) -> dict:
+    """The states forward's launch: STATES_FIXED if set, else STATES_LAUNCH (the
+    interpreter's small one under TRITON_INTERPRET), with NL at most N's power of 2."""
     if _INTERPRET:
         cfg = dict(_INTERPRET_STATES)
     elif STATES_FIXED is not None:
         cfg = dict(STATES_FIXED)
     else:
-        cfg = dict(STATES_LAUNCH.get(element_size, STATES_LAUNCH[4]))
+        cfg = dict(STATES_LAUNCH)
     cfg["NL"] = min(cfg["NL"], triton.next_power_of_2(dstate))
     cfg.setdefault("PREF", False)
     return cfg
@@ -2584,8 +2574,9 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     B, C, sB, sC = _bc_operands(B, C)
     flags = dict(flags, N=dstate)
     flags.pop("BLOCK_N")
-    cfg = _states_launch(dstate, B.element_size() if B.dim() > 2 else 4)
+    cfg = _states_launch(dstate)
     maxnreg = cfg.pop("maxnreg", None)
+    # one 16-byte load of time-varying B and C ((D, N) ones: any V that divides T)
     vec = cfg.pop("V", None) or (2 if _INTERPRET else 16 // (B.element_size() if B.dim() > 2 else 4))
     nl = cfg["NL"]
     if cfg["T"] % vec or cfg["T"] % nl or (flags["SAVE_CKPT"] and flags["CHUNK"] % cfg["T"]):

@@ -49,6 +49,18 @@ def parse(cfg):
     return (dict(out, PAIRS=False) if no_pairs else out), widen
 
 
+def recorder(path):
+    """(rows, record): record(**row) appends a row, prints it and saves every row so far with
+    the provenance to path, so that a run cut short keeps what it measured."""
+    rows = []
+
+    def record(**r):
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+        json.dump(dict(provenance=provenance(), rows=rows), open(path, "w"), indent=1)
+    return rows, record
+
+
 def widened(x):
     """x with B and C as float32 (a new dict; the copies are made at each call)."""
     return dict(x, B=x["B"].float(), C=x["C"].float())
@@ -66,12 +78,7 @@ def main():
     ap.add_argument("--dtypes", default="fp32,bf16")
     args = ap.parse_args()
     bench = lambda f: do_bench(f, warmup=25, rep=100)
-    rows = []
-
-    def record(**r):  # saved after each row, so a run cut short keeps what it measured
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
+    rows, record = recorder(args.out)
 
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]

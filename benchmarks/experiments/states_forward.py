@@ -20,7 +20,7 @@ import os
 
 import torch
 from forward_layouts import DTYPES, max_rel_err  # this folder's sibling scripts
-from lanes_forward import ARGS, forward
+from lanes_forward import ARGS, forward, recorder
 
 import mambabook.kernels.selective_scan_kernel as ss
 from mambabook.bench import provenance
@@ -52,12 +52,7 @@ def main():
     ap.add_argument("--no-fwdbwd", action="store_true")
     args = ap.parse_args()
     bench = lambda f: do_bench(f, warmup=25, rep=100)
-    rows = []
-
-    def record(**r):  # saved after each row, so a run cut short keeps what it measured
-        rows.append(r)
-        print(json.dumps(r), flush=True)
-        json.dump(dict(provenance=provenance(), rows=rows), open(args.out, "w"), indent=1)
+    rows, record = recorder(args.out)
 
     for name in args.dtypes.split(","):
         dtype = DTYPES[name]
