@@ -1423,6 +1423,47 @@ def _states_sums(ys, lrow, NL: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr)
 
 
 @triton.jit
+def _states_deltas(raw, u_k, tk, bias, L, K: tl.constexpr, NL: tl.constexpr, T: tl.constexpr,
+                   HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr,
+                   ASM: tl.constexpr):
+    """The states forward's delta and delta u of a chunk, T (32, 1) columns each in every row:
+    each row computes its own K steps ((32, K) raw delta and u at steps tk), then gathers
+    step i from the row first + i // K of its channel (its column i % K)."""
+    dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+    dt_c = _columns(dt_k, K)
+    dtu_c = _columns(dt_k * u_k.to(tl.float32), K)
+    dts = ()
+    dtus = ()
+    for i in tl.static_range(T):
+        dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
+        dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
+    return dts, dtus
+
+
+@triton.jit
+def _zero_columns(T: tl.constexpr):
+    """T float32 (32, 1) columns of zeros."""
+    out = ()
+    for _ in tl.static_range(T):
+        out = out + (tl.zeros((32, 1), dtype=tl.float32),)
+    return out
+
+
+@triton.jit
+def _states_out(ys, u_k, zk, o_ptrs, mask, Dv, lrow, NL: tl.constexpr, T: tl.constexpr,
+                K: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, ASM: tl.constexpr):
+    """A chunk's output in the states forward: the rows' partial sums ys (T (32, 1) columns)
+    summed over the channel's rows by `_states_sums`, which leaves each row its own K steps;
+    there D u and the z gate (u_k, zk: (32, K) as loaded) and the store (o_ptrs, mask)."""
+    y = _join_columns(_states_sums(ys, lrow, NL, T, ASM), K)
+    if HAS_D:
+        y += Dv * u_k.to(tl.float32)
+    if HAS_Z:
+        y *= _silu_fast(zk.to(tl.float32), ASM)
+    tl.store(o_ptrs, y.to(o_ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _selective_scan_fwd_states_kernel(
     # pointers and strides as in the lanes forward
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
@@ -1432,7 +1473,7 @@ def _selective_scan_fwd_states_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     NL: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
-    PAIRS: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr,
+    PAIRS: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PIPE: tl.constexpr,
 ):
     """The "states" forward: one warp per 32 / NL channels, a channel's states across NL lanes.
 
@@ -1474,6 +1515,7 @@ def _selective_scan_fwd_states_kernel(
     lrow = (rows % NL)[:, None]  # a row's place in its channel
     pid_b = tl.program_id(1).to(tl.int64)
     offs_k = tl.arange(0, K)[None, :]
+    Dv = 0.0  # unused without HAS_D
     if HAS_D:
         Dv = tl.load(D_ptr + d_col, mask=m_col, other=0.0)
     bias = 0.0  # unused without HAS_BIAS
@@ -1501,47 +1543,101 @@ def _selective_scan_fwd_states_kernel(
             Bs = Bs + (tl.load(B_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
             Cs = Cs + (tl.load(C_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
         hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
-    if PREF:  # the first chunk's inputs and its first state's B, C
+    if PREF or PIPE:  # the first chunk's first state's B, C
+        if VARYING_BC:
+            B_p = _states_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
+            C_p = _states_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
+    if PIPE == 1:  # chunk 0's delta now; chunk 1's inputs in flight; no chunk waiting
+        tk = lrow * K + offs_k
+        mk = m_col & (tk < L)
+        u_c = _load_even(u_row + tk, mk, EVEN)
+        dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_c, tk, bias, L, K, NL,
+                                   T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+        z_c = u_c  # unused without HAS_Z
+        if HAS_Z:
+            z_c = _load_even(z_row + tk, mk, EVEN)
+        t_nx = T
+        if EVEN:  # past the end: load the last chunk again (in bounds, unused)
+            t_nx = tl.minimum(t_nx, L - T)
+        tkn = t_nx + lrow * K + offs_k
+        mkn = m_col & (tkn < L)
+        u_p = _load_even(u_row + tkn, mkn, EVEN)
+        raw_p = _load_even(dt_row + tkn, mkn, EVEN)
+        z_p = u_p
+        if HAS_Z:
+            z_p = _load_even(z_row + tkn, mkn, EVEN)
+        ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
+        # (zeros, not u_c and z_c: Triton carries a name through the loop only if the body
+        # gives it a value other than the one it entered with)
+        u_w = tl.zeros_like(u_c)
+        z_w = tl.zeros_like(z_c)
+    elif PIPE == 2:  # chunk 0's delta now; no chunk waiting for output
+        tk = lrow * K + offs_k
+        mk = m_col & (tk < L)
+        dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN),
+                                   _load_even(u_row + tk, mk, EVEN), tk, bias, L, K, NL, T,
+                                   HAS_BIAS, SOFTPLUS, EVEN, ASM)
+        ys_w = _zero_columns(T)
+    elif PREF:  # the first chunk's inputs
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
         u_p = _load_even(u_row + tk, mk, EVEN)
         raw_p = _load_even(dt_row + tk, mk, EVEN)
         if HAS_Z:
             z_p = _load_even(z_row + tk, mk, EVEN)
-        if VARYING_BC:
-            B_p = _states_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
-            C_p = _states_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
     for c in range(0, tl.cdiv(L, T)):
         t0 = c * T
         tk = t0 + lrow * K + offs_k  # (32, K): the row's own K steps
         mk = m_col & (tk < L)
-        if PREF:  # take what was loaded during the chunk before, load the next chunk's
-            t_nx = t0 + T
-            if EVEN:  # past the end: load the last chunk again (in bounds, unused)
-                t_nx = tl.minimum(t_nx, L - T)
-            u_k = u_p
-            raw = raw_p
+        t_nx = t0 + T
+        if EVEN:  # past the end: load the last chunk again (in bounds, unused)
+            t_nx = tl.minimum(t_nx, L - T)
+        if PIPE == 2:  # chunk c + 1's inputs for its delta; chunk c - 1's u, z again for its
+            # output (chunk 0's before the first: in bounds, not stored)
             tkn = t_nx + lrow * K + offs_k
+            mkn = m_col & (tkn < L)
+            u_n = _load_even(u_row + tkn, mkn, EVEN)
+            raw_n = _load_even(dt_row + tkn, mkn, EVEN)
+            tko = tl.maximum(t0 - T, 0) + lrow * K + offs_k
+            mko = m_col & (tko < L)
+            u_w = _load_even(u_row + tko, mko, EVEN)
+            z_w = u_w  # unused without HAS_Z
+            if HAS_Z:
+                z_w = _load_even(z_row + tko, mko, EVEN)
+        elif PIPE == 1:  # take chunk c + 1's inputs (loaded an iteration ago), load chunk c + 2's
+            u_n = u_p
+            raw_n = raw_p
+            z_n = z_p
+            t_nn = t0 + 2 * T
+            if EVEN:
+                t_nn = tl.minimum(t_nn, L - T)
+            tkn = t_nn + lrow * K + offs_k
             mkn = m_col & (tkn < L)
             u_p = _load_even(u_row + tkn, mkn, EVEN)
             raw_p = _load_even(dt_row + tkn, mkn, EVEN)
             if HAS_Z:
-                zk = z_p
                 z_p = _load_even(z_row + tkn, mkn, EVEN)
         else:
-            u_k = _load_even(u_row + tk, mk, EVEN)
-            raw = _load_even(dt_row + tk, mk, EVEN)
-        # delta (bias, softplus) and delta u of the row's own steps: computed once a channel
-        dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
-        u_k = u_k.to(tl.float32)
-        dt_c = _columns(dt_k, K)
-        dtu_c = _columns(dt_k * u_k, K)
-        # ... and every row gets all T: step i from row first + i // K, its column i % K
-        dts = ()
-        dtus = ()
-        for i in tl.static_range(T):
-            dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
-            dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
+            if PREF:  # take what was loaded during the chunk before, load the next chunk's
+                u_k = u_p
+                raw = raw_p
+                tkn = t_nx + lrow * K + offs_k
+                mkn = m_col & (tkn < L)
+                u_p = _load_even(u_row + tkn, mkn, EVEN)
+                raw_p = _load_even(dt_row + tkn, mkn, EVEN)
+                zk = u_k  # unused without HAS_Z
+                if HAS_Z:
+                    zk = z_p
+                    z_p = _load_even(z_row + tkn, mkn, EVEN)
+            else:
+                u_k = _load_even(u_row + tk, mk, EVEN)
+                raw = _load_even(dt_row + tk, mk, EVEN)
+                zk = u_k  # unused without HAS_Z
+                if HAS_Z:
+                    zk = _load_even(z_row + tk, mk, EVEN)
+            # delta (bias, softplus) and delta u: computed once a channel, gathered by all rows
+            dts, dtus = _states_deltas(raw, u_k, tk, bias, L, K, NL, T, HAS_BIAS, SOFTPLUS,
+                                       EVEN, ASM)
         ys = ()  # per step: the row's sum over its states of C h
         hs_new = ()
         if SAVE_CKPT:
@@ -1556,7 +1652,7 @@ def _selective_scan_fwd_states_kernel(
         for s in tl.static_range(S):
             h = hs[s]
             if VARYING_BC:
-                if PREF:  # this state's B, C came with the state before; load the next's
+                if PREF or PIPE:  # this state's B, C came with the state before; load the next's
                     B_r = B_p
                     C_r = C_p
                     if s + 1 < S:
@@ -1591,14 +1687,31 @@ def _selective_scan_fwd_states_kernel(
             ys = yn
             hs_new = hs_new + (h,)
         hs = hs_new
-        y = _join_columns(_states_sums(ys, lrow, NL, T, ASM), K)  # the row's own K steps
-        if HAS_D:
-            y += Dv * u_k
-        if HAS_Z:
-            if not PREF:
-                zk = _load_even(z_row + tk, mk, EVEN)
-            y *= _silu_fast(zk.to(tl.float32), ASM)
-        tl.store(o_row + tk, y.to(out_ptr.dtype.element_ty), mask=None if EVEN else mk)
+        if PIPE:  # the chunk before's output (none before chunk 0); chunk c + 1's delta
+            tkw = tk - T
+            _states_out(ys_w, u_w, z_w, o_row + tkw, (tkw >= 0) & m_col, Dv, lrow, NL, T, K,
+                        HAS_D, HAS_Z, ASM)
+            dts, dtus = _states_deltas(raw_n, u_n, tk + T, bias, L, K, NL, T, HAS_BIAS,
+                                       SOFTPLUS, EVEN, ASM)
+            ys_w = ys
+            if PIPE == 1:
+                u_w = u_c
+                z_w = z_c
+                u_c = u_n
+                z_c = z_n
+        else:
+            _states_out(ys, u_k, zk, o_row + tk, None if EVEN else mk, Dv, lrow, NL, T, K,
+                        HAS_D, HAS_Z, ASM)
+    if PIPE:  # the last chunk's output
+        tkw = (tl.cdiv(L, T) - 1) * T + lrow * K + offs_k
+        if PIPE == 2:
+            mkw = m_col & (tkw < L)
+            u_w = _load_even(u_row + tkw, mkw, EVEN)
+            z_w = u_w
+            if HAS_Z:
+                z_w = _load_even(z_row + tkw, mkw, EVEN)
+        _states_out(ys_w, u_w, z_w, o_row + tkw, None if EVEN else m_col & (tkw < L), Dv, lrow,
+                    NL, T, K, HAS_D, HAS_Z, ASM)
     for s in tl.static_range(S):
         tl.store(last_ptr + (pid_b * dim + d_col) * dstate + lrow * S + s, hs[s], mask=ms[s])
 
@@ -2554,6 +2667,7 @@ def _states_launch(dstate: int) -> dict:
         cfg = dict(STATES_LAUNCH)
     cfg["NL"] = min(cfg["NL"], triton.next_power_of_2(dstate))
     cfg.setdefault("PREF", False)
+    cfg.setdefault("PIPE", 0)
     return cfg
 
 

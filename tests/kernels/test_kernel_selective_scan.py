@@ -700,33 +700,37 @@ STATES_LAUNCHES = [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (2, 8), (16, 16)]
 
 
 @settings(max_examples=16, deadline=None)
-@given(**CASES, launch=st.sampled_from(STATES_LAUNCHES), pref=st.booleans(), grads=st.booleans())
+@given(**CASES, launch=st.sampled_from(STATES_LAUNCHES), pref=st.booleans(),
+       pipe=st.sampled_from([0, 1, 2]), grads=st.booleans())
 def test_selective_scan_states_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
-                                           has_bias, softplus, launch, pref, grads):
+                                           has_bias, softplus, launch, pref, pipe, grads):
     """The states forward (a channel's states across NL rows of a warp, each row's states
     walked through time in registers; delta and delta u gathered from the rows that computed
     them, y summed over the rows by a reduce-scatter) equals the ref for every layout and
     option: masked (L not a multiple of T, D not of 32 / NL, N not of NL) and not, NL clipped
-    to N's power of 2; loads issued a chunk or a state early (PREF) or not; with grads its
+    to N's power of 2; loads issued a chunk or a state early (PREF) or not; two chunks in
+    flight (PIPE 1: u and z held for the output, 2: loaded again) or one; with grads its
     checkpoints feed the backward."""
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
-        use_forward(mp, "states", *launch)
-        mp.setattr(ss, "_INTERPRET_STATES", dict(NL=launch[0], T=launch[1], PREF=pref))
+        mp.setattr(ss, "_INTERPRET_STATES", dict(NL=launch[0], T=launch[1], PREF=pref, PIPE=pipe))
+        mp.setenv(ss.FORWARD_ENV, "states")
         mp.setattr(ss, "_config", small_chunks(16))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
-@pytest.mark.parametrize("nl, tile, pref", [(8, 8, False), (4, 16, True), (16, 16, True)])
-def test_selective_scan_states_mamba_shape(nl, tile, pref):
+@pytest.mark.parametrize("nl, tile, pref, pipe", [(8, 8, False, 0), (4, 16, True, 0),
+                                                  (16, 16, True, 0), (4, 16, False, 1),
+                                                  (4, 16, False, 2)])
+def test_selective_scan_states_mamba_shape(nl, tile, pref, pipe):
     """N = 16 as in Mamba: 2 states per row (NL = 8), 4 (NL = 4, chunks of 16 with 4 steps of
     inputs per row), 1 (NL = 16), unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out,
     last state and checkpoints equal to the loop forward's."""
     for dim, length in ((8, 64), (3, 37)):
         inputs = make_inputs(2, dim, length, 16)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(ss, "_INTERPRET_STATES", dict(NL=nl, T=tile, PREF=pref))
+            mp.setattr(ss, "_INTERPRET_STATES", dict(NL=nl, T=tile, PREF=pref, PIPE=pipe))
             got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="states")
             want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
         for g, w in zip(got, want):
@@ -775,17 +779,21 @@ def test_selective_scan_states_compiles_for_sm90():
     """The states forward compiles for sm_90 (no interpreter): float32 with checkpoints,
     unmasked, 2 states a row; bfloat16 pairs with 4 states a row and 4 steps of inputs per
     row; masked with N not a multiple of the rows (N = 5 on 8 rows), (D, N) B and C; with
-    and without the prefetch (PREF)."""
+    and without the prefetch (PREF); two chunks in flight (PIPE 1 and 2)."""
     half = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
     compile_for_sm90("_selective_scan_fwd_states_kernel", [
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4, EVEN=True, PAIRS=False,
-             ASM=True, PREF=False),
+             ASM=True, PREF=False, PIPE=0),
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
-             ASM=True, PREF=True, _bf16=half),
+             ASM=True, PREF=True, PIPE=0, _bf16=half),
         dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
-             ASM=True, PREF=True),
+             ASM=True, PREF=True, PIPE=0),
         dict(FLAGS, VARYING_BC=False, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4,
-             EVEN=False, PAIRS=False, ASM=False, PREF=True)])
+             EVEN=False, PAIRS=False, ASM=False, PREF=True, PIPE=0),
+        dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
+             ASM=True, PREF=False, PIPE=1, _bf16=half),
+        dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
+             ASM=True, PREF=False, PIPE=2, _bf16=half)])
 
 
 # ----------------------------------------------------------------------------- GPU, real sizes
@@ -833,15 +841,18 @@ def test_selective_scan_gpu_tile_bf16_odd(forward, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("launch", [(8, 8, False), (8, 16, True), (4, 16, True), (4, 8, False)])
+@pytest.mark.parametrize("launch", [(8, 8, False, 0), (8, 16, True, 0), (4, 16, True, 0),
+                                    (4, 8, False, 0), (4, 16, False, 1), (4, 16, False, 2)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_scan_gpu_states(dtype, launch, monkeypatch):
-    """The states forward at real sizes, with and without the prefetch: its shuffles as inline
+    """The states forward at real sizes, with and without the prefetch, one or two chunks in
+    flight: its shuffles as inline
     PTX (the compiled layout has one row per lane), the approximate special functions; unmasked (L = 4096, bfloat16
     pairs) and masked (L = 2053, D = 97, N = 7), groups, (D, N) B and C, gradients from its
     checkpoints."""
     monkeypatch.setenv(ss.FORWARD_ENV, "states")
-    monkeypatch.setattr(ss, "STATES_FIXED", dict(NL=launch[0], T=launch[1], PREF=launch[2]))
+    monkeypatch.setattr(ss, "STATES_FIXED", dict(NL=launch[0], T=launch[1], PREF=launch[2],
+                                                 PIPE=launch[3]))
     ss._BFLY_LAYOUT_OK.clear()
     for layout in ("BNL", "BGNL", "DN"):
         inputs = make_inputs(2, 768, 4096, 16, layout=layout, groups=4, dtype=dtype,
