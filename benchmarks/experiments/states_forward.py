@@ -29,17 +29,19 @@ from mambabook.suites.selective_scan import make_scan_inputs
 
 
 def parse(cfg):
-    """"8x8r72q2p" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most 72
-    registers ("8x8": no cap), two chunks in flight ("q1": PIPE 1, the chunk's u and z held
-    for its output; "q2": PIPE 2, loaded again; none: one chunk), loads issued a step early
-    ("p": PREF). Session 12's "w" launches (B and C widened to float32 before the kernel,
-    BC32 in commit 52d995e) were measured slower and removed."""
+    """"8x8r72q2e1p" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most
+    72 registers ("8x8": no cap), two chunks in flight ("q1": PIPE 1, the chunk's u and z
+    held for its output; "q2": PIPE 2, loaded again; none: one chunk), the exp2 of a row's
+    first 1 state on the FMA pipe ("e1": POLY), loads issued a step early ("p": PREF).
+    Session 12's "w" launches (B and C widened to float32 before the kernel, BC32 in commit
+    52d995e) were measured slower and removed."""
     pref = cfg.endswith("p")
     cfg = cfg.removesuffix("p")
+    cfg, _, poly = cfg.partition("e")
     cfg, _, pipe = cfg.partition("q")
     nl, rest = cfg.split("x")
     t, _, mr = rest.partition("r")
-    return dict(NL=int(nl), T=int(t), PREF=pref, PIPE=int(pipe or 0),
+    return dict(NL=int(nl), T=int(t), PREF=pref, PIPE=int(pipe or 0), POLY=int(poly or 0),
                 **({"maxnreg": int(mr)} if mr else {}))
 
 
