@@ -1513,6 +1513,14 @@ def _selective_scan_fwd_states_kernel(
     chunk's u, delta, z as the chunk starts, each state's B and C while the state before is
     computed (the next chunk's first state's during the last), so that their latency
     overlaps work instead of stalling it (at the cost of the registers that hold them).
+    PIPE (1 or 2) keeps two chunks in flight: iteration c runs chunk c's recurrence, chunk
+    c - 1's reduce-scatter and output, and chunk c + 1's delta, three independent streams in
+    one loop body for the scheduler to interleave, instead of one chain (delta, gathers,
+    recurrence, sums, output) with latency at both ends. PIPE 1 holds chunk c - 1's u and z
+    in registers (u, delta, z loaded two chunks ahead); PIPE 2 loads them again (one chunk
+    ahead; fewer registers and moves). B and C are prefetched as with PREF. POLY: the exp2 of
+    a row's first POLY states by `_ex2_poly` on the FMA pipe instead of the special-function
+    unit (an experiment: measured slower).
     Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
     each row storing its S adjacent states (in one store when S is a power of 2). With EVEN (L a multiple of T, the channels a multiple of
     32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
@@ -2304,7 +2312,8 @@ _INTERPRET_LANES = dict(CPW=2, T=4)  # the interpreter's launch: 16 lanes of 4 s
 # it for any N).
 LANES_AUTO_MAX_N = 32
 # The states forward's launch (one for every dtype; auto times it against the others): NL
-# rows (lanes) per channel, chunks of T steps (pieces of one 16-byte load), the prefetch.
+# rows (lanes) per channel, chunks of T steps (pieces of one 16-byte load), the prefetch,
+# two chunks in flight (PIPE).
 # H200, B=8, D=1536, N=16, L=4096, bf16, side by side in one run (session 12,
 # benchmarks/experiments/states_forward.py, results/nvidia-h200/states_forward.json): NL=4,
 # T=16 with PREF 0.572 ms (0.591 without), NL=2 0.571-0.576 (with checkpoints 0.681 against
@@ -2314,9 +2323,13 @@ LANES_AUTO_MAX_N = 32
 # the kernel (no widening in it, but twice the bytes to wait for): 0.65-1.03 ms. In float32
 # the lanes forward stays ahead (0.81 against 0.96-1.02 ms: the states kernel waits on its
 # 16-byte B and C loads, 58% of its stall samples), so auto should pick lanes there.
-STATES_LAUNCH = dict(NL=4, T=16, PREF=True)
-STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF]
-_INTERPRET_STATES = dict(NL=4, T=8)  # the interpreter's launch: 8 channels a warp, K = 2
+# Session 13: two chunks in flight, PIPE=2, 0.556 ms (PIPE=1 0.559; NL=4 T=16 PREF 0.571 in
+# the same run), with checkpoints 0.586 (0.622); at NL=2 or T=8 PIPE=2 is slower (0.75-0.81).
+# The exp2 of one state in four on the FMA pipe (POLY=1): 0.569 (the special-function pipe
+# was 45% busy, not the bound; issue went from 50% to 59% busy).
+STATES_LAUNCH = dict(NL=4, T=16, PIPE=2)
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF, PIPE, POLY]
+_INTERPRET_STATES = dict(NL=4, T=8, PIPE=2)  # the interpreter's: 8 channels a warp, K = 2
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
 # The rows backward's launches, by the element size of u: one channel per lane, one warp,

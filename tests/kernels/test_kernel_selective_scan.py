@@ -720,21 +720,43 @@ def test_selective_scan_states_matches_ref(bsz, dim, length, dstate, layout, has
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
-@pytest.mark.parametrize("nl, tile, pref, pipe", [(8, 8, False, 0), (4, 16, True, 0),
-                                                  (16, 16, True, 0), (4, 16, False, 1),
-                                                  (4, 16, False, 2)])
-def test_selective_scan_states_mamba_shape(nl, tile, pref, pipe):
+@pytest.mark.parametrize("nl, tile, pref, pipe, poly", [
+    (8, 8, False, 0, 0), (4, 16, True, 0, 0), (16, 16, True, 0, 0), (4, 16, False, 1, 0),
+    (4, 16, False, 2, 0), (4, 16, False, 2, 1)])
+def test_selective_scan_states_mamba_shape(nl, tile, pref, pipe, poly):
     """N = 16 as in Mamba: 2 states per row (NL = 8), 4 (NL = 4, chunks of 16 with 4 steps of
-    inputs per row), 1 (NL = 16), unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out,
-    last state and checkpoints equal to the loop forward's."""
+    inputs per row), 1 (NL = 16), one or two chunks in flight, one state's exp2 by the
+    polynomial (POLY); unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out, last state
+    and checkpoints equal to the loop forward's."""
     for dim, length in ((8, 64), (3, 37)):
         inputs = make_inputs(2, dim, length, 16)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(ss, "_INTERPRET_STATES", dict(NL=nl, T=tile, PREF=pref, PIPE=pipe))
+            mp.setattr(ss, "_INTERPRET_STATES",
+                       dict(NL=nl, T=tile, PREF=pref, PIPE=pipe, POLY=poly))
             got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="states")
             want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
         for g, w in zip(got, want):
             torch.testing.assert_close(g, w, **tol(torch.float32))
+
+
+def test_ex2_poly_matches_exp2():
+    """The FMA-pipe exp2 (`_ex2_poly`): relative error below 3e-7 from 2^-125 to 2^125 (the
+    fractions near +-1/2 and integers included); clipped outside."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ex2(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        m = offs < n
+        tl.store(y_ptr + offs, ss._ex2_poly(tl.load(x_ptr + offs, mask=m)), mask=m)
+
+    x = torch.cat([torch.linspace(-125, 125, 997), torch.tensor([-0.5, 0.5, 0.0, -1e-8, 3.7,
+                                                                 -20.5, -124.5, 7.5, -130.0])])
+    y = torch.empty_like(x)
+    ex2[(1,)](x, y, x.numel(), BLOCK=1024)
+    want = torch.exp2(x.double().clamp(-125, 125))
+    assert ((y.double() - want) / want).abs().max() < 3e-7
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -779,7 +801,8 @@ def test_selective_scan_states_compiles_for_sm90():
     """The states forward compiles for sm_90 (no interpreter): float32 with checkpoints,
     unmasked, 2 states a row; bfloat16 pairs with 4 states a row and 4 steps of inputs per
     row; masked with N not a multiple of the rows (N = 5 on 8 rows), (D, N) B and C; with
-    and without the prefetch (PREF); two chunks in flight (PIPE 1 and 2)."""
+    and without the prefetch (PREF); two chunks in flight (PIPE 1 and 2); one state's exp2
+    by the polynomial (POLY)."""
     half = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
     compile_for_sm90("_selective_scan_fwd_states_kernel", [
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4, EVEN=True, PAIRS=False,
@@ -791,7 +814,7 @@ def test_selective_scan_states_compiles_for_sm90():
         dict(FLAGS, VARYING_BC=False, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4,
              EVEN=False, PAIRS=False, ASM=False, PREF=True, PIPE=0),
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
-             ASM=True, PREF=False, PIPE=1, _bf16=half),
+             ASM=True, PREF=False, PIPE=1, POLY=1, _bf16=half),
         dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
              ASM=True, PREF=False, PIPE=2, _bf16=half)])
 
