@@ -2739,11 +2739,14 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
     grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)
     kw = dict(flags, **cfg, V=vec, EVEN=even, PAIRS=pairs, ASM=not _INTERPRET, num_warps=1,
               **({} if _INTERPRET or maxnreg is None else dict(maxnreg=maxnreg)))
-    if not _INTERPRET:  # the shuffles are right only with one row per lane
-        done = _selective_scan_fwd_states_kernel.warmup(*args, grid=grid, **kw)
-        if not _butterfly_layout_ok(done):
-            kw["ASM"] = False
-    _selective_scan_fwd_states_kernel[grid](*args, **kw)
+    done = _selective_scan_fwd_states_kernel[grid](*args, **kw)
+    if not _INTERPRET and not _butterfly_layout_ok(done):
+        # the shuffles are right only with one row per lane: when Triton laid the rows out
+        # otherwise, run again through tl.gather (the kernel only writes out, last and the
+        # checkpoints, so the second run replaces all the first wrote; launching first and
+        # checking after costs one dispatch, where a warm-up before costs two every call)
+        kw["ASM"] = False
+        _selective_scan_fwd_states_kernel[grid](*args, **kw)
     return out, last, (ckpt if flags["SAVE_CKPT"] else None)
 
 
