@@ -35,8 +35,8 @@ def parse(cfg):
     first 1 state on the FMA pipe ("e1": POLY), loads issued a step early ("p": PREF).
     Session 12's "w" launches (B and C widened to float32 before the kernel, BC32 in commit
     52d995e) were measured slower and removed."""
-    pref = cfg.endswith("p")
-    cfg = cfg.removesuffix("p")
+    pref = "p" in cfg  # (anywhere after the NLxT: "4x16pe1" as "4x16e1p")
+    cfg = cfg.replace("p", "")
     cfg, _, poly = cfg.partition("e")
     cfg, _, pipe = cfg.partition("q")
     nl, rest = cfg.split("x")
