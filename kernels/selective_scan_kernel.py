@@ -324,10 +324,10 @@ def _selective_scan_fwd_rows_kernel(
     # the first tile's loads; every iteration then loads the next tile before its arithmetic
     t_first = c0 * T + offs_t
     m0 = mask_d[:, None] & (t_first < L)[None, :]
-    u_nx = tl.load(u_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
-    dt_nx = tl.load(dt_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+    u_nx = _load_even(u_base + t_first[None, :], m0, EVEN)
+    dt_nx = _load_even(dt_base + t_first[None, :], m0, EVEN)
     if HAS_Z and PASS == 2:
-        z_nx = tl.load(z_base + t_first[None, :], mask=None if EVEN else m0, other=None if EVEN else 0.0)
+        z_nx = _load_even(z_base + t_first[None, :], m0, EVEN)
     for c in range(c0, c1):
         t = c * T + offs_t
         mask_dt = mask_d[:, None] & (t < L)[None, :]
@@ -338,10 +338,10 @@ def _selective_scan_fwd_rows_kernel(
         c_nx = tl.where(c + 1 < c1, c + 1, c0)  # after the last tile: the first again (unused)
         tn = c_nx * T + offs_t
         mn = mask_d[:, None] & (tn < L)[None, :]
-        u_nx = tl.load(u_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
-        dt_nx = tl.load(dt_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
+        u_nx = _load_even(u_base + tn[None, :], mn, EVEN)
+        dt_nx = _load_even(dt_base + tn[None, :], mn, EVEN)
         if HAS_Z and PASS == 2:
-            z_nx = tl.load(z_base + tn[None, :], mask=None if EVEN else mn, other=None if EVEN else 0.0)
+            z_nx = _load_even(z_base + tn[None, :], mn, EVEN)
         if HAS_BIAS:
             dt += bias[:, None]
         if SOFTPLUS:
@@ -359,8 +359,8 @@ def _selective_scan_fwd_rows_kernel(
             sel = (offs_n == n)[None, :]  # column n of the (BLOCK_D, BLOCK_N) tensors
             A2n = tl.sum(tl.where(sel, A2, 0.0), axis=1)  # in-thread: a register pick
             if VARYING_BC:
-                Bn = tl.load(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
-                             mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+                Bn = _load_even(tl.broadcast_to(B_base + n * s_B_n + t[None, :], (BLOCK_D, T)),
+                                mask_dt, EVEN).to(tl.float32)
             else:
                 Bn = tl.sum(tl.where(sel, Bc, 0.0), axis=1)[:, None]
             a = tl.exp2(dt * A2n[:, None])  # (BLOCK_D, T)
@@ -369,8 +369,8 @@ def _selective_scan_fwd_rows_kernel(
             _, h = tl.associative_scan((a, b), axis=1, combine_fn=_combine_fwd)
             if PASS == 2:
                 if VARYING_BC:
-                    Cn = tl.load(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
-                                 mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+                    Cn = _load_even(tl.broadcast_to(C_base + n * s_C_n + t[None, :], (BLOCK_D, T)),
+                                    mask_dt, EVEN).to(tl.float32)
                 else:
                     Cn = tl.sum(tl.where(sel, Cc, 0.0), axis=1)[:, None]
                 y += h * Cn
@@ -412,8 +412,7 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
     else:
         t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
         for r in tl.static_range(R):
-            m = None if EVEN else mask_d & (t + r * V < L)
-            x = tl.load(row + t + r * V, mask=m, other=None if EVEN else 0.0)
+            x = _load_even(row + t + r * V, mask_d & (t + r * V < L), EVEN)
             out = out + (x.to(tl.float32),)
     return out
 
@@ -1001,19 +1000,16 @@ def _delta_of(raw, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
 def _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                 EVEN: tl.constexpr):
     """_delta_of on a (BLOCK_D, T) tile (bias (BLOCK_D, 1)) loaded from dt_base + t."""
-    raw = tl.load(dt_base + t[None, :], mask=None if EVEN else mask_dt,
-                  other=None if EVEN else 0.0)
+    raw = _load_even(dt_base + t[None, :], mask_dt, EVEN)
     return _delta_of(raw, bias, mask_dt, HAS_BIAS, SOFTPLUS, EVEN)
 
 
 @triton.jit
 def _dy_tile(do_base, z_base, t, mask_dt, HAS_Z: tl.constexpr, EVEN: tl.constexpr):
     """dout, z (float32, (BLOCK_D, T)) and dy = dL/dy = dout * silu(z) (dout without z)."""
-    dout = tl.load(do_base + t[None, :], mask=None if EVEN else mask_dt,
-                   other=None if EVEN else 0.0).to(tl.float32)
+    dout = _load_even(do_base + t[None, :], mask_dt, EVEN).to(tl.float32)
     if HAS_Z:
-        zz = tl.load(z_base + t[None, :], mask=None if EVEN else mask_dt,
-                     other=None if EVEN else 0.0).to(tl.float32)
+        zz = _load_even(z_base + t[None, :], mask_dt, EVEN).to(tl.float32)
         dy = dout * zz * tl.sigmoid(zz)
     else:
         zz = dout
@@ -1028,8 +1024,7 @@ def _piece_inputs(dt_base, u_base, do_base, z_base, t, mask_dt, bias, HAS_BIAS: 
     before the softplus, u, dout, z and dy = dout * silu(z) (loads a caller leaves unused
     are dropped by the compiler)."""
     dt, dt_raw = _delta_tile(dt_base, t, mask_dt, bias, HAS_BIAS, SOFTPLUS, EVEN)
-    u = tl.load(u_base + t[None, :], mask=None if EVEN else mask_dt,
-                other=None if EVEN else 0.0).to(tl.float32)
+    u = _load_even(u_base + t[None, :], mask_dt, EVEN).to(tl.float32)
     dout, zz, dy = _dy_tile(do_base, z_base, t, mask_dt, HAS_Z, EVEN)
     return dt, dt_raw, u, dout, zz, dy
 
@@ -1074,8 +1069,8 @@ def _state_bc(M_base, M_ptr, n, s_n, t, dim, d_col, mask_c, mask_dt, VARYING_BC:
     every row, served by L1, loaded straight into the tile's layout); (D, N) ones transposed
     to (N, D), the column (BLOCK_D, 1)."""
     if VARYING_BC:
-        x = tl.load(tl.broadcast_to(M_base + n * s_n + t[None, :], (BLOCK_D, T)),
-                    mask=None if EVEN else mask_dt, other=None if EVEN else 0.0).to(tl.float32)
+        x = _load_even(tl.broadcast_to(M_base + n * s_n + t[None, :], (BLOCK_D, T)), mask_dt,
+                       EVEN).to(tl.float32)
     else:
         x = _col_load(M_ptr + n * dim + d_col, mask_c)
     return x
