@@ -1569,37 +1569,31 @@ def _selective_scan_fwd_states_kernel(
         if VARYING_BC:
             B_p = _states_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
             C_p = _states_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
-    if PIPE == 1:  # chunk 0's delta now; chunk 1's inputs in flight; no chunk waiting
+    if PIPE:  # chunk 0's delta now; no chunk waiting for its output yet
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
         u_c = _load_even(u_row + tk, mk, EVEN)
         dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_c, tk, bias, L, K, NL,
                                    T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
-        z_c = u_c  # unused without HAS_Z
-        if HAS_Z:
-            z_c = _load_even(z_row + tk, mk, EVEN)
-        t_nx = T
-        if EVEN:  # past the end: load the last chunk again (in bounds, unused)
-            t_nx = tl.minimum(t_nx, L - T)
-        tkn = t_nx + lrow * K + offs_k
-        mkn = m_col & (tkn < L)
-        u_p = _load_even(u_row + tkn, mkn, EVEN)
-        raw_p = _load_even(dt_row + tkn, mkn, EVEN)
-        z_p = u_p
-        if HAS_Z:
-            z_p = _load_even(z_row + tkn, mkn, EVEN)
         ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
-        # (zeros, not u_c and z_c: Triton carries a name through the loop only if the body
-        # gives it a value other than the one it entered with)
-        u_w = tl.zeros_like(u_c)
-        z_w = tl.zeros_like(z_c)
-    elif PIPE == 2:  # chunk 0's delta now; no chunk waiting for output
-        tk = lrow * K + offs_k
-        mk = m_col & (tk < L)
-        dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN),
-                                   _load_even(u_row + tk, mk, EVEN), tk, bias, L, K, NL, T,
-                                   HAS_BIAS, SOFTPLUS, EVEN, ASM)
-        ys_w = _zero_columns(T)
+        if PIPE == 1:  # chunk 0's u and z held, chunk 1's inputs in flight
+            z_c = u_c  # unused without HAS_Z
+            if HAS_Z:
+                z_c = _load_even(z_row + tk, mk, EVEN)
+            t_nx = T
+            if EVEN:  # past the end: load the last chunk again (in bounds, unused)
+                t_nx = tl.minimum(t_nx, L - T)
+            tkn = t_nx + lrow * K + offs_k
+            mkn = m_col & (tkn < L)
+            u_p = _load_even(u_row + tkn, mkn, EVEN)
+            raw_p = _load_even(dt_row + tkn, mkn, EVEN)
+            z_p = u_p
+            if HAS_Z:
+                z_p = _load_even(z_row + tkn, mkn, EVEN)
+            # (zeros, not u_c and z_c: Triton carries a name through the loop only if the
+            # body gives it a value other than the one it entered with)
+            u_w = tl.zeros_like(u_c)
+            z_w = tl.zeros_like(z_c)
     elif PREF:  # the first chunk's inputs
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)

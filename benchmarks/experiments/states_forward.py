@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--lengths", default="2048,16384,65536", help="besides 4096")
     ap.add_argument("--configs", default="8x8,8x8r72,8x16,4x8,4x16,16x16",
-                    help="states launches at 4K: NLxT[rMAXNREG]")
+                    help="states launches at 4K: NLxT[rMAXNREG][qPIPE][ePOLY][p] (parse)")
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-fwdbwd", action="store_true")
