@@ -1454,6 +1454,27 @@ def _states_deltas(raw, u_k, tk, bias, L, K: tl.constexpr, NL: tl.constexpr, T: 
 
 
 @triton.jit
+def _states_deltas_uw(raw, u, tk, bias, L, K: tl.constexpr, NL: tl.constexpr,
+                      VU: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      SOFTPLUS: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
+    """`_states_deltas` with u loaded whole by every row (u: the chunk's `_states_raw` pieces
+    of VU steps): delta is computed for the row's own K steps and gathered as there, delta u
+    by every row from the gathered delta and its own u (the same product, so the same
+    result): T shuffles a row instead of 2 T."""
+    dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+    dt_c = _columns(dt_k, K)
+    dts = ()
+    dtus = ()
+    for r in tl.static_range(T // VU):
+        uc = _states_widen(u[r], VU)
+        for v in tl.static_range(VU):
+            dt = _shfl_seg(dt_c[(r * VU + v) % K], (r * VU + v) // K, NL, ASM)
+            dts = dts + (dt,)
+            dtus = dtus + (dt * uc[v],)
+    return dts, dtus
+
+
+@triton.jit
 def _zero_columns(T: tl.constexpr):
     """T float32 (32, 1) columns of zeros."""
     out = ()
@@ -1487,7 +1508,8 @@ def _selective_scan_fwd_states_kernel(
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     NL: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
     PAIRS: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PIPE: tl.constexpr,
-    POLY: tl.constexpr = 0,
+    POLY: tl.constexpr = 0, UWHOLE: tl.constexpr = False, VU: tl.constexpr = 8,
+    PAIRS_U: tl.constexpr = False,
 ):
     """The "states" forward: one warp per 32 / NL channels, a channel's states across NL lanes.
 
@@ -1573,8 +1595,14 @@ def _selective_scan_fwd_states_kernel(
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
         u_c = _load_even(u_row + tk, mk, EVEN)
-        dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_c, tk, bias, L, K, NL,
-                                   T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+        if UWHOLE:
+            dts, dtus = _states_deltas_uw(
+                _load_even(dt_row + tk, mk, EVEN),
+                _states_raw(u_row, 0, VU, T // VU, m_col, L, EVEN, PAIRS_U), tk, bias, L, K,
+                NL, VU, T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+        else:
+            dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_c, tk, bias, L, K,
+                                       NL, T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
         ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
         if PIPE == 1:  # chunk 0's u and z held, chunk 1's inputs in flight
             z_c = u_c  # unused without HAS_Z
@@ -1612,7 +1640,10 @@ def _selective_scan_fwd_states_kernel(
             # output (chunk 0's before the first: in bounds, not stored)
             tkn = t_nx + lrow * K + offs_k
             mkn = m_col & (tkn < L)
-            u_n = _load_even(u_row + tkn, mkn, EVEN)
+            if UWHOLE:  # the whole chunk's u in every row
+                u_n = _states_raw(u_row, t_nx, VU, T // VU, m_col, L, EVEN, PAIRS_U)
+            else:
+                u_n = _load_even(u_row + tkn, mkn, EVEN)
             raw_n = _load_even(dt_row + tkn, mkn, EVEN)
             tko = tl.maximum(t0 - T, 0) + lrow * K + offs_k
             mko = m_col & (tko < L)
@@ -1710,8 +1741,12 @@ def _selective_scan_fwd_states_kernel(
             tkw = tk - T
             _states_out(ys_w, u_w, z_w, o_row + tkw, (tkw >= 0) & m_col, Dv, lrow, NL, T, K,
                         HAS_D, HAS_Z, ASM)
-            dts, dtus = _states_deltas(raw_n, u_n, tk + T, bias, L, K, NL, T, HAS_BIAS,
-                                       SOFTPLUS, EVEN, ASM)
+            if UWHOLE:
+                dts, dtus = _states_deltas_uw(raw_n, u_n, tk + T, bias, L, K, NL, VU, T,
+                                              HAS_BIAS, SOFTPLUS, EVEN, ASM)
+            else:
+                dts, dtus = _states_deltas(raw_n, u_n, tk + T, bias, L, K, NL, T, HAS_BIAS,
+                                           SOFTPLUS, EVEN, ASM)
             ys_w = ys
             if PIPE == 1:
                 u_w = u_c
@@ -2316,9 +2351,13 @@ LANES_AUTO_MAX_N = 32
 # the same run), with checkpoints 0.586 (0.622); at NL=2 or T=8 PIPE=2 is slower (0.75-0.81).
 # The exp2 of one state in four on the FMA pipe (POLY=1): 0.569 (the special-function pipe
 # was 45% busy, not the bound; issue went from 50% to 59% busy).
-STATES_LAUNCH = dict(NL=4, T=16, PIPE=2)
-STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF, PIPE, POLY]
-_INTERPRET_STATES = dict(NL=4, T=8, PIPE=2)  # the interpreter's: 8 channels a warp, K = 2
+# Session 14: each row loads its channel's whole chunk of u (UWHOLE, with PIPE=2): only delta
+# is gathered (T shuffles a row instead of 2 T), 0.543 against 0.556 ms (three rounds;
+# u as bfloat16 instead of int32 pairs 0.550; T=8 0.609).
+STATES_LAUNCH = dict(NL=4, T=16, PIPE=2, UWHOLE=True)
+STATES_FIXED: dict | None = None  # one launch (sweeps): NL, T[, V, maxnreg, PREF, PIPE, POLY,
+# UWHOLE]
+_INTERPRET_STATES = dict(NL=4, T=8, PIPE=2, UWHOLE=True)  # the interpreter's: 8 channels a warp
 LANES_FIXED: dict | None = None  # one launch instead of autotuning (sweeps): CPW, T[, maxnreg, PAIRS]
 
 # The rows backward's launches, by the element size of u: one channel per lane, one warp,
@@ -2692,6 +2731,7 @@ def _states_launch(dstate: int) -> dict:
     cfg["NL"] = min(cfg["NL"], triton.next_power_of_2(dstate))
     cfg.setdefault("PREF", False)
     cfg.setdefault("PIPE", 0)
+    cfg.setdefault("UWHOLE", False)
     return cfg
 
 
@@ -2723,6 +2763,15 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
                          f"divide the checkpoint interval ({flags['CHUNK']})")
     even = length % cfg["T"] == 0 and dpg % (32 // nl) == 0
     pairs = _states_pairs(B, C, even)
+    if cfg["UWHOLE"]:  # u loaded whole by every row: pieces of one 16-byte load
+        vu = 2 if _INTERPRET else 16 // u.element_size()
+        if cfg["PIPE"] != 2 or cfg["T"] % vu:
+            raise ValueError(f"the states forward loads whole chunks of u (UWHOLE) only with "
+                             f"two chunks in flight (PIPE = 2, got {cfg['PIPE']}) and chunks "
+                             f"of whole 16-byte loads ({vu} steps; T = {cfg['T']})")
+        cfg["VU"] = vu
+        cfg["PAIRS_U"] = (even and u.dtype == torch.bfloat16 and u.data_ptr() % 4 == 0
+                          and u.stride(0) % 2 == 0 and u.stride(1) % 2 == 0)
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
             *_row_strides(u, delta, zz, out), *sB, *sC)
     grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)

@@ -701,38 +701,41 @@ STATES_LAUNCHES = [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8), (2, 8), (16, 16)]
 
 @settings(max_examples=16, deadline=None)
 @given(**CASES, launch=st.sampled_from(STATES_LAUNCHES), pref=st.booleans(),
-       pipe=st.sampled_from([0, 1, 2]), grads=st.booleans())
+       pipe=st.sampled_from([0, 1, 2]), uwhole=st.booleans(), grads=st.booleans())
 def test_selective_scan_states_matches_ref(bsz, dim, length, dstate, layout, has_D, has_z,
-                                           has_bias, softplus, launch, pref, pipe, grads):
+                                           has_bias, softplus, launch, pref, pipe, uwhole,
+                                           grads):
     """The states forward (a channel's states across NL rows of a warp, each row's states
     walked through time in registers; delta and delta u gathered from the rows that computed
     them, y summed over the rows by a reduce-scatter) equals the ref for every layout and
     option: masked (L not a multiple of T, D not of 32 / NL, N not of NL) and not, NL clipped
     to N's power of 2; loads issued a chunk or a state early (PREF) or not; two chunks in
-    flight (PIPE 1: u and z held for the output, 2: loaded again) or one; with grads its
-    checkpoints feed the backward."""
+    flight (PIPE 1: u and z held for the output, 2: loaded again, with or without u loaded
+    whole by every row, UWHOLE) or one; with grads its checkpoints feed the backward."""
     groups = next(g for g in (3, 2, 1) if dim % g == 0) if layout == "BGNL" else 1
     inputs = make_inputs(bsz, dim, length, dstate, layout, groups, has_D, has_z, has_bias)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ss, "_INTERPRET_STATES", dict(NL=launch[0], T=launch[1], PREF=pref, PIPE=pipe))
+        mp.setattr(ss, "_INTERPRET_STATES", dict(NL=launch[0], T=launch[1], PREF=pref, PIPE=pipe,
+                                                 UWHOLE=uwhole and pipe == 2))
         mp.setenv(ss.FORWARD_ENV, "states")
         mp.setattr(ss, "_config", small_chunks(16))
         check_against_ref(inputs, softplus, torch.float32, grads=grads)
 
 
-@pytest.mark.parametrize("nl, tile, pref, pipe, poly", [
-    (8, 8, False, 0, 0), (4, 16, True, 0, 0), (16, 16, True, 0, 0), (4, 16, False, 1, 0),
-    (4, 16, False, 2, 0), (4, 16, False, 2, 1)])
-def test_selective_scan_states_mamba_shape(nl, tile, pref, pipe, poly):
+@pytest.mark.parametrize("nl, tile, pref, pipe, poly, uwhole", [
+    (8, 8, False, 0, 0, False), (4, 16, True, 0, 0, False), (16, 16, True, 0, 0, False),
+    (4, 16, False, 1, 0, False), (4, 16, False, 2, 0, False), (4, 16, False, 2, 1, False),
+    (4, 16, False, 2, 0, True), (8, 8, False, 2, 0, True)])
+def test_selective_scan_states_mamba_shape(nl, tile, pref, pipe, poly, uwhole):
     """N = 16 as in Mamba: 2 states per row (NL = 8), 4 (NL = 4, chunks of 16 with 4 steps of
     inputs per row), 1 (NL = 16), one or two chunks in flight, one state's exp2 by the
-    polynomial (POLY); unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out, last state
+    polynomial (POLY), u loaded whole by every row (UWHOLE); unmasked (L = 64, D = 8) and masked (L = 37, D = 3), out, last state
     and checkpoints equal to the loop forward's."""
     for dim, length in ((8, 64), (3, 37)):
         inputs = make_inputs(2, dim, length, 16)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(ss, "_INTERPRET_STATES",
-                       dict(NL=nl, T=tile, PREF=pref, PIPE=pipe, POLY=poly))
+                       dict(NL=nl, T=tile, PREF=pref, PIPE=pipe, POLY=poly, UWHOLE=uwhole))
             got = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="states")
             want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
         for g, w in zip(got, want):
@@ -780,6 +783,38 @@ def test_selective_scan_states_half_inputs(dtype, monkeypatch):
     assert rule(B, B, True) == (dtype == torch.bfloat16)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_selective_scan_states_whole_u(dtype, monkeypatch):
+    """u loaded whole by every row (UWHOLE) computes delta u from the gathered delta and the
+    row's own u, the product the gather moved before: outputs, last state and checkpoints
+    bit-identical to the launch without it, bfloat16 u read as int32 pairs when unmasked
+    (and not when masked); launches that cannot load whole chunks of u are refused."""
+    for dim, length in ((8, 64), (5, 37)):
+        inputs = make_inputs(2, dim, length, 16, dtype=dtype)
+        got = {}
+        for uw in (False, True):
+            monkeypatch.setattr(ss, "_INTERPRET_STATES", dict(NL=4, T=8, PIPE=2, UWHOLE=uw))
+            got[uw] = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="states")
+        for a, b in zip(got[False], got[True]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
+        for g, w in zip(got[True], want):
+            torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
+    seen = []
+    launch = ss._selective_scan_fwd_states_kernel
+    monkeypatch.setattr(ss, "_selective_scan_fwd_states_kernel", type(
+        "Spy", (), {"__getitem__": lambda self, grid: lambda *a, **kw: (
+            seen.append(kw["PAIRS_U"]), launch[grid](*a, **kw))[1]})())
+    for length in (64, 37):
+        ss._scan_fwd(**make_inputs(1, 8, length, 16, dtype=dtype), softplus=True,
+                     save_ckpt=False, method="states")
+    assert seen == [dtype == torch.bfloat16, False]
+    monkeypatch.setattr(ss, "_INTERPRET_STATES", dict(NL=4, T=8, PIPE=0, UWHOLE=True))
+    with pytest.raises(ValueError, match="UWHOLE"):
+        ss._scan_fwd(**make_inputs(1, 8, 16, 16), softplus=True, save_ckpt=False,
+                     method="states")
+
+
 def test_selective_scan_states_rejects_bad_chunks(monkeypatch):
     """Chunks that are not whole loads, not a multiple of the rows per channel, or that do
     not divide the checkpoint interval are refused with a ValueError naming them."""
@@ -802,7 +837,8 @@ def test_selective_scan_states_compiles_for_sm90():
     unmasked, 2 states a row; bfloat16 pairs with 4 states a row and 4 steps of inputs per
     row; masked with N not a multiple of the rows (N = 5 on 8 rows), (D, N) B and C; with
     and without the prefetch (PREF); two chunks in flight (PIPE 1 and 2); one state's exp2
-    by the polynomial (POLY)."""
+    by the polynomial (POLY); u loaded whole by every row (UWHOLE), bfloat16 pairs unmasked
+    and float32 masked."""
     half = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
     compile_for_sm90("_selective_scan_fwd_states_kernel", [
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=32, NL=8, T=8, V=4, EVEN=True, PAIRS=False,
@@ -816,7 +852,11 @@ def test_selective_scan_states_compiles_for_sm90():
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
              ASM=True, PREF=False, PIPE=1, POLY=1, _bf16=half),
         dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
-             ASM=True, PREF=False, PIPE=2, _bf16=half)])
+             ASM=True, PREF=False, PIPE=2, _bf16=half),
+        dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
+             ASM=True, PREF=False, PIPE=2, UWHOLE=True, VU=8, PAIRS_U=True, _bf16=half),
+        dict(FLAGS, SAVE_CKPT=True, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
+             ASM=True, PREF=False, PIPE=2, UWHOLE=True, VU=4, PAIRS_U=False)])
 
 
 # ----------------------------------------------------------------------------- GPU, real sizes
@@ -865,17 +905,18 @@ def test_selective_scan_gpu_tile_bf16_odd(forward, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("launch", [(8, 8, False, 0), (8, 16, True, 0), (4, 16, True, 0),
-                                    (4, 8, False, 0), (4, 16, False, 1), (4, 16, False, 2)])
+                                    (4, 8, False, 0), (4, 16, False, 1), (4, 16, False, 2),
+                                    (4, 16, False, 2, True)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_selective_scan_gpu_states(dtype, launch, monkeypatch):
     """The states forward at real sizes, with and without the prefetch, one or two chunks in
-    flight: its shuffles as inline
+    flight, u loaded whole by every row: its shuffles as inline
     PTX (the compiled layout has one row per lane), the approximate special functions; unmasked (L = 4096, bfloat16
     pairs) and masked (L = 2053, D = 97, N = 7), groups, (D, N) B and C, gradients from its
     checkpoints."""
     monkeypatch.setenv(ss.FORWARD_ENV, "states")
     monkeypatch.setattr(ss, "STATES_FIXED", dict(NL=launch[0], T=launch[1], PREF=launch[2],
-                                                 PIPE=launch[3]))
+                                                 PIPE=launch[3], UWHOLE=launch[4:] == (True,)))
     ss._BFLY_LAYOUT_OK.clear()
     for layout in ("BNL", "BGNL", "DN"):
         inputs = make_inputs(2, 768, 4096, 16, layout=layout, groups=4, dtype=dtype,
@@ -986,6 +1027,9 @@ for spec in sys.argv[2:]:
     const = json.loads(spec)
     half = set(const.pop("_bf16", ()))  # pointers to bfloat16
     names = kernel.arg_names
+    for p in kernel.params:  # constexprs left out take their defaults
+        if p.is_constexpr and p.has_default and p.name not in const:
+            const[p.name] = p.default
     sig = {n: "constexpr" if n in const else ("*bf16" if n in half else "*fp32")
            if n.endswith("_ptr") else "i32" for n in names}
     src = ASTSource(fn=kernel, signature=sig,
