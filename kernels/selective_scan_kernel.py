@@ -1537,7 +1537,10 @@ def _selective_scan_fwd_states_kernel(
     in registers (u, delta, z loaded two chunks ahead); PIPE 2 loads them again (one chunk
     ahead; fewer registers and moves). B and C are prefetched as with PREF. POLY: the exp2 of
     a row's first POLY states by `_ex2_poly` on the FMA pipe instead of the special-function
-    unit (an experiment: measured slower).
+    unit (an experiment: measured slower). UWHOLE (with PIPE 2): every row loads its channel's
+    whole chunk of u (VU steps a 16-byte load; PAIRS_U: bfloat16 read as int32 pairs) and
+    forms delta u itself from the gathered delta, so only delta is gathered (T shuffles a
+    row and chunk instead of 2 T; the same product, so the same result).
     Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
     each row storing its S adjacent states (in one store when S is a power of 2). With EVEN (L a multiple of T, the channels a multiple of
     32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
