@@ -25,7 +25,9 @@ same B, C); "bc" widens B and C to float32 before the call (outside the timing).
         [--probes base:4x16q2,widen:4x16q2,...] [--warm PROBE]
 
 (--warm PROBE compiles one probe and exits: run one per probe in parallel first.) Run with
-this folder on PYTHONPATH. Launch names as in states_forward.py (NLxT[rCAP][qPIPE][ePOLY][p]).
+this folder on PYTHONPATH. Launch names as in states_forward.py (NLxT[rCAP][qPIPE][ePOLY][p][u]);
+the edits act on the launch without u (session 14's default, "base:4x16q2"); the library's
+launch since is "base:4x16q2u".
 """
 
 from __future__ import annotations

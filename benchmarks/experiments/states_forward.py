@@ -32,16 +32,20 @@ def parse(cfg):
     """"8x8r72q2e1p" -> STATES_FIXED: 8 rows (lanes) per channel, chunks of 8 steps, at most
     72 registers ("8x8": no cap), two chunks in flight ("q1": PIPE 1, the chunk's u and z
     held for its output; "q2": PIPE 2, loaded again; none: one chunk), the exp2 of a row's
-    first 1 state on the FMA pipe ("e1": POLY), loads issued a step early ("p": PREF).
+    first 1 state on the FMA pipe ("e1": POLY), loads issued a step early ("p": PREF), each
+    chunk's u loaded whole by every row ("u": UWHOLE, with q2; the library's launch since
+    session 14 is "4x16q2u").
     Session 12's "w" launches (B and C widened to float32 before the kernel, BC32 in commit
     52d995e) were measured slower and removed."""
     pref = "p" in cfg  # (anywhere after the NLxT: "4x16pe1" as "4x16e1p")
-    cfg = cfg.replace("p", "")
+    uwhole = "u" in cfg
+    cfg = cfg.replace("p", "").replace("u", "")
     cfg, _, poly = cfg.partition("e")
     cfg, _, pipe = cfg.partition("q")
     nl, rest = cfg.split("x")
     t, _, mr = rest.partition("r")
     return dict(NL=int(nl), T=int(t), PREF=pref, PIPE=int(pipe or 0), POLY=int(poly or 0),
+                UWHOLE=uwhole,
                 **({"maxnreg": int(mr)} if mr else {}))
 
 
