@@ -1436,41 +1436,33 @@ def _states_sums(ys, lrow, NL: tl.constexpr, T: tl.constexpr, ASM: tl.constexpr)
 
 
 @triton.jit
-def _states_deltas(raw, u_k, tk, bias, L, K: tl.constexpr, NL: tl.constexpr, T: tl.constexpr,
+def _states_deltas(raw, u, tk, bias, L, K: tl.constexpr, NL: tl.constexpr, T: tl.constexpr,
                    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr,
-                   ASM: tl.constexpr):
+                   ASM: tl.constexpr, VU: tl.constexpr = 0):
     """The states forward's delta and delta u of a chunk, T (32, 1) columns each in every row:
-    each row computes its own K steps ((32, K) raw delta and u at steps tk), then gathers
-    step i from the row first + i // K of its channel (its column i % K)."""
-    dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
-    dt_c = _columns(dt_k, K)
-    dtu_c = _columns(dt_k * u_k.to(tl.float32), K)
-    dts = ()
-    dtus = ()
-    for i in tl.static_range(T):
-        dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
-        dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
-    return dts, dtus
-
-
-@triton.jit
-def _states_deltas_uw(raw, u, tk, bias, L, K: tl.constexpr, NL: tl.constexpr,
-                      VU: tl.constexpr, T: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      SOFTPLUS: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
-    """`_states_deltas` with u loaded whole by every row (u: the chunk's `_states_raw` pieces
-    of VU steps): delta is computed for the row's own K steps and gathered as there, delta u
-    by every row from the gathered delta and its own u (the same product, so the same
+    each row computes delta for its own K steps ((32, K) raw delta at steps tk), then
+    gathers step i from the row first + i // K of its channel (its column i % K). delta u:
+    with u (32, K) as loaded (the row's own steps), computed there and gathered the same way;
+    with VU, u is the chunk's `_states_raw` pieces of VU steps (loaded whole by every row)
+    and every row forms delta u from the gathered delta (the same product, so the same
     result): T shuffles a row instead of 2 T."""
     dt_k, _ = _delta_of(raw, bias, tk < L, HAS_BIAS, SOFTPLUS, EVEN, ASM)
     dt_c = _columns(dt_k, K)
+    uc = ()  # VU: the chunk's u, T columns
+    if VU:
+        for r in tl.static_range(T // VU):
+            uc = uc + _states_widen(u[r], VU)
+    else:
+        dtu_c = _columns(dt_k * u.to(tl.float32), K)
     dts = ()
     dtus = ()
-    for r in tl.static_range(T // VU):
-        uc = _states_widen(u[r], VU)
-        for v in tl.static_range(VU):
-            dt = _shfl_seg(dt_c[(r * VU + v) % K], (r * VU + v) // K, NL, ASM)
-            dts = dts + (dt,)
-            dtus = dtus + (dt * uc[v],)
+    for i in tl.static_range(T):
+        dt = _shfl_seg(dt_c[i % K], i // K, NL, ASM)
+        dts = dts + (dt,)
+        if VU:
+            dtus = dtus + (dt * uc[i],)
+        else:
+            dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
     return dts, dtus
 
 
@@ -1508,8 +1500,7 @@ def _selective_scan_fwd_states_kernel(
     VARYING_BC: tl.constexpr, SAVE_CKPT: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     NL: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
     PAIRS: tl.constexpr, ASM: tl.constexpr, PREF: tl.constexpr, PIPE: tl.constexpr,
-    POLY: tl.constexpr = 0, UWHOLE: tl.constexpr = False, VU: tl.constexpr = 8,
-    PAIRS_U: tl.constexpr = False,
+    POLY: tl.constexpr = 0, VU: tl.constexpr = 0, PAIRS_U: tl.constexpr = False,
 ):
     """The "states" forward: one warp per 32 / NL channels, a channel's states across NL lanes.
 
@@ -1537,10 +1528,11 @@ def _selective_scan_fwd_states_kernel(
     in registers (u, delta, z loaded two chunks ahead); PIPE 2 loads them again (one chunk
     ahead; fewer registers and moves). B and C are prefetched as with PREF. POLY: the exp2 of
     a row's first POLY states by `_ex2_poly` on the FMA pipe instead of the special-function
-    unit (an experiment: measured slower). UWHOLE (with PIPE 2): every row loads its channel's
-    whole chunk of u (VU steps a 16-byte load; PAIRS_U: bfloat16 read as int32 pairs) and
-    forms delta u itself from the gathered delta, so only delta is gathered (T shuffles a
-    row and chunk instead of 2 T; the same product, so the same result).
+    unit (an experiment: measured slower). VU > 0 (with PIPE 2; the launch's UWHOLE): every
+    row loads its channel's whole chunk of u (VU steps a 16-byte load; PAIRS_U: bfloat16
+    read as int32 pairs) and forms delta u itself from the gathered delta, so only delta is
+    gathered (T shuffles a row and chunk instead of 2 T; the same product, so the same
+    result).
     Checkpoints (SAVE_CKPT): the state entering every CHUNK steps (CHUNK a multiple of T),
     each row storing its S adjacent states (in one store when S is a power of 2). With EVEN (L a multiple of T, the channels a multiple of
     32 / NL) no load or store is masked but those of states past N. ASM: the shuffles as
@@ -1598,14 +1590,11 @@ def _selective_scan_fwd_states_kernel(
         tk = lrow * K + offs_k
         mk = m_col & (tk < L)
         u_c = _load_even(u_row + tk, mk, EVEN)
-        if UWHOLE:
-            dts, dtus = _states_deltas_uw(
-                _load_even(dt_row + tk, mk, EVEN),
-                _states_raw(u_row, 0, VU, T // VU, m_col, L, EVEN, PAIRS_U), tk, bias, L, K,
-                NL, VU, T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
-        else:
-            dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_c, tk, bias, L, K,
-                                       NL, T, HAS_BIAS, SOFTPLUS, EVEN, ASM)
+        u_d = u_c  # the u of delta u: the row's K steps, or (VU) the whole chunk
+        if VU:
+            u_d = _states_raw(u_row, 0, VU, T // VU, m_col, L, EVEN, PAIRS_U)
+        dts, dtus = _states_deltas(_load_even(dt_row + tk, mk, EVEN), u_d, tk, bias, L, K, NL,
+                                   T, HAS_BIAS, SOFTPLUS, EVEN, ASM, VU)
         ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
         if PIPE == 1:  # chunk 0's u and z held, chunk 1's inputs in flight
             z_c = u_c  # unused without HAS_Z
@@ -1643,7 +1632,7 @@ def _selective_scan_fwd_states_kernel(
             # output (chunk 0's before the first: in bounds, not stored)
             tkn = t_nx + lrow * K + offs_k
             mkn = m_col & (tkn < L)
-            if UWHOLE:  # the whole chunk's u in every row
+            if VU:  # the whole chunk's u in every row
                 u_n = _states_raw(u_row, t_nx, VU, T // VU, m_col, L, EVEN, PAIRS_U)
             else:
                 u_n = _load_even(u_row + tkn, mkn, EVEN)
@@ -1744,12 +1733,8 @@ def _selective_scan_fwd_states_kernel(
             tkw = tk - T
             _states_out(ys_w, u_w, z_w, o_row + tkw, (tkw >= 0) & m_col, Dv, lrow, NL, T, K,
                         HAS_D, HAS_Z, ASM)
-            if UWHOLE:
-                dts, dtus = _states_deltas_uw(raw_n, u_n, tk + T, bias, L, K, NL, VU, T,
-                                              HAS_BIAS, SOFTPLUS, EVEN, ASM)
-            else:
-                dts, dtus = _states_deltas(raw_n, u_n, tk + T, bias, L, K, NL, T, HAS_BIAS,
-                                           SOFTPLUS, EVEN, ASM)
+            dts, dtus = _states_deltas(raw_n, u_n, tk + T, bias, L, K, NL, T, HAS_BIAS,
+                                       SOFTPLUS, EVEN, ASM, VU)
             ys_w = ys
             if PIPE == 1:
                 u_w = u_c
@@ -2738,12 +2723,17 @@ def _states_launch(dstate: int) -> dict:
     return cfg
 
 
+def _bf16_pairs_ok(x: torch.Tensor) -> bool:
+    """Whether x's rows can be read as int32 pairs of bfloat16: even strides (but the last),
+    4-byte aligned."""
+    return (x.dtype == torch.bfloat16 and x.data_ptr() % 4 == 0
+            and all(s % 2 == 0 for s in x.stride()[:-1]))
+
+
 def _states_pairs(B: torch.Tensor, C: torch.Tensor, even: bool) -> bool:
     """Whether the states forward may read time-varying bfloat16 B and C as int32 pairs:
     no masks, even strides, 4-byte aligned."""
-    return (even and B.dim() > 2 and B.dtype == torch.bfloat16 and C.dtype == torch.bfloat16
-            and all(s % 2 == 0 for s in (*B.stride()[:-1], *C.stride()[:-1]))
-            and B.data_ptr() % 4 == 0 and C.data_ptr() % 4 == 0)
+    return even and B.dim() > 2 and _bf16_pairs_ok(B) and _bf16_pairs_ok(C)
 
 
 def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dpg, groups):
@@ -2766,15 +2756,14 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
                          f"divide the checkpoint interval ({flags['CHUNK']})")
     even = length % cfg["T"] == 0 and dpg % (32 // nl) == 0
     pairs = _states_pairs(B, C, even)
-    if cfg["UWHOLE"]:  # u loaded whole by every row: pieces of one 16-byte load
+    if cfg.pop("UWHOLE"):  # u loaded whole by every row: pieces of one 16-byte load (VU)
         vu = 2 if _INTERPRET else 16 // u.element_size()
         if cfg["PIPE"] != 2 or cfg["T"] % vu:
             raise ValueError(f"the states forward loads whole chunks of u (UWHOLE) only with "
                              f"two chunks in flight (PIPE = 2, got {cfg['PIPE']}) and chunks "
                              f"of whole 16-byte loads ({vu} steps; T = {cfg['T']})")
         cfg["VU"] = vu
-        cfg["PAIRS_U"] = (even and u.dtype == torch.bfloat16 and u.data_ptr() % 4 == 0
-                          and u.stride(0) % 2 == 0 and u.stride(1) % 2 == 0)
+        cfg["PAIRS_U"] = even and _bf16_pairs_ok(u)
     args = (u, delta, A, B, C, Df, zz, bias, out, last, ckpt, length, dim, dstate, dpg,
             *_row_strides(u, delta, zz, out), *sB, *sC)
     grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)

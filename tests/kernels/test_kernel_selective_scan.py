@@ -854,9 +854,9 @@ def test_selective_scan_states_compiles_for_sm90():
         dict(FLAGS, SAVE_CKPT=False, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
              ASM=True, PREF=False, PIPE=2, _bf16=half),
         dict(FLAGS, SAVE_CKPT=True, N=16, CHUNK=16, NL=4, T=16, V=8, EVEN=True, PAIRS=True,
-             ASM=True, PREF=False, PIPE=2, UWHOLE=True, VU=8, PAIRS_U=True, _bf16=half),
+             ASM=True, PREF=False, PIPE=2, VU=8, PAIRS_U=True, _bf16=half),
         dict(FLAGS, SAVE_CKPT=True, N=5, CHUNK=32, NL=8, T=8, V=4, EVEN=False, PAIRS=False,
-             ASM=True, PREF=False, PIPE=2, UWHOLE=True, VU=4, PAIRS_U=False)])
+             ASM=True, PREF=False, PIPE=2, VU=4, PAIRS_U=False)])
 
 
 # ----------------------------------------------------------------------------- GPU, real sizes
