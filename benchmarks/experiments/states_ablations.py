@@ -56,24 +56,29 @@ EDITS = {
     "exp2": [("""                        a_i = _ex2_fast(dts[r * V + v] * A2[s], ASM)""",
               """                        a_i = dts[r * V + v] * A2[s] + 1.0  # ABLATION: no exp2""",
               True)],
-    "gather": [("""        dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
-        dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)""",
-                """        dts = dts + (dt_c[i % K] * (1.0 + 0.02 * i),)  # ABLATION: no gather
-        dtus = dtus + (dtu_c[i % K] * (1.0 + 0.01 * i),)""", False)],
+    "gather": [("""        dt = _shfl_seg(dt_c[i % K], i // K, NL, ASM)
+        dts = dts + (dt,)
+        if VU:
+            dtus = dtus + (dt * uc[i],)
+        else:
+            dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)""",
+                """        dt = dt_c[i % K] * (1.0 + 0.02 * i)  # ABLATION: no gather
+        dts = dts + (dt,)
+        if VU:
+            dtus = dtus + (dt * uc[i],)
+        else:
+            dtus = dtus + (dtu_c[i % K] * (1.0 + 0.01 * i),)""", False)],
     "sums": [("""            nxt = nxt + (tl.where(keep_hi, hi, lo)
                              + _shfl_xor(tl.where(keep_hi, lo, hi), NL >> (j + 1), ASM),)""",
               """            nxt = nxt + (tl.where(keep_hi, hi, lo)  # ABLATION: no shuffle
                              + 0.5 * tl.where(keep_hi, lo, hi),)""", False)],
     "hot_inputs": [("""            tkn = t_nx + lrow * K + offs_k
             mkn = m_col & (tkn < L)
-            u_n = _load_even(u_row + tkn, mkn, EVEN)
-            raw_n = _load_even(dt_row + tkn, mkn, EVEN)
-            tko = tl.maximum(t0 - T, 0) + lrow * K + offs_k""",
-                    """            tkn = lrow * K + offs_k + (t_nx // (4 * L)) * T  # ABLATION: chunk 0
+            if VU:""", """            tkn = lrow * K + offs_k + (t_nx // (4 * L)) * T  # ABLATION: chunk 0
             mkn = m_col & (tkn < L)
-            u_n = _load_even(u_row + tkn, mkn, EVEN)
-            raw_n = _load_even(dt_row + tkn, mkn, EVEN)
-            tko = lrow * K + offs_k + (t0 // (4 * L)) * T""", True)],
+            if VU:""", True),
+                   ("""            tko = tl.maximum(t0 - T, 0) + lrow * K + offs_k""",
+                    """            tko = lrow * K + offs_k + (t0 // (4 * L)) * T""", True)],
     "hot_bc": [("""                    if s + 1 < S:
                         B_p = _states_raw(Bs[s + 1], t0, V, T // V, ms[s + 1], L, BC_EVEN,
                                           BC_PAIRS)
@@ -95,11 +100,15 @@ EDITS = {
     "smem_gather": [("""    dts = ()
     dtus = ()
     for i in tl.static_range(T):
-        dts = dts + (_shfl_seg(dt_c[i % K], i // K, NL, ASM),)
-        dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
+        dt = _shfl_seg(dt_c[i % K], i // K, NL, ASM)
+        dts = dts + (dt,)
+        if VU:
+            dtus = dtus + (dt * uc[i],)
+        else:
+            dtus = dtus + (_shfl_seg(dtu_c[i % K], i // K, NL, ASM),)
     return dts, dtus""",
                      """    CPW: tl.constexpr = 32 // NL  # row g NL + l gets channel g's T steps
-    dtu_k = dt_k * u_k.to(tl.float32)
+    dtu_k = dt_k * u.to(tl.float32)
     dt_all = tl.broadcast_to(tl.reshape(dt_k, (CPW, 1, T)), (CPW, NL, T)).reshape(32, T)
     dtu_all = tl.broadcast_to(tl.reshape(dtu_k, (CPW, 1, T)), (CPW, NL, T)).reshape(32, T)
     return _columns(dt_all, T), _columns(dtu_all, T)""", False)],

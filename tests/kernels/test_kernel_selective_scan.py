@@ -1093,3 +1093,22 @@ def test_selective_scan_rows_backward_compiles_for_sm90():
         dict(FLAGS, CHUNK=16, BLOCK_D=32, T=8, R=2, PASS=2, EVEN=even, PREFETCH=True, BFLY=32,
              ASM=True, BCL=True, WIDE=False, BCLP=even, **hints, _bf16=half)
         for even in (True, False)])
+
+
+def test_states_ablations_edits_apply():
+    """benchmarks/experiments/states_ablations.py's edits still find the kernel text they
+    replace (each once) and leave a module that parses: the script rebuilds the recorded
+    ablations from the kernel as it is, so a kernel change must not silently break it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "experiments"))
+    try:
+        import states_ablations
+    finally:
+        sys.path.pop(0)
+    original = Path(ss.__file__).read_text()
+    for name in states_ablations.EDITS:
+        src = states_ablations.variant_source(name)
+        assert src != original
+        compile(src, f"ablation_{name}.py", "exec")
