@@ -18,6 +18,8 @@ And changes that keep the answer right:
 - smem_gather: the gather as reshape + broadcast, which Triton lowers through shared memory
   (stmatrix, ld.shared, bar.sync) instead of shuffles
 - remap: batch = linear program id % batch size (an SM's programs from fewer batches)
+- fma: the state update as fma(a, h, delta u B) (session 15): LLVM had fused delta u B and
+  left a h as a multiply on the loop-carried chain (two dependent instructions a step)
 Probe suffixes: "s" gives every batch batch 0's B and C (stride 0: all programs read the
 same B, C); "bc" widens B and C to float32 before the call (outside the timing).
 
@@ -118,6 +120,9 @@ EDITS = {
     nblk""", True), ("""    pid_b = tl.program_id(1).to(tl.int64)""",
                      """    pid_b = (lin % tl.num_programs(1)).to(tl.int64)""", True)],
 }
+EDITS["fma"] = [("""                    h = a_i * h + dtus[r * V + v] * b_i""",
+                 """                    h = tl.fma(a_i, h, dtus[r * V + v] * b_i)  # FMA: a h fused""",
+                 True)]
 EDITS["widen+exp2"] = EDITS["widen"] + EDITS["exp2"]
 
 
