@@ -20,6 +20,9 @@ And changes that keep the answer right:
 - remap: batch = linear program id % batch size (an SM's programs from fewer batches)
 - fma: the state update as fma(a, h, delta u B) (session 15): LLVM had fused delta u B and
   left a h as a multiply on the loop-carried chain (two dependent instructions a step)
+- zearly: z for chunk c's output loaded in iteration c instead of c + 1 (session 15: ncu's
+  longest wait was the silu gate's z load, 231 instructions after it was issued)
+- dearly: chunk c + 2's raw delta loaded in iteration c (one iteration earlier)
 Probe suffixes: "s" gives every batch batch 0's B and C (stride 0: all programs read the
 same B, C); "bc" widens B and C to float32 before the call (outside the timing).
 
@@ -123,7 +126,37 @@ EDITS = {
 EDITS["fma"] = [("""                    h = a_i * h + dtus[r * V + v] * b_i""",
                  """                    h = tl.fma(a_i, h, dtus[r * V + v] * b_i)  # FMA: a h fused""",
                  True)]
+EDITS["zearly"] = [
+    ("""        ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output""",
+     """        ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
+        z_h = u_c  # ZEARLY: chunk c's z, loaded in iteration c for chunk c's output in c + 1
+        if HAS_Z:
+            z_h = _load_even(z_row + tk, mk, EVEN)""", True),
+    ("""            if HAS_Z:
+                z_w = _load_even(z_row + tko, mko, EVEN)""",
+     """            if HAS_Z:  # ZEARLY: loaded an iteration earlier
+                z_w = z_h
+                z_h = _load_even(z_row + tk, mk, EVEN)""", True)]
+EDITS["dearly"] = [
+    ("""        ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output""",
+     """        ys_w = _zero_columns(T)  # the chunk before's partial sums, waiting for its output
+        t_1 = T  # DEARLY: chunk 1's raw delta now, chunk c + 2's in iteration c
+        if EVEN:
+            t_1 = tl.minimum(t_1, L - T)
+        tk1 = t_1 + lrow * K + offs_k
+        raw_h = _load_even(dt_row + tk1, m_col & (tk1 < L), EVEN)""", True),
+    ("""            raw_n = _load_even(dt_row + tkn, mkn, EVEN)""",
+     """            t_n2 = t0 + 2 * T  # DEARLY: chunk c + 1's raw delta came an iteration ago
+            if EVEN:
+                t_n2 = tl.minimum(t_n2, L - T)
+            tk2 = t_n2 + lrow * K + offs_k
+            raw_n = raw_h
+            raw_h = _load_even(dt_row + tk2, m_col & (tk2 < L), EVEN)""", True)]
+EDITS["zearly+dearly"] = [EDITS["zearly"][0], EDITS["zearly"][1], EDITS["dearly"][1]]
+EDITS["zearly+dearly"][0] = (EDITS["zearly"][0][0], EDITS["zearly"][0][1]
+                             + EDITS["dearly"][0][1][len(EDITS["dearly"][0][0]):], True)
 EDITS["widen+exp2"] = EDITS["widen"] + EDITS["exp2"]
+EDITS["hot_inputs+gather"] = EDITS["hot_inputs"] + EDITS["gather"]
 
 
 def variant_source(name: str) -> str:
