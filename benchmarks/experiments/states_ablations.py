@@ -31,8 +31,8 @@ same B, C); "bc" widens B and C to float32 before the call (outside the timing).
 
 (--warm PROBE compiles one probe and exits: run one per probe in parallel first.) Run with
 this folder on PYTHONPATH. Launch names as in states_forward.py (NLxT[rCAP][qPIPE][ePOLY][p][u]);
-the edits act on the launch without u (session 14's default, "base:4x16q2"); the library's
-launch since is "base:4x16q2u".
+session 14's edits act on the launch without u (its default, "base:4x16q2") and with it;
+the library's launch since is "base:4x16q2u", session 15's probes ran on it.
 """
 
 from __future__ import annotations
@@ -152,6 +152,7 @@ EDITS["dearly"] = [
             tk2 = t_n2 + lrow * K + offs_k
             raw_n = raw_h
             raw_h = _load_even(dt_row + tk2, m_col & (tk2 < L), EVEN)""", True)]
+# both insert after the same line before the loop: the combination joins the two insertions
 EDITS["zearly+dearly"] = [EDITS["zearly"][0], EDITS["zearly"][1], EDITS["dearly"][1]]
 EDITS["zearly+dearly"][0] = (EDITS["zearly"][0][0], EDITS["zearly"][0][1]
                              + EDITS["dearly"][0][1][len(EDITS["dearly"][0][0]):], True)
