@@ -2959,9 +2959,8 @@ def _scan_bwd(dout, u, delta, A, B, C, D, z, delta_bias, softplus, ckpt, method=
         # ... as bfloat16 pairs in int32 (BCLP): unmasked tiles, every pair at a 4-byte
         # address. A launch that asks for pairs where they cannot run shuffles nothing (in
         # 2-byte types the unpacked shuffles spill: slower than one load per state)
-        bclp = bcl and launch["BCLP"] and Bk.dtype == torch.bfloat16 and even \
-            and launch["T"] % 2 == 0 and all(s % 2 == 0 for s in (*sB, *sC)) \
-            and Bk.data_ptr() % 4 == 0 and Ck.data_ptr() % 4 == 0
+        bclp = bcl and launch["BCLP"] and even and launch["T"] % 2 == 0 \
+            and _bf16_pairs_ok(Bk) and _bf16_pairs_ok(Ck)
         bcl = bcl and (bclp or not launch["BCLP"])
         launch = {k: v for k, v in launch.items() if k not in ("BFLY", "BCL", "BCLP")}
         # PASS 1: the sub-segments of segments 1 .. n_seg - 1

@@ -800,15 +800,12 @@ def test_selective_scan_states_whole_u(dtype, monkeypatch):
         want = ss._scan_fwd(**inputs, softplus=True, save_ckpt=True, method="loop")
         for g, w in zip(got[True], want):
             torch.testing.assert_close(g.float(), w.float(), **tol(dtype))
-    seen = []
-    launch = ss._selective_scan_fwd_states_kernel
-    monkeypatch.setattr(ss, "_selective_scan_fwd_states_kernel", type(
-        "Spy", (), {"__getitem__": lambda self, grid: lambda *a, **kw: (
-            seen.append(kw["PAIRS_U"]), launch[grid](*a, **kw))[1]})())
+    spy = LaunchSpy(ss._selective_scan_fwd_states_kernel)
+    monkeypatch.setattr(ss, "_selective_scan_fwd_states_kernel", spy)
     for length in (64, 37):
         ss._scan_fwd(**make_inputs(1, 8, length, 16, dtype=dtype), softplus=True,
                      save_ckpt=False, method="states")
-    assert seen == [dtype == torch.bfloat16, False]
+    assert [kw["PAIRS_U"] for kw in spy.meta] == [dtype == torch.bfloat16, False]
     monkeypatch.setattr(ss, "_INTERPRET_STATES", dict(NL=4, T=8, PIPE=0, UWHOLE=True))
     with pytest.raises(ValueError, match="UWHOLE"):
         ss._scan_fwd(**make_inputs(1, 8, 16, 16), softplus=True, save_ckpt=False,
