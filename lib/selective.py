@@ -243,6 +243,9 @@ class S6(nn.Module):
         delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D, L), bias added in the scan
         B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, N, L)
         scan = _selective_scan_fn(x)
+        if scan is not selective_scan_ref:  # the kernel reads time with stride 1: a gate z
+            # split from a (B, L, 2D) projection and transposed has stride 2D there
+            x, z = (t if t is None else t.contiguous() for t in (x, z))
         return scan(x, delta.contiguous(), self.A, B, C, self.D.float(), z=z,
                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                     return_last_state=return_last_state)

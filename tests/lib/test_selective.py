@@ -210,6 +210,30 @@ def test_s6_input_dependent_delta_and_gradients():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
+                    reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+def test_s6_kernel_path_takes_transposed_views(monkeypatch, device):
+    """On a GPU, S6 calls the Triton kernel, which refuses inputs whose time axis is not
+    stride 1; a Mamba block hands S6 its gate as a transposed view of the input projection
+    (stride 2D along time). S6 must make such inputs contiguous: the kernel's output and
+    gradients then equal the reference's (here the kernel runs in Triton's interpreter)."""
+    from mambabook import selective
+    from mambabook.kernels import selective_scan
+
+    layer = S6(8, d_state=4).to(device)
+    xz = torch.randn(2, 9, 16, device=device, requires_grad=True)  # (B, L, 2D), as in_proj leaves it
+    x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, D, L) views, time stride 16
+    assert z.stride(-1) == 16 and x.stride(-1) == 16
+    outs = {}
+    for name, fn in (("ref", selective_scan_ref), ("kernel", selective_scan)):
+        monkeypatch.setattr(selective, "_selective_scan_fn", lambda _x, fn=fn: fn)
+        y = layer(x, z=z)
+        grads = torch.autograd.grad(y.square().sum(), [xz, *layer.parameters()])
+        outs[name] = (y, *grads)
+    for got, want in zip(outs["kernel"], outs["ref"]):
+        torch.testing.assert_close(got, want, **tol(torch.float32))
+
+
 def test_s6_bad_input():
     with pytest.raises(ValueError, match="x must have shape"):
         S6(8)(torch.randn(2, 7, 5))
