@@ -19,8 +19,7 @@ lanes); the "states" forward lays a channel's states across lanes (each lane's s
 through time, y summed over the lanes by shuffles): the fastest in float32 and in 2-byte
 types respectively on the H200.
 MAMBABOOK_SCAN_FORWARD=loop|tile|rows|lanes|states|auto picks the forward that
-selective_scan runs; auto (the default) times the lanes and states forwards once per shape on
-CUDA (loop, tile and rows above N = 32) and keeps the faster.
+selective_scan runs; auto (the default) times them once per shape on CUDA.
 """
 
 from __future__ import annotations
@@ -2783,14 +2782,9 @@ def _scan_fwd_states(u, delta, A, B, C, Df, zz, bias, out, last, ckpt, flags, dp
 
 def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> str:
     """"loop", "tile", "rows", "lanes" or "states": MAMBABOOK_SCAN_FORWARD when it names one;
-    with "auto" (the default), on CUDA, the candidates are timed once per shape/dtype key (L
-    rounded up to a power of 2) and the fastest is kept: lanes and states for N <=
-    LANES_AUTO_MAX_N, else loop, tile and rows; elsewhere (the interpreter) "loop".
-
-    Up to N = 32 the loop, tile and rows forwards are not timed: in every H200 run of
-    auto_choice.json (fp32 and bf16, L = 2K-16K, with and without checkpoints) lanes or
-    states was the fastest, and compiling the other three (15 autotuned launches) was most of
-    a first call's time on a cold Triton cache (chapter 7's first call: 171 s)."""
+    with "auto" (the default), on CUDA, the five are timed once per shape/dtype key (L rounded
+    up to a power of 2) and the fastest is kept (lanes and states only for N <=
+    LANES_AUTO_MAX_N); elsewhere (the interpreter) "loop"."""
     choice = os.environ.get(FORWARD_ENV, "auto").strip().lower() or "auto"
     if choice not in ("loop", "tile", "rows", "lanes", "states", "auto"):
         raise ValueError(f"{FORWARD_ENV} must be loop, tile, rows, lanes, states or auto, "
@@ -2808,18 +2802,18 @@ def _pick_forward(u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt) -> s
 
         args = (u, delta, A, B, C, D, z, delta_bias, softplus, save_ckpt)
         ms = {}
-        methods = (("lanes", "states") if A.shape[1] <= LANES_AUTO_MAX_N
-                   else ("loop", "tile", "rows"))
+        methods = ("loop", "tile", "rows") + (("lanes", "states") if A.shape[1] <= LANES_AUTO_MAX_N
+                                              else ())
         for m in methods:
             try:
                 ms[m] = time_fn(lambda m=m: _scan_fwd(*args, method=m), u.device,
                                 warmup_ms=5, rep_ms=25)
-            except Exception as err:  # noqa: BLE001 - a failed candidate must never break "auto"
+            except Exception as err:  # noqa: BLE001 - tile/rows must never break "auto"
                 if m == "loop":
                     raise
                 warnings.warn(f"selective_scan: the {m} forward failed ({type(err).__name__}: "
-                              f"{str(err)[:200]}); it is not used", stacklevel=3)
-        _FORWARD_CHOICE[key] = min(ms, key=ms.get) if ms else "loop"  # loop: the fallback
+                              f"{str(err)[:200]}); using the loop forward", stacklevel=3)
+        _FORWARD_CHOICE[key] = min(ms, key=ms.get)
     return _FORWARD_CHOICE[key]
 
 
