@@ -216,7 +216,7 @@ def test_s6_kernel_path_takes_transposed_views(monkeypatch, device):
     """On a GPU, S6 calls the Triton kernel, which refuses inputs whose time axis is not
     stride 1; a Mamba block hands S6 its gate as a transposed view of the input projection
     (stride 2D along time). S6 must make such inputs contiguous: the kernel's output and
-    gradients then equal the reference's (here the kernel runs in Triton's interpreter)."""
+    gradients then equal the reference's (on a CPU the kernel runs in Triton's interpreter)."""
     from mambabook import selective
     from mambabook.kernels import selective_scan
 
