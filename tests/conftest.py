@@ -19,6 +19,9 @@ TOL = {
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# for lib tests that run mambabook.kernels: compiled on a GPU, else in Triton's interpreter
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRET),
+                                   reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def tol(dtype: torch.dtype) -> dict:

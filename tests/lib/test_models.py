@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tol
+from conftest import needs_kernels, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -204,8 +204,7 @@ def test_generation_suite_helpers_run():
         m.extra["tokens_per_s"] / t.extra["tokens_per_s"])
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
-                    reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+@needs_kernels
 def test_mamba_with_kernels_equals_refs(monkeypatch, device):
     """The model's kernel path (the layout it hands to mambabook.kernels: forward with the
     last state, one decoding step, gradients) agrees with the reference path."""

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tol
+from conftest import needs_kernels, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,8 +210,7 @@ def test_s6_input_dependent_delta_and_gradients():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() or __import__("os").environ.get("TRITON_INTERPRET") == "1"),
-                    reason="needs CUDA or the Triton interpreter (TRITON_INTERPRET=1)")
+@needs_kernels
 def test_s6_kernel_path_takes_transposed_views(monkeypatch, device):
     """On a GPU, S6 calls the Triton kernel, which refuses inputs whose time axis is not
     stride 1; a Mamba block hands S6 its gate as a transposed view of the input projection
