@@ -1,31 +1,15 @@
 """mambabook.kernels: hand-written Triton kernels (chapter 7).
 
-Each kernel family lives in its own file: the @triton.jit kernel, the Python wrapper that
-validates inputs and launches it, then the torch.autograd.Function. Every kernel has a
-plain-PyTorch `*_ref` twin in mambabook (lib/) that the tests compare against. On a
-machine without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1).
+`selective_scan` (forward and backward; kernels in scan_loop, scan_lanes, scan_states and
+scan_backward, shared device helpers in common) and `selective_state_update` (one decoding
+step). Each kernel file reads top to bottom: the @triton.jit kernel, then the wrapper that
+launches it. Every kernel has a plain-PyTorch `*_ref` twin in mambabook (lib/) that the
+tests compare against. Without a GPU the kernels run under Triton's interpreter
+(TRITON_INTERPRET=1 set before triton is imported).
 """
 
-import importlib
-import os
+from .common import check_runnable
+from .selective_scan import selective_scan
+from .state_update import selective_state_update
 
-_EXPORTS = {  # function -> the module (file) that defines it
-    "selective_scan": "selective_scan_kernel",
-    "selective_state_update": "state_update_kernel",
-}
-
-
-def check_runnable(name: str, t) -> None:
-    """A Triton kernel needs its tensors on a GPU, or Triton's interpreter on the CPU."""
-    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        raise ValueError(
-            f"{name} is on the CPU: Triton kernels need a CUDA device, or TRITON_INTERPRET=1 "
-            "set before triton is imported (then they run, slowly, in Triton's interpreter)")
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        fn = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-        globals()[name] = fn  # later lookups skip this hook
-        return fn
-    raise AttributeError(f"module 'mambabook.kernels' has no attribute {name!r}")
+__all__ = ["check_runnable", "selective_scan", "selective_state_update"]

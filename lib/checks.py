@@ -59,3 +59,74 @@ def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
+
+
+def check_selective_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+    """Validate selective-scan inputs; returns (batch, dim, L, N, groups or 0 if B is (D, N)).
+
+    u, delta, z: (B, D, L); A: (D, N) real; B, C: (B, N, L), (B, G, N, L) with G dividing
+    D, or (D, N); D, delta_bias: (D,).
+    """
+    check_tensor("u", u, 3, dims="(B, D, L)")
+    bsz, dim, length = u.shape
+    check_tensor("delta", delta, 3, shape=(bsz, dim, length), dims="(B, D, L)")
+    check_tensor("A", A, 2, dtypes=(torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                 dims="(D, N)")
+    if A.shape[0] != dim:
+        raise ValueError(f"A must have shape (D, N) with D = {dim} (from u), got shape {tuple(A.shape)}")
+    dstate = A.shape[1]
+    groups = {}
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(name, t, (2, 3, 4), dims="(B, N, L), (B, G, N, L) or (D, N)")
+        if t.dim() == 2 and tuple(t.shape) != (dim, dstate):
+            raise ValueError(f"{name} must have shape (D, N) = {(dim, dstate)}, got shape {tuple(t.shape)}")
+        if t.dim() == 3 and tuple(t.shape) != (bsz, dstate, length):
+            raise ValueError(f"{name} must have shape (B, N, L) = {(bsz, dstate, length)}, got shape {tuple(t.shape)}")
+        if t.dim() == 4:
+            g = t.shape[1]
+            if (t.shape[0], t.shape[2], t.shape[3]) != (bsz, dstate, length) or g == 0 or dim % g:
+                raise ValueError(
+                    f"{name} must have shape (B, G, N, L) = ({bsz}, G, {dstate}, {length}) with G "
+                    f"dividing D = {dim}, got shape {tuple(t.shape)}")
+        groups[name] = t.shape[1] if t.dim() == 4 else (1 if t.dim() == 3 else 0)
+    if (groups["B"] == 0) != (groups["C"] == 0):
+        raise ValueError("B and C must both be time-varying ((B, N, L) / (B, G, N, L)) or both (D, N)")
+    if D is not None:
+        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, 1, shape=(dim,), dims="(D,)")
+    if z is not None:
+        check_tensor("z", z, 3, shape=(bsz, dim, length), dims="(B, D, L)")
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    if length == 0:
+        raise ValueError("u must have shape (B, D, L) with L >= 1, got L = 0")
+    return bsz, dim, length, dstate, max(groups["B"], groups["C"])
+
+
+def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None):
+    """Validate one decoding step's inputs; returns (batch, dim, N).
+
+    state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N) with the same
+    G dividing D; D, dt_bias: (D,).
+    """
+    check_tensor("state", state, 3, dims="(B, D, N)")
+    bsz, dim, dstate = state.shape
+    check_tensor("x", x, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("dt", dt, 2, shape=(bsz, dim), dims="(B, D)")
+    check_tensor("A", A, 2, shape=(dim, dstate), dims="(D, N)")
+    for name, t in (("B", B), ("C", C)):
+        check_tensor(name, t, (2, 3), dims="(B, N) or (B, G, N)")
+        if t.shape[0] != bsz or t.shape[-1] != dstate or (t.dim() == 3 and dim % t.shape[1]):
+            raise ValueError(f"{name} must have shape (B, N) = {(bsz, dstate)} or (B, G, N) with G "
+                             f"dividing D = {dim}, got shape {tuple(t.shape)}")
+    if B.dim() != C.dim() or (B.dim() == 3 and B.shape[1] != C.shape[1]):
+        raise ValueError(f"B and C must have the same groups, got shapes {tuple(B.shape)} and "
+                         f"{tuple(C.shape)}")
+    if D is not None:
+        check_tensor("D", D, 1, shape=(dim,), dims="(D,)")
+    if z is not None:
+        check_tensor("z", z, 2, shape=(bsz, dim), dims="(B, D)")
+    if dt_bias is not None:
+        check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
+    check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    return bsz, dim, dstate

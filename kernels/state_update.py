@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..selective import check_state_update_args
-from . import check_runnable
+from ..checks import check_state_update_args
+from .common import check_runnable
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
