@@ -174,7 +174,8 @@ def _scan_fwd_lanes_kernel(
     o_row = out_ptr + pid_b * s_o_b + d3 * s_o_d
     B_row = B_ptr + pid_b * s_B_b + grp * s_B_g + 0 * d3  # the same steps for every channel
     C_row = C_ptr + pid_b * s_C_b + grp * s_C_g + 0 * d3
-    ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
+    if ckpt_ptr is not None:
+        ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
     for _n in tl.static_range(N):
         hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)

@@ -23,14 +23,15 @@ FORWARDS = {"loop": scan_forward_loop, "lanes": scan_forward_lanes,
 LANES_MAX_N = 32  # the lanes and states forwards unroll their states: up to this N
 
 
-def forward_for(u: torch.Tensor, dstate: int) -> str:
+def forward_for(device_type: str, element_size: int, dstate: int,
+                interpret: bool = INTERPRET) -> str:
     """The forward `selective_scan` runs, by a fixed rule measured on the H200 (B=8,
     D=1536, N=16, L=2K-64K; benchmarks/selective_scan_notes.md): on a GPU with N <= 32,
-    "states" for 2-byte u (bfloat16, float16) and "lanes" for float32; "loop" for larger N
-    and under Triton's interpreter (the CPU), where its plain loop is the quickest to run."""
-    if INTERPRET or u.device.type != "cuda" or dstate > LANES_MAX_N:
+    "states" for 2-byte inputs (bfloat16, float16) and "lanes" for float32; "loop" for
+    larger N and under Triton's interpreter (the CPU), where its plain loop runs quickest."""
+    if interpret or device_type != "cuda" or dstate > LANES_MAX_N:
         return "loop"
-    return "states" if u.element_size() == 2 else "lanes"
+    return "states" if element_size == 2 else "lanes"
 
 
 def check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
@@ -88,7 +89,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     `forward` ("loop", "lanes" or "states") runs that forward instead of `forward_for`'s.
     """
     check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
-    forward = forward or forward_for(u, A.shape[1])
+    forward = forward or forward_for(u.device.type, u.element_size(), A.shape[1])
     if forward not in FORWARDS:
         raise ValueError(f"forward must be one of {sorted(FORWARDS)} or None, got {forward!r}")
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..bench import Record, save, suite, sweep
+from ..kernels.selective_scan import forward_for
 from ..selective import selective_scan_ref, selective_state_update_ref, skip_and_gate, step_sizes
 
 HBM_BYTES_PER_S = 4.2e12  # H200 HBM3e, what a large device-to-device copy reaches (~4.2-4.3 TB/s)
@@ -91,12 +92,62 @@ def selective_scan_chunked_torch(u, delta, A, B, C, D=None, z=None, delta_bias=N
     return skip_and_gate(y, u, D, z).to(dtype_in)
 
 
-def _mamba_ssm_fn():
+class _MambaCudaScan(torch.autograd.Function):
+    """mamba_ssm's CUDA selective scan (its extension `selective_scan_cuda`, built from its
+    csrc/selective_scan) behind autograd: fwd saves what its bwd takes."""
+
+    @staticmethod
+    def forward(ctx, ext, u, delta, A, B, C, D, z, delta_bias, softplus):
+        out, x, *rest = ext.fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out)
+        ctx.ext, ctx.softplus = ext, softplus
+        return rest[0] if z is not None else out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, z, delta_bias, x, out = ctx.saved_tensors
+        grads = ctx.ext.bwd(u, delta, A, B, C, D, z, delta_bias, dout.contiguous(), x, out,
+                            None, ctx.softplus, False)
+        du, ddelta, dA, dB, dC, dD, dbias, *dz = grads
+        return (None, du, ddelta, dA, dB, dC, dD, dz[0] if z is not None else None, dbias,
+                None)
+
+
+def mamba_ssm_cuda():
+    """selective_scan_fn's semantics through mamba_ssm's compiled CUDA extension, or None
+    where `selective_scan_cuda` cannot be imported (a source build: benchmarks/
+    gpu_selective_scan.sh builds it on the GPU machine)."""
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # noqa: BLE001 - not installed, or its CUDA build is broken
+        import selective_scan_cuda
+    except ImportError:
         return None
-    return selective_scan_fn
+
+    def fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        return _MambaCudaScan.apply(selective_scan_cuda, u, delta, A, B, C, D, z, delta_bias,
+                                    delta_softplus)
+    return fn
+
+
+def previous_selective_scan():
+    """The selective scan of an earlier mambabook, for side-by-side timing: the package
+    at $MAMBABOOK_PREVIOUS (a folder holding it as `mambabook_prev`), with the forward
+    that version ran for each dtype; None when unset."""
+    root = os.environ.get("MAMBABOOK_PREVIOUS")
+    if not root:
+        return None
+    import importlib
+    import sys
+
+    sys.path.insert(0, root)
+    try:
+        mod = importlib.import_module("mambabook_prev.kernels.selective_scan_kernel")
+    finally:
+        sys.path.remove(root)
+
+    def fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        os.environ[mod.FORWARD_ENV] = "states" if u.element_size() == 2 else "lanes"
+        return mod.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return fn
 
 
 def _scan_call(fn, backward: bool, B, D, N, device):
@@ -129,16 +180,14 @@ def _sdpa_call(B, H, P, device):
 
 def scan_providers(mode: str, dtype: str, L_max_loop: int, device, B: int, D: int, N: int):
     """[(name, make, largest L to run)] for one (mode, dtype)."""
-    from ..kernels.selective_scan_kernel import selective_scan, selective_scan_assoc
+    from ..kernels import selective_scan
 
     bwd = mode == "fwd+bwd"
     out = [("triton", _scan_call(selective_scan, bwd, B, D, N, device), None)]
-    if not bwd:
-        out.append(("triton_assoc", _scan_call(selective_scan_assoc, False, B, D, N, device),
-                    None))
-    mamba = _mamba_ssm_fn()
-    if mamba is not None and torch.device(device).type == "cuda":
-        out.append(("mamba_ssm", _scan_call(mamba, bwd, B, D, N, device), None))
+    for name, fn in (("mamba_ssm_cuda", mamba_ssm_cuda()),
+                     ("previous", previous_selective_scan())):
+        if fn is not None and torch.device(device).type == "cuda":
+            out.append((name, _scan_call(fn, bwd, B, D, N, device), None))
     if dtype == "bf16" and torch.device(device).type == "cuda":
         out.append(("sdpa_causal_bf16", _sdpa_call(B, ATTN_SHAPE["H"], ATTN_SHAPE["P"], device),
                     None))
@@ -155,13 +204,13 @@ def scan_providers(mode: str, dtype: str, L_max_loop: int, device, B: int, D: in
     return out
 
 
-def _annotate(records: list[Record], B: int, D: int, N: int) -> None:
+def _annotate(records: list[Record], device, B: int, D: int, N: int) -> None:
     for r in records:
         L, mode = r.size["L"], r.size["mode"]
         itemsize = torch.empty((), dtype=DTYPES[r.size["dtype"]]).element_size()
         r.extra.update(B=B, D=D, N=N)
-        if r.provider == "triton":  # which forward ran (kernels/selective_scan_kernel.py: FORWARD_ENV)
-            r.extra["scan_forward"] = os.environ.get("MAMBABOOK_SCAN_FORWARD", "auto")
+        if r.provider == "triton":  # which forward ran (the kernels' fixed rule)
+            r.extra["scan_forward"] = forward_for(torch.device(device).type, itemsize, N)
         r.extra.update({f"floor_{k}": v for k, v in
                         scan_floor(B, D, L, N, itemsize, mode == "fwd+bwd").items()})
         if r.status == "ok" and r.ms:
@@ -194,7 +243,7 @@ def selective_scan_suite(quick: bool, device, progress: bool = False) -> list[Re
                      if L_max is None or L <= L_max]
             new = sweep("selective_scan", {name: make}, sizes, device=device,
                         min_run_time=0.02 if not gpu else 0.2, progress=progress)
-            _annotate(new, **shape)
+            _annotate(new, device, **shape)
             records += new
             if gpu:  # a partial file survives a run cut short
                 print(mode, dtype, name, [(r.size["L"], r.status, r.ms) for r in new], flush=True)
@@ -216,7 +265,7 @@ GRAPH_STEPS, GRAPH_SETS = 20, 4  # the state update's many-step graph: steps, in
 
 @suite("selective_state_update")
 def selective_state_update_suite(quick: bool, device, progress: bool = False) -> list[Record]:
-    from ..kernels.state_update_kernel import selective_state_update
+    from ..kernels import selective_state_update
 
     gpu = torch.device(device).type == "cuda" and not quick
     B, D, N = (128, 5120, 16) if gpu else (4, 64, 16)

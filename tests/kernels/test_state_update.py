@@ -2,6 +2,8 @@
 and the state updated in place; and a run of steps equals the selective scan."""
 
 import os
+import subprocess
+import sys
 
 import torch
 
@@ -16,7 +18,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import mambabook.kernels  # noqa: E402
-from mambabook.kernels.state_update_kernel import selective_state_update  # noqa: E402
+from mambabook.kernels.state_update import selective_state_update  # noqa: E402
 from mambabook.selective import selective_scan_ref, selective_state_update_ref  # noqa: E402
 
 
@@ -132,18 +134,27 @@ def test_state_update_gpu_decoding_size(dtype):
     check_step(make_step(16, 1536, 16, groups=4, dtype=dtype, device="cuda"), True, dtype)
 
 
-def test_cpu_without_interpreter_is_a_clear_error(monkeypatch):
-    """On a CPU tensor with Triton's interpreter off: a ValueError that says what to do."""
+_NO_INTERPRETER = """
+import pytest, torch
+from mambabook.kernels import selective_scan, selective_state_update
+state = torch.zeros(1, 2, 3)
+x = dt = torch.rand(1, 2)
+A, Bv = -torch.rand(2, 3), torch.rand(1, 3)
+with pytest.raises(ValueError, match="state is on the CPU.*TRITON_INTERPRET=1"):
+    selective_state_update(state, x, dt, A, Bv, Bv)
+u = torch.rand(1, 2, 4)
+with pytest.raises(ValueError, match="u is on the CPU.*TRITON_INTERPRET=1"):
+    selective_scan(u, u, A, torch.rand(1, 3, 4), torch.rand(1, 3, 4))
+print("refused")
+"""
+
+
+def test_cpu_without_interpreter_is_a_clear_error():
+    """On CPU tensors in a process without Triton's interpreter: a ValueError that says
+    what to do (the interpreter is chosen when triton is imported, hence a new process)."""
     if torch.cuda.is_available():
         pytest.skip("the check is for CPU tensors")
-    from mambabook.kernels import selective_scan
-
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    state = torch.zeros(1, 2, 3)
-    x = dt = torch.rand(1, 2)
-    A, Bv = -torch.rand(2, 3), torch.rand(1, 3)
-    with pytest.raises(ValueError, match="state is on the CPU.*TRITON_INTERPRET=1"):
-        selective_state_update(state, x, dt, A, Bv, Bv)
-    u = torch.rand(1, 2, 4)
-    with pytest.raises(ValueError, match="u is on the CPU.*TRITON_INTERPRET=1"):
-        selective_scan(u, u, A, torch.rand(1, 3, 4), torch.rand(1, 3, 4))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _NO_INTERPRETER], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["refused"], done.stderr[-2000:]
