@@ -51,7 +51,7 @@ def lanes_launches(B=8, D=1536, N=16) -> list[dict]:
         x = make_scan_inputs(B, D, L, N, torch.float32, "cuda")
         for chunk in (None, 32):
             for cpw in (2, 4, 8):
-                ms = time_fn(lambda cpw=cpw, chunk=chunk: scan_forward_lanes(
+                ms = time_fn(lambda cpw=cpw, chunk=chunk, x=x: scan_forward_lanes(
                     *x.values(), True, chunk, cpw=cpw), "cuda")
                 rows.append(dict(L=L, chunk=chunk, cpw=cpw, ms=ms))
     return rows
