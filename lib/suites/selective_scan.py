@@ -98,6 +98,9 @@ class _MambaCudaScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, ext, u, delta, A, B, C, D, z, delta_bias, softplus):
+        ctx.squeeze = B.dim() == 3  # (B, N, L) is one group: (B, 1, N, L) for the extension
+        if ctx.squeeze:
+            B, C = B.unsqueeze(1), C.unsqueeze(1)
         out, x, *rest = ext.fwd(u, delta, A, B, C, D, z, delta_bias, softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, x, out)
         ctx.ext, ctx.softplus = ext, softplus
@@ -109,6 +112,8 @@ class _MambaCudaScan(torch.autograd.Function):
         grads = ctx.ext.bwd(u, delta, A, B, C, D, z, delta_bias, dout.contiguous(), x, out,
                             None, ctx.softplus, False)
         du, ddelta, dA, dB, dC, dD, dbias, *dz = grads
+        if ctx.squeeze:
+            dB, dC = dB.squeeze(1), dC.squeeze(1)
         return (None, du, ddelta, dA, dB, dC, dD, dz[0] if z is not None else None, dbias,
                 None)
 
