@@ -22,10 +22,10 @@ from .common import (
     row_strides,
 )
 
-# (channels per warp, steps per lane, register cap): H200, B=8, D=1536, N=16, L=4096,
-# float32 (benchmarks/selective_scan_notes.md): CPW 8 with 128 registers 0.89 ms, CPW 4
-# 0.95, CPW 2 0.98, CPW 1 1.17, without the cap 1.10.
-LAUNCH = dict(CPW=8, T=16, maxnreg=128)
+# (channels per warp, steps per lane, register cap): H200, B=8, D=1536, N=16, float32,
+# side by side in one run (benchmarks/selective_scan_notes.md): CPW 2 0.837 / 3.40 ms at
+# L = 4K / 16K, CPW 8 0.881 / 3.98, CPW 4 0.954 / 4.02.
+LAUNCH = dict(CPW=2, T=16, maxnreg=128)
 INTERPRET_LAUNCH = dict(CPW=2, T=4)  # the interpreter's: 16 lanes of 4 steps a channel
 
 
