@@ -31,21 +31,16 @@ def _check_delta(delta) -> None:
         raise ValueError(f"delta must be > 0, got {delta}")
 
 
-def check_stable(A: torch.Tensor) -> None:
-    """Raise ValueError naming A if A (N, N) has an eigenvalue with positive real part."""
-    eig = torch.linalg.eigvals(A.cdouble() if A.is_complex() else A.double())  # (N,)
-    _raise_if_unstable(eig.real.max().item(), "A", "an eigenvalue")
+def is_stable(A: torch.Tensor) -> bool:
+    """x' = Ax decays (or stays bounded at 0) iff every eigenvalue of A has real part <= 0.
 
-
-def check_stable_diag(A: torch.Tensor) -> None:
-    """Raise ValueError naming A if a diagonal A (D, N) has an entry with positive real part."""
-    _raise_if_unstable(A.real.max().item(), "A", "a diagonal entry")
-
-
-def _raise_if_unstable(worst: float, name: str, what: str) -> None:
-    if worst > 0:
-        raise ValueError(f"{name} must be stable (real parts <= 0), got {what} with real "
-                         f"part {worst:.3g}: x' = Ax would grow without bound")
+    A: (N, N) dense, or (D, N) holding the diagonals of D diagonal matrices. A property of
+    the system to show; discretize accepts unstable A as well.
+    """
+    if A.dim() == 2 and A.shape[0] == A.shape[1]:
+        eig = torch.linalg.eigvals(A.cdouble() if A.is_complex() else A.double())  # (N,)
+        return bool(eig.real.max() <= 0)
+    return bool(A.real.max() <= 0)
 
 
 def _check_square_and_input(A, B, a_name: str, b_name: str) -> tuple[int, int]:
@@ -59,9 +54,7 @@ def _check_square_and_input(A, B, a_name: str, b_name: str) -> tuple[int, int]:
 
 
 def _check_dense(A, B) -> tuple[int, int]:
-    shape = _check_square_and_input(A, B, "A", "B")
-    check_stable(A)
-    return shape
+    return _check_square_and_input(A, B, "A", "B")
 
 
 # ----------------------------------------------------------------------------- dense A
@@ -72,9 +65,15 @@ def discretize_euler(A, B, delta):
 
 
 def discretize_bilinear(A, B, delta):
-    """Bilinear (Tustin): Ab = (I - delta/2 A)^-1 (I + delta/2 A), Bb = (I - delta/2 A)^-1 delta B."""
+    """Bilinear (Tustin): Ab = (I - delta/2 A)^-1 (I + delta/2 A), Bb = (I - delta/2 A)^-1 delta B.
+
+    Undefined when I - delta/2 A is singular (A has the eigenvalue 2 / delta): ValueError.
+    """
     eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     left = eye - delta / 2 * A  # (N, N)
+    if torch.linalg.matrix_rank(left.double() if not left.is_complex() else left) < A.shape[0]:
+        raise ValueError(f"A must not have the eigenvalue 2 / delta = {2 / delta:.4g} for the "
+                         "bilinear method: I - delta/2 A is singular")
     Ab = torch.linalg.solve(left, eye + delta / 2 * A)  # (N, N)
     Bb = torch.linalg.solve(left, delta * B)  # (N, M)
     return Ab, Bb
@@ -96,8 +95,9 @@ def discretize_zoh(A, B, delta):
 def discretize(A, B, delta, method: str = "zoh"):
     """x_k = Ab x_{k-1} + Bb u_k from x' = Ax + Bu with step delta.
 
-    A: (N, N) stable, B: (N, M), delta > 0, method in {"euler", "bilinear", "zoh"}
-    -> Ab: (N, N), Bb: (N, M).
+    A: (N, N) (any: stable or not, singular or not), B: (N, M), delta > 0, method in
+    {"euler", "bilinear", "zoh"} -> Ab: (N, N), Bb: (N, M). As scipy's cont2discrete, the
+    only refusal is what cannot be computed: bilinear with I - delta/2 A singular.
     """
     _check_method(method)
     _check_dense(A, B)
@@ -118,7 +118,6 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
     _check_method(method)
     check_tensor("A", A, 2, dtypes=_ANY, dims="(D, N)")
     check_tensor("B", B, 2, dtypes=_ANY, shape=tuple(A.shape), dims="(D, N)")
-    check_stable_diag(A)
     delta = torch.as_tensor(delta, dtype=A.real.dtype, device=A.device)
     if delta.dim() == 1:
         check_tensor("delta", delta, 1, shape=(A.shape[0],), dims="(D,)")
@@ -131,6 +130,9 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
     if method == "euler":
         return 1 + dA, delta * B
     if method == "bilinear":
+        if (1 - dA / 2 == 0).any():
+            raise ValueError("A must have no entry equal to 2 / delta for the bilinear method: "
+                             "1 - delta A / 2 = 0")
         return (1 + dA / 2) / (1 - dA / 2), delta * B / (1 - dA / 2)
     Ab = torch.exp(dA)  # (D, N)
     safe = torch.where(A == 0, torch.ones_like(A), A)
@@ -390,30 +392,3 @@ def compare_discretizations(A, B, C, delta: float, T: float = 3.0) -> dict:
         out["eig"][m] = torch.linalg.eigvals(Ab)
         out["error"][m] = (out["step"][m] - out["step_exact"]).abs().max().item()
     return out
-
-
-def views_suite(quick: bool, device) -> list:
-    """Benchmark: the recurrent view (a loop over L) vs the convolution view (FFT) of S4D.
-
-    D = 64 channels, N = 16; L doubles. Register as a suite with
-    `bench.suite("ssm_views")(views_suite)`.
-    """
-    from . import bench
-
-    D, N = 64, 16
-    Ls = [64, 128, 256, 512] if quick else [256, 1024, 4096, 16384]
-    A = s4d_real_init(D, N).to(device)
-    B = torch.ones(D, N, device=device)
-    C = torch.randn(D, N, device=device)
-    Ab, Bb = discretize_diag(A, B, torch.full((D,), 0.05, device=device), "zoh")
-
-    def recurrent(L):
-        u = torch.randn(1, D, L, device=device)
-        return lambda: ssm_recurrent_diag(Ab, Bb, C, u)
-
-    def convolution(L):
-        u = torch.randn(1, D, L, device=device)
-        return lambda: ssm_convolution(ssm_kernel_diag(Ab, Bb, C, L), u)
-
-    return bench.sweep("ssm_views", {"recurrent": recurrent, "convolution (FFT)": convolution},
-                       [{"L": L} for L in Ls], device=device, min_run_time=0.05 if quick else 0.2)
