@@ -309,16 +309,16 @@ class TransformerLayer(nn.Module):
 
     def qkv_heads(self, x, positions):
         """x (B, L, d) at positions (L,) -> q, k, v: (B, H, L, P), RoPE applied to q, k."""
-        B, L, d = x.shape
+        bsz, L, d = x.shape
         H = self.cfg.n_head
-        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(self.norm1(x)).view(bsz, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
         if self.cfg.positions == "rotary":  # q, k, v: (B, H, L, P)
             q, k = rotary(q, positions, self.cfg.rope_base), rotary(k, positions, self.cfg.rope_base)
         return q, k, v
 
     def _finish(self, x, att):
-        B, H, L, P = att.shape
-        x = x + self.out(att.transpose(1, 2).reshape(B, L, H * P))
+        bsz, H, L, P = att.shape
+        x = x + self.out(att.transpose(1, 2).reshape(bsz, L, H * P))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
     def forward(self, x, positions, cache_k=None, cache_v=None):
@@ -397,10 +397,10 @@ class TransformerLM(nn.Module):
         """Full forward over the prompt; returns logits (B, L, vocab) and a cache for max_len
         (or `cache`, filled in place: e.g. buffers a CUDA graph reads)."""
         _check_tokens("tokens", tokens, self.cfg.vocab_size)
-        B, L = tokens.shape
+        bsz, L = tokens.shape
         if max_len < L:
             raise ValueError(f"max_len must be >= the prompt length {L}, got {max_len}")
-        cache = cache if cache is not None else self.new_cache(B, max_len)
+        cache = cache if cache is not None else self.new_cache(bsz, max_len)
         positions = torch.arange(L, device=tokens.device)
         x = self.embed(tokens, positions)
         for layer, ck, cv in zip(self.layers, cache.k, cache.v):
@@ -458,8 +458,8 @@ def generate(model, prompt, n_tokens: int, temperature: float = 1.0, top_k: int 
         gen.manual_seed(seed)
     was_training = model.training
     model.eval()
-    B, L = prompt.shape
-    out = torch.empty(B, L + n_tokens, dtype=torch.long, device=device)
+    bsz, L = prompt.shape
+    out = torch.empty(bsz, L + n_tokens, dtype=torch.long, device=device)
     out[:, :L] = prompt
     logits, cache = model.prefill(prompt, max_len=L + n_tokens)
     token = sample_next(logits[:, -1], temperature, top_k, gen)
@@ -475,6 +475,6 @@ def step_logits(model, tokens):
     """Logits (B, L, vocab) computed one token at a time from an empty cache: the decoding
     path, to compare with model(tokens)."""
     _check_tokens("tokens", tokens, model.cfg.vocab_size)
-    B, L = tokens.shape
-    cache = model.new_cache(B, L)
+    bsz, L = tokens.shape
+    cache = model.new_cache(bsz, L)
     return torch.stack([model.step(tokens[:, t], cache) for t in range(L)], dim=1)

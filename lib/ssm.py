@@ -1,7 +1,8 @@
 """Linear state space models: discretization, HiPPO, and the recurrent and convolution views.
 
-x'(t) = A x(t) + B u(t), y(t) = C x(t) becomes x_k = Ab x_{k-1} + Bb u_k, y_k = C x_k
-(Euler, bilinear or zero-order hold; S4 paper eq. (3)-(5)). Unrolled, y = K * u with the
+h'(t) = A h(t) + B u(t), y(t) = C h(t) becomes h_k = Ab h_{k-1} + Bb u_k, y_k = C h_k
+(Euler, bilinear or zero-order hold; S4 paper eq. (3)-(5), with its state x named h and
+its input u, as in every signature of this library). Unrolled, y = K * u with the
 kernel K_k = C Ab^k Bb (eq. (4)-(5)). Used in chapters 04 (S4) and 05 (selection).
 """
 
@@ -32,7 +33,7 @@ def _check_delta(delta) -> None:
 
 
 def is_stable(A: torch.Tensor) -> bool:
-    """x' = Ax decays (or stays bounded at 0) iff every eigenvalue of A has real part <= 0.
+    """h' = Ah decays (or stays bounded at 0) iff every eigenvalue of A has real part <= 0.
 
     A: (N, N) dense, or (D, N) holding the diagonals of D diagonal matrices. A property of
     the system to show; discretize accepts unstable A as well.
@@ -93,7 +94,7 @@ def discretize_zoh(A, B, delta):
 
 
 def discretize(A, B, delta, method: str = "zoh"):
-    """x_k = Ab x_{k-1} + Bb u_k from x' = Ax + Bu with step delta.
+    """h_k = Ab h_{k-1} + Bb u_k from h' = Ah + Bu with step delta.
 
     A: (N, N) (any: stable or not, singular or not), B: (N, M), delta > 0, method in
     {"euler", "bilinear", "zoh"} -> Ab: (N, N), Bb: (N, M). As scipy's cont2discrete, the
@@ -144,7 +145,7 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
 def hippo_legs(N: int, dtype=torch.float64):
     """HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1).
 
-    -> A: (N, N), B: (N, 1). x' = Ax + Bu keeps x the Legendre coefficients of u's history
+    -> A: (N, N), B: (N, 1). h' = Ah + Bu keeps h the Legendre coefficients of u's history
     (Gu et al. 2020, eq. (2) with 1/t dropped as in S4).
     """
     check_positive_int("N", N)
@@ -220,10 +221,10 @@ def ssm_kernel(Ab, Bb, C, L: int):
     n, _ = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_positive_int("L", L)
-    ks, x = [], Bb  # (N, M): Ab^k Bb
+    ks, h = [], Bb  # (N, M): Ab^k Bb
     for _ in range(L):
-        ks.append(C @ x)  # (P, M)
-        x = Ab @ x
+        ks.append(C @ h)  # (P, M)
+        h = Ab @ h
     return torch.stack(ks, dim=-1)  # (P, M, L)
 
 
@@ -242,33 +243,33 @@ def ssm_kernel_diag(Ab, Bb, C, L: int):
 
 
 def ssm_recurrent(Ab, Bb, C, u):
-    """The recurrent view: x_k = Ab x_{k-1} + Bb u_k, y_k = C x_k, x_{-1} = 0.
+    """The recurrent view: h_k = Ab h_{k-1} + Bb u_k, y_k = C h_k, h_{-1} = 0.
 
     Ab: (N, N), Bb: (N, M), C: (P, N), u: (B, M, L) -> y: (B, P, L).
     """
     n, m = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_tensor("u", u, 3, shape=(None, m, None), dims="(B, M, L)")
-    x = u.new_zeros(u.shape[0], n, dtype=torch.result_type(Ab, u))  # (B, N)
+    h = u.new_zeros(u.shape[0], n, dtype=torch.result_type(Ab, u))  # (B, N)
     ys = []
     for k in range(u.shape[2]):
-        x = x @ Ab.T + u[:, :, k] @ Bb.T  # (B, N)
-        ys.append(x @ C.T)  # (B, P)
+        h = h @ Ab.T + u[:, :, k] @ Bb.T  # (B, N)
+        ys.append(h @ C.T)  # (B, P)
     return torch.stack(ys, dim=-1)  # (B, P, L)
 
 
 def ssm_recurrent_diag(Ab, Bb, C, u):
-    """Recurrent view, diagonal: x_k = Ab * x_{k-1} + Bb u_k, y_k = Re sum_n C x_k.
+    """Recurrent view, diagonal: h_k = Ab * h_{k-1} + Bb u_k, y_k = Re sum_n C h_k.
 
     Ab, Bb, C: (D, N), u: (B, D, L) -> y: (B, D, L).
     """
     check_tensor("Ab", Ab, 2, dtypes=_ANY, dims="(D, N)")
     check_tensor("u", u, 3, shape=(None, Ab.shape[0], None), dims="(B, D, L)")
-    x = torch.zeros(u.shape[0], *Ab.shape, dtype=torch.result_type(Ab, u), device=u.device)
+    h = torch.zeros(u.shape[0], *Ab.shape, dtype=torch.result_type(Ab, u), device=u.device)
     ys = []
     for k in range(u.shape[2]):
-        x = Ab * x + Bb * u[:, :, k, None]  # (B, D, N)
-        ys.append((x * C).sum(-1))  # (B, D)
+        h = Ab * h + Bb * u[:, :, k, None]  # (B, D, N)
+        ys.append((h * C).sum(-1))  # (B, D)
     y = torch.stack(ys, dim=-1)  # (B, D, L)
     return y.real if y.is_complex() else y
 
