@@ -48,6 +48,7 @@ class TrainConfig:
     d_model: int = 64  # width of every model
     n_layer: int = 4  # Mamba blocks; the attention model gets n_layer / 2 layers, equal size
     d_state: int = 16  # N of the SSM
+    n_head: int | None = None  # attention heads; None: d_model // 64, at least 1
     L: int = 128  # training length (selective copy: positions before the markers)
     batch: int = 16  # sequences per step
     steps: int = 200  # optimizer steps (training may stop earlier at max_seconds)
@@ -82,7 +83,7 @@ def build_model(cfg: TrainConfig):
     mcfg = MambaConfig(vocab_size=vocab, d_model=cfg.d_model, n_layer=cfg.n_layer,
                        d_state=cfg.d_state, ssm="s4d" if cfg.model == "s4" else "s6")
     if cfg.model == "attention":
-        return TransformerLM(matched_transformer_config(mcfg))
+        return TransformerLM(matched_transformer_config(mcfg, n_head=cfg.n_head))
     return MambaLM(mcfg)
 
 
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mambabook.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     default = TrainConfig()
-    types = {"int": int, "float": float, "str": str, "float | None": float}
+    types = {"int": int, "float": float, "str": str, "float | None": float, "int | None": int}
     for f in _options():
         parser.add_argument("--" + f.name.replace("_", "-"), type=types[str(f.type)],
                             default=getattr(default, f.name))
