@@ -45,7 +45,7 @@ def slice_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
 
 
 class _AllGather(torch.autograd.Function):
-    """x (...) on every rank -> (P, ...), rank order; the gradient flows back to each rank.
+    """x (...) on every rank -> (R, ...), rank order; the gradient flows back to each rank.
 
     Backward: rank r's loss depends on every rank's x, so the gradient of x_s is the sum
     over ranks of their gradients for slot s: an all-reduce, then each rank keeps its slot.
@@ -57,10 +57,10 @@ class _AllGather(torch.autograd.Function):
         ctx.group = group
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
         dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.stack(parts)  # (P, ...)
+        return torch.stack(parts)  # (R, ...)
 
     @staticmethod
-    def backward(ctx, grad):  # grad: (P, ...)
+    def backward(ctx, grad):  # grad: (R, ...)
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad[dist.get_rank(ctx.group)], None
@@ -93,7 +93,7 @@ def _check_across_ranks(group, *args) -> None:
     cuda = "nccl" in str(dist.get_backend(group))
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mine = torch.tensor([error is None, *shape], device=device)  # (4,) int64
-    table = _AllGather.apply(mine, group).tolist()  # P x [ok, B, D, N]
+    table = _AllGather.apply(mine, group).tolist()  # R x [ok, B, D, N]
     if error is not None:
         raise error
     bad = [r for r, row in enumerate(table) if not row[0]]
@@ -116,19 +116,24 @@ def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bia
 
     1. each rank's slice, as a map of the state: a = exp(A sum_t delta_t), b = the slice's
        end state from zero (a scan with return_last_state): one (B, D, N) pair;
-    2. the pairs are all-gathered: (P - 1) pairs sent per rank, independent of L;
+    2. the pairs are all-gathered: (R - 1) pairs sent per rank, independent of L;
     3. rank r composes the pairs of ranks 0..r-1 with `combine`: the state entering it;
     4. rank r scans its slice again from that state (`slice_scan` with initial_state).
     Rank 0 has nothing entering: its first scan is its output. The last rank's pair is
     needed by no one: it skips the first scan. Every other rank scans its slice twice.
 
+    Cost: a call takes two slice scans from start to end: ranks 0..R-2 scan their slices
+    from zero at once, then ranks 1..R-1 scan theirs from the state entering them. If one
+    device scans the whole sequence in T, R ranks take about 2 T / R (2 ranks are no faster
+    than one, 4 twice as fast) while the memory per rank falls as 1 / R. The collectives
+    are two small all-gathers (the validation, the pairs), and they keep the ranks in step.
+
     Why rescan rather than correct: the first scan's outputs could be kept and fixed up by
     adding C_t exp(A sum_{s<=t} delta_s) h_in. That term costs as many exponentials as a
-    scan (one per step, channel and state: the kernel's bound, chapter 7) and, unfused,
-    materialises a (B, D, N, L_r) tensor, N times the activations. Rescanning reuses the
-    fused kernel and keeps memory at the scan's own. Either way the critical path is two
-    passes over a slice, so P ranks take about 2 / P of one device's time (P >= 3) while
-    the memory per rank falls as 1 / P.
+    scan (one per step, channel and state: what bounds the kernel, chapter 7) and, unless
+    a kernel of its own fuses it, materialises a (B, D, N, L_r) tensor: N times the
+    activations, where long sequences are what the ranks are for. Rescanning reuses the
+    fused scan and keeps each rank's memory at the scan's own.
 
     Gradients: every input's, through differentiable collectives; backward is collective
     too, so every rank must call it. Inputs that are the same on every rank (A, D,
@@ -146,7 +151,7 @@ def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bia
     else:
         out, end = slice_scan(u, delta, A, B, C, D if first else None, z if first else None,
                               delta_bias, delta_softplus, return_last_state=True)
-    pairs = _AllGather.apply(torch.stack([decay, end]), group)  # (P, 2, B, D, N)
+    pairs = _AllGather.apply(torch.stack([decay, end]), group)  # (R, 2, B, D, N)
     if first:  # add an exact zero computed from the pairs (an empty sum), so that rank 0's
         # backward also reaches the all-gather's backward: a collective every rank must join
         return out + pairs[..., :0].sum()
@@ -170,7 +175,7 @@ def scan_bytes_per_rank(ranks: int, batch: int, dim: int, d_state: int,
     """Bytes each rank sends in the forward of the context-parallel scan, one layer.
 
     A ring all-gather of one (decay, state) pair (2 B D N numbers, float32) per rank:
-    each rank forwards P - 1 of them. No L in it. The backward's all-reduce sends twice that.
+    each rank forwards R - 1 of them. No L in it. The backward's all-reduce sends twice that.
     """
     return (ranks - 1) * 2 * batch * dim * d_state * elem_bytes
 
@@ -179,8 +184,8 @@ def ring_attention_bytes_per_rank(L: int, ranks: int, batch: int, heads: int, he
                                   elem_bytes: int = 2) -> float:
     """Bytes each rank sends in the forward of ring attention, one layer.
 
-    The K and V of each slice (B, L / P, H, P_h each, bf16 by default) travel around the
-    ring: P - 1 hops per rank. The backward sends K, V and their gradients: about twice.
+    The K and V of each slice (B, L / R, H, P each, bf16 by default) travel around the
+    ring: R - 1 hops per rank. The backward sends K, V and their gradients: about twice.
     """
     return (ranks - 1) * 2 * batch * (L / ranks) * heads * head_dim * elem_bytes
 
@@ -190,8 +195,8 @@ def all_to_all_bytes_per_rank(L: int, ranks: int, batch: int, dim: int, d_state:
     """Bytes each rank sends in the forward of a sequence-to-channels all-to-all scan.
 
     (Megatron-LM's context parallelism for Mamba.) Each rank trades its slice's u, delta, z
-    (B, L / P, D) for the whole sequence of D / P channels, keeping 1 / P of them, and sends
-    the output back the same way; B and C (B, L / P, N) go to every rank (all-gather).
+    (B, L / R, D) for the whole sequence of D / R channels, keeping 1 / R of them, and sends
+    the output back the same way; B and C (B, L / R, N) go to every rank (all-gather).
     """
     slice_ = batch * (L / ranks)
     return ((ranks - 1) / ranks * slice_ * 4 * dim
@@ -207,7 +212,7 @@ def _free_port() -> int:
 
 def _rank_main(rank, fn, ranks, port, results, args, timeout_s):
     """One spawned process: a gloo group on 127.0.0.1, fn(rank, ranks, *args), its result."""
-    torch.set_num_threads(1)  # P processes share the cores: one thread each
+    torch.set_num_threads(1)  # R processes share the cores: one thread each
     options = dist.ProcessGroupGloo._Options()
     options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
