@@ -26,7 +26,8 @@ from .selective import check_selective_scan_args, selective_scan_ref, step_sizes
 __all__ = [
     "context_parallel_selective_scan", "slice_scan", "split_lengths",
     "scan_bytes_per_rank", "ring_attention_bytes_per_rank", "all_to_all_bytes_per_rank",
-    "run_on_ranks", "ScanCase", "scan_case_inputs", "scan_case_on_rank", "time_scan_case_on_rank",
+    "run_on_ranks", "ScanCase", "scan_case_inputs", "scan_case_on_rank", "scan_case_reference",
+    "join_slices", "time_scan_case_on_rank",
 ]
 
 
@@ -301,6 +302,27 @@ def scan_case_on_rank(rank: int, ranks: int, case: ScanCase, group=None) -> dict
         if k in grads:
             dist.all_reduce(grads[k], group=group)
     return {"out": out.detach(), "grads": grads}
+
+
+def scan_case_reference(case: ScanCase) -> dict:
+    """What scan_case_on_rank's results must join to: selective_scan_ref on the whole
+    sequence in one process, its output and the gradient of sum(out * w) in every input."""
+    x = {k: v.requires_grad_() for k, v in scan_case_inputs(case).items()}
+    out = selective_scan_ref(**x, delta_softplus=case.softplus)
+    g = torch.Generator().manual_seed(case.seed + 1)
+    w = torch.randn(out.shape, generator=g)  # (B, D, L): the same w as on the ranks
+    grads = dict(zip(x, torch.autograd.grad((out * w).sum(), list(x.values()))))
+    return {"out": out.detach(), "grads": grads}
+
+
+def join_slices(case: ScanCase, per_rank: list[dict]) -> dict:
+    """scan_case_on_rank's results in rank order -> one {"out", "grads"} for the whole
+    sequence: slices concatenated along L, shared inputs' gradients (equal on every rank)
+    taken from rank 0."""
+    timed = ("u", "delta", "z") + (("B", "C") if case.bc != "DN" else ())
+    grads = {k: torch.cat([r["grads"][k] for r in per_rank], -1) if k in timed
+             else per_rank[0]["grads"][k] for k in per_rank[0]["grads"]}
+    return {"out": torch.cat([r["out"] for r in per_rank], -1), "grads": grads}
 
 
 def time_scan_case_on_rank(rank: int, ranks: int, case: ScanCase, calls: int = 5) -> dict:

@@ -13,38 +13,27 @@ from mambabook.distributed import (
     ScanCase,
     all_to_all_bytes_per_rank,
     context_parallel_selective_scan,
+    join_slices,
     ring_attention_bytes_per_rank,
     run_on_ranks,
     scan_bytes_per_rank,
     scan_case_inputs,
     scan_case_on_rank,
+    scan_case_reference,
     split_lengths,
 )
-from mambabook.selective import selective_scan_ref
 
 TIMEOUT_S = 60  # a collective left waiting fails the test instead of hanging it
 
 
-def reference(case: ScanCase) -> dict:
-    """selective_scan_ref on the whole sequence: output and the gradients the ranks report."""
-    x = {k: v.requires_grad_() for k, v in scan_case_inputs(case).items()}
-    out = selective_scan_ref(**x, delta_softplus=case.softplus)
-    g = torch.Generator().manual_seed(case.seed + 1)
-    w = torch.randn(out.shape, generator=g)
-    grads = dict(zip(x, torch.autograd.grad((out * w).sum(), list(x.values()))))
-    return {"out": out.detach(), "grads": grads}
-
-
 def check_against_reference(case: ScanCase, per_rank: list[dict]) -> None:
-    """Concatenate the ranks' slices (and take the shared inputs' summed gradients)."""
-    want = reference(case)
-    timed = ("u", "delta", "z") + (("B", "C") if case.bc != "DN" else ())
-    torch.testing.assert_close(torch.cat([r["out"] for r in per_rank], -1), want["out"],
-                               **tol(torch.float32))
+    """The ranks' slices joined == selective_scan_ref on the whole sequence."""
+    got, want = join_slices(case, per_rank), scan_case_reference(case)
+    torch.testing.assert_close(got["out"], want["out"], **tol(torch.float32))
+    assert got["grads"].keys() == want["grads"].keys()
     for name, g in want["grads"].items():
-        got = (torch.cat([r["grads"][name] for r in per_rank], -1) if name in timed
-               else per_rank[0]["grads"][name])
-        torch.testing.assert_close(got, g, **tol(torch.float32), msg=f"{case}: d{name}")
+        torch.testing.assert_close(got["grads"][name], g, **tol(torch.float32),
+                                   msg=f"{case}: d{name}")
         assert g.abs().sum() > 0, name
 
 
