@@ -4,7 +4,8 @@ Every rank holds a contiguous slice of the sequence. A slice acts on the state a
 map per (channel, state) pair, h -> a h + b; the ranks all-gather these pairs, compose the
 ones before them with chapter 6's associative operator (`mambabook.scan.combine`) and scan
 their slice from the state that enters it. Each rank sends O(B D N) bytes whatever L is;
-ring attention sends O(L). Used in chapter 10; the scheme is LASP's (Sun et al., 2024).
+ring attention sends O(L). Used in chapter 10; LASP-2 (Sun et al., 2025) does the same
+for linear attention's state.
 """
 
 from __future__ import annotations
@@ -326,18 +327,26 @@ def join_slices(case: ScanCase, per_rank: list[dict]) -> dict:
 
 
 def time_scan_case_on_rank(rank: int, ranks: int, case: ScanCase, calls: int = 5) -> dict:
-    """This rank's median time (ms) of `calls` forward calls and its peak tensor bytes.
+    """This rank's time per call (ms) and peak tensor bytes for the case's forward, and
+    on rank 0 the time of one process scanning the whole sequence, measured right after
+    (the other ranks idle): a baseline taken under the same load as the ranks' times.
 
-    Every rank makes the same number of calls (each one is a collective), so the time
-    comes from torch.utils.benchmark's fixed-count `timeit`, not an adaptive loop.
+    Every rank must make the same number of calls (each one is a collective), so the
+    ranks time a fixed block of calls with torch.utils.benchmark's `Timer.timeit` (after
+    its two warm-up calls) rather than bench.time_fn, whose repetitions are adaptive.
     """
     from torch.utils import benchmark
 
     from . import bench
 
-    x = _my_slice(scan_case_inputs(case), case, rank)
+    whole = scan_case_inputs(case)
+    x = _my_slice(whole, case, rank)
     fn = lambda: context_parallel_selective_scan(**x, delta_softplus=case.softplus)
-    fn()  # warm-up
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=1)
-    times = sorted(timer.timeit(1).mean * 1e3 for _ in range(calls))
-    return {"ms": times[len(times) // 2], "peak_bytes": bench.peak_memory(fn, "cpu")}
+    ms = timer.timeit(calls).mean * 1e3
+    peak = bench.peak_memory(fn, "cpu")
+    dist.barrier()
+    one = lambda: selective_scan_ref(**whole, delta_softplus=case.softplus)
+    whole_ms = bench.time_fn(one, "cpu", min_run_time=0.3) if rank == 0 else None
+    dist.barrier()
+    return {"ms": ms, "peak_bytes": peak, "whole_ms": whole_ms}
