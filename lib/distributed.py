@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .checks import check_positive_int
+from .checks import check_positive_int, check_selective_scan_args
 from .scan import combine
-from .selective import check_selective_scan_args, selective_scan_ref, step_sizes
+from .selective import selective_scan_ref, step_sizes
 
 __all__ = [
     "context_parallel_selective_scan", "slice_scan", "split_lengths",
