@@ -150,14 +150,16 @@ def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bia
     decay = torch.exp(dt.sum(-1)[..., None] * A.float())  # (B, D, N): a of the slice
     if last and not first:  # no rank after it: its end state is never used
         end = torch.zeros_like(decay)
-    else:
-        out, end = slice_scan(u, delta, A, B, C, D if first else None, z if first else None,
-                              delta_bias, delta_softplus, return_last_state=True)
+    else:  # the output is rank 0's only: the others skip D and z
+        out, end = slice_scan(u, delta, A, B, C, D if first else None,
+                              z if first else None, delta_bias, delta_softplus,
+                              return_last_state=True)  # (B, D, L_r), (B, D, N)
     pairs = _AllGather.apply(torch.stack([decay, end]), group)  # (R, 2, B, D, N)
-    if first:  # add an exact zero computed from the pairs (an empty sum), so that rank 0's
-        # backward also reaches the all-gather's backward: a collective every rank must join
+    if first:  # plus an exact zero made from the pairs (an empty sum), so that rank 0's
+        # backward reaches the all-gather's backward too: every rank must join it
         return out + pairs[..., :0].sum()
-    _, h_in = functools.reduce(combine, [(pairs[s, 0], pairs[s, 1]) for s in range(rank)])
+    before = [(pairs[s, 0], pairs[s, 1]) for s in range(rank)]  # ranks 0..r-1
+    _, h_in = functools.reduce(combine, before)  # (B, D, N): the state entering
     return slice_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                       initial_state=h_in)  # (B, D, L_r)
 
