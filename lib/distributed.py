@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from .checks import check_positive_int, check_selective_scan_args
 from .scan import combine
-from .selective import selective_scan_ref, step_sizes
+from .selective import scan_functions, selective_scan_ref, step_sizes
 
 __all__ = [
     "context_parallel_selective_scan", "slice_scan", "split_lengths",
@@ -34,16 +34,17 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- the scan
 def slice_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-               initial_state=None, return_last_state=False):
+               initial_state=None, return_last_state=False, path="auto"):
     """One rank's scan of its slice, from `initial_state` (B, D, N) or zeros.
 
-    The one place where the context-parallel scan chooses its per-device scan. It is
-    `selective_scan_ref` on every device for now: on CUDA tensors it is to become
-    `mambabook.kernels.selective_scan` once that kernel takes `initial_state=` and returns
-    a last state that carries gradients. Arguments and results as in selective_scan_ref.
+    The one place where the context-parallel scan chooses its per-device scan, by
+    `selective.scan_functions`: `mambabook.kernels.selective_scan` on CUDA tensors (its
+    initial state and last state carry gradients), `selective_scan_ref` elsewhere; path
+    "kernel" or "ref" asks for one. Arguments and results as in selective_scan_ref.
     """
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                              return_last_state=return_last_state, initial_state=initial_state)
+    scan = scan_functions(u, path)[0]
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                return_last_state=return_last_state, initial_state=initial_state)
 
 
 class _AllGather(torch.autograd.Function):
@@ -108,13 +109,14 @@ def _check_across_ranks(group, *args) -> None:
 
 
 def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                                    delta_softplus=False, group=None):
+                                    delta_softplus=False, group=None, path="auto"):
     """selective_scan_ref on a sequence split along L over the ranks of `group`.
 
     Rank r holds a contiguous slice of u, delta, z (B, D, L_r) and of time-varying B, C
     ((B, N, L_r) or (B, G, N, L_r)), rank order = time order; the slices may differ in
     length. A (D, N), D, delta_bias (D,) and B, C given as (D, N) are the same on every
-    rank. Returns this rank's slice of the output, (B, D, L_r) in u's dtype.
+    rank. Returns this rank's slice of the output, (B, D, L_r) in u's dtype. `path` picks
+    the per-rank scan (`slice_scan`): "auto" (the Triton kernel on CUDA), "kernel", "ref".
 
     1. each rank's slice, as a map of the state: a = exp(A sum_t delta_t), b = the slice's
        end state from zero (a scan with return_last_state): one (B, D, N) pair;
@@ -153,7 +155,7 @@ def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bia
     else:  # the output is rank 0's only: the others skip D and z
         out, end = slice_scan(u, delta, A, B, C, D if first else None,
                               z if first else None, delta_bias, delta_softplus,
-                              return_last_state=True)  # (B, D, L_r), (B, D, N)
+                              return_last_state=True, path=path)  # (B, D, L_r), (B, D, N)
     pairs = _AllGather.apply(torch.stack([decay, end]), group)  # (R, 2, B, D, N)
     if first:  # plus an exact zero made from the pairs (an empty sum), so that rank 0's
         # backward reaches the all-gather's backward too: every rank must join it
@@ -161,7 +163,7 @@ def context_parallel_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bia
     before = [(pairs[s, 0], pairs[s, 1]) for s in range(rank)]  # ranks 0..r-1
     _, h_in = functools.reduce(combine, before)  # (B, D, N): the state entering
     return slice_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                      initial_state=h_in)  # (B, D, L_r)
+                      initial_state=h_in, path=path)  # (B, D, L_r)
 
 
 def split_lengths(L: int, ranks: int) -> list[int]:
@@ -268,6 +270,7 @@ class ScanCase:
     extras: tuple[str, ...] = ("D", "z", "delta_bias")  # optional inputs passed
     softplus: bool = True  # delta_softplus
     seed: int = 0  # the inputs' seed: every rank draws the same whole sequence
+    path: str = "auto"  # the per-rank scan: "auto", "kernel" (Triton) or "ref"
 
 
 def scan_case_inputs(case: ScanCase) -> dict[str, torch.Tensor]:
@@ -295,7 +298,8 @@ def scan_case_on_rank(rank: int, ranks: int, case: ScanCase, group=None) -> dict
     input: this rank's slice of it for sliced inputs, the sum over ranks for shared ones
     (A, D, delta_bias, B and C as (D, N))."""
     x = {k: v.requires_grad_() for k, v in _my_slice(scan_case_inputs(case), case, rank).items()}
-    out = context_parallel_selective_scan(**x, delta_softplus=case.softplus, group=group)
+    out = context_parallel_selective_scan(**x, delta_softplus=case.softplus, group=group,
+                                          path=case.path)
     g = torch.Generator().manual_seed(case.seed + 1)
     w = torch.randn(case.batch, case.dim, sum(case.lengths), generator=g)
     w = _my_slice({"u": w}, case, rank)["u"]  # (B, D, L_r)

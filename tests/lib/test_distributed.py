@@ -7,7 +7,7 @@ Each test spawns its processes once and runs several cases inside (a spawn costs
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import tol
+from conftest import needs_kernels, tol
 
 from mambabook.distributed import (
     ScanCase,
@@ -85,6 +85,18 @@ def test_context_parallel_scan_two_ranks_equals_reference():
              ScanCase(batch=2, lengths=[4, 4], bc="BGNL", extras=(), softplus=False, seed=1),
              ScanCase(lengths=[1, 6], bc="DN", extras=("D",), seed=2),
              ScanCase(batch=2, lengths=[6, 2], extras=("z",), seed=3)]
+    per_rank = run_on_ranks(cases_on_rank, 2, cases, timeout_s=TIMEOUT_S)
+    check_errors([r["errors"] for r in per_rank])
+    for i, case in enumerate(cases):
+        check_against_reference(case, [r["cases"][i] for r in per_rank])
+
+
+@needs_kernels
+def test_context_parallel_scan_through_the_kernel():
+    """The per-rank scan through mambabook.kernels (its initial state and the gradient
+    through its last state): 2 ranks, compiled on a GPU, else in Triton's interpreter."""
+    cases = [ScanCase(dim=5, lengths=[7, 9], path="kernel"),
+             ScanCase(batch=2, lengths=[6, 3], bc="DN", extras=("z",), seed=6, path="kernel")]
     per_rank = run_on_ranks(cases_on_rank, 2, cases, timeout_s=TIMEOUT_S)
     check_errors([r["errors"] for r in per_rank])
     for i, case in enumerate(cases):
