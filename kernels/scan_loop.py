@@ -76,12 +76,11 @@ def _scan_fwd_loop_kernel(
             S_j = tl.load(ss_p + j, mask=mask_d, other=0.0)
             h = tl.exp2(S_j[:, None] * A2) * h + tl.load(sh_p + j * dstate, mask=mask_dn,
                                                          other=0.0)
-    n_chunks = tl.cdiv(L, CHUNK)
-    ck_p = ckpt_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * dstate + offs_n[None, :]
     for t in range(t0, t1):
         if ckpt_ptr is not None and PASS == 2:
-            if t % CHUNK == 0:
-                tl.store(ck_p + (t // CHUNK) * dstate, h, mask=mask_dn)  # state before chunk
+            if t % CHUNK == 0:  # the state before chunk t / CHUNK: ckpt (B, D, L / CHUNK, N)
+                ck_p = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * dstate
+                tl.store(ck_p + (t // CHUNK) * dstate + offs_n[None, :], h, mask=mask_dn)
         u = tl.load(u_p + t, mask=mask_d, other=0.0).to(tl.float32)  # (BLOCK_D,)
         dt = tl.load(dt_p + t, mask=mask_d, other=0.0).to(tl.float32)
         if bias_ptr is not None:

@@ -174,6 +174,21 @@ def test_selective_scan_half_inputs(forward, dtype):
     check_public(make_inputs(1, 16, 64, 8, dtype=dtype), True, dtype, forward)
 
 
+@pytest.mark.parametrize("forward", sorted(FORWARDS))
+def test_forward_without_checkpoints(forward):
+    """Inference (no input needs a gradient): no checkpoints are saved, out and the last
+    state still match the reference, in the public function and each forward."""
+    inputs = make_inputs(2, 6, 21, 5)
+    out_ref, last_ref, _ = ref_with_grads(inputs, True)
+    out, last, ckpt = FORWARDS[forward](*inputs.values(), True, None)
+    assert ckpt is None
+    torch.testing.assert_close(out, out_ref, **tol(torch.float32))
+    torch.testing.assert_close(last, last_ref, **tol(torch.float32))
+    out, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True,
+                               forward=forward)
+    torch.testing.assert_close(out, out_ref, **tol(torch.float32))
+
+
 def test_states_forward_at_an_odd_address():
     """A bfloat16 view that starts at an odd element cannot be read as int32 pairs: the
     states forward reads it element by element and still matches the reference."""
@@ -309,7 +324,8 @@ def test_shipped_launches_compile_for_sm90():
         dict(lanes, CHUNK=32, EVEN=True),
         dict(lanes, CHUNK=16, EVEN=False, ckpt_ptr=None, z_ptr=None),
         dict(_module=kern + "scan_loop", _kernel="_scan_fwd_loop_kernel", SOFTPLUS=True,
-             VARYING_BC=True, CHUNK=16, PASS=2, BLOCK_D=2, BLOCK_N=64),
+             VARYING_BC=True, CHUNK=16, PASS=2, BLOCK_D=2, BLOCK_N=64, ckpt_ptr=None,
+             h0_ptr=None),
         dict(bwd, T=4, CHUNK=32, PASS=1, EVEN=True, BCL=0),
         dict(bwd, T=4, CHUNK=32, PASS=2, EVEN=False, BCL=1),
         dict(bwd, T=8, CHUNK=16, PASS=2, EVEN=True, BCL=2, _bf16=HALF),
