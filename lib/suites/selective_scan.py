@@ -326,16 +326,6 @@ def selective_state_update_suite(quick: bool, device, progress: bool = False) ->
     return records
 
 
-# mamba_ssm's CUDA selective_scan_fn on an H200, as issue 5 reports it (same shape as the suite:
-# B=8, D=1536, N=16, G=1, with D, z, delta_bias, softplus; medians of do_bench), in ms.
-MAMBA_SSM_H200_MS = {
-    ("fwd", "fp32"): {2048: 0.878, 4096: 1.767, 16384: 7.51, 65536: 29.6},
-    ("fwd", "bf16"): {2048: 0.449, 4096: 0.881, 16384: 4.27, 65536: 17.3},
-    ("fwd+bwd", "fp32"): {4096: 5.93},
-    ("fwd+bwd", "bf16"): {4096: 4.33},
-}
-
-
 def scaling_records(records, mode: str, dtype: str) -> list[Record]:
     """The records of one (mode, dtype) panel, plus SDPA causal attention (always bf16) of the
     same mode as the Transformer reference line."""
@@ -350,3 +340,26 @@ def floor_records(records, mode: str, dtype: str) -> list[Record]:
         if r.provider == "triton" and "floor_floor_ms" in r.extra:
             out.append(Record(r.suite, "floor", dict(r.size), r.extra["floor_floor_ms"]))
     return out
+
+
+COMPARED = {"triton": "this kernel", "mamba_ssm_cuda": "mamba_ssm CUDA",
+            "sdpa_causal_bf16": "causal SDPA (bf16)"}  # providers in comparison_table
+
+
+def comparison_table(records, mode: str, dtype: str) -> str:
+    """Markdown table of one (mode, dtype): ms of each provider in COMPARED against L, the
+    ratio mamba_ssm / triton, and the fraction of the floor the triton kernel reaches."""
+    ms: dict[str, dict[int, float]] = {}
+    for r in scaling_records(records, mode, dtype):
+        if r.status == "ok" and r.provider in COMPARED:
+            ms.setdefault(r.provider, {})[r.size["L"]] = r.ms
+    floor = {r.size["L"]: r.ms for r in floor_records(records, mode, dtype)}
+    cols = [p for p in COMPARED if p in ms]
+    rows = [f"**{mode}, {dtype}** (ms)", "",
+            "| L | " + " | ".join(COMPARED[p] for p in cols) + " | mamba_ssm / ours | floor |",
+            "|" + " ---: |" * (len(cols) + 3)]
+    for L, ours in sorted(ms.get("triton", {}).items()):
+        ratio = ms.get("mamba_ssm_cuda", {}).get(L, float("nan")) / ours
+        cells = " | ".join(f"{ms[p][L]:.3f}" if L in ms[p] else "" for p in cols)
+        rows.append(f"| {L} | {cells} | {ratio:.2f}x | {floor.get(L, float('nan')) / ours:.0%} |")
+    return "\n".join(rows) + "\n"

@@ -110,3 +110,18 @@ def test_generation_memory_kv_grows_state_fixed():
     D, N, K = 2 * 64, shape.d_state, 4
     assert st == {L: 4 * (D * (K - 1) + D * N) * 4 for L in (32, 64, 128)}
     assert all(r.ms > 0 for r in recs)
+
+
+def test_selective_scan_comparison_table_reads_ratios_and_floor():
+    from mambabook.suites import selective_scan as scan_suite
+
+    def rec(provider, L, ms):
+        return bench.Record("selective_scan", provider, dict(L=L, dtype="bf16", mode="fwd"),
+                            ms, extra={"floor_floor_ms": 0.5})
+    records = [rec("triton", 4096, 1.0), rec("mamba_ssm_cuda", 4096, 2.0),
+               rec("sdpa_causal_bf16", 4096, 0.8), rec("triton", 8192, 2.0),
+               rec("previous", 4096, 9.0)]
+    lines = scan_suite.comparison_table(records, "fwd", "bf16").splitlines()
+    assert "previous" not in "\n".join(lines)
+    assert lines[4] == "| 4096 | 1.000 | 2.000 | 0.800 | 2.00x | 50% |"
+    assert lines[5] == "| 8192 | 2.000 |  |  | nanx | 25% |"
