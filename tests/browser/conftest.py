@@ -10,11 +10,16 @@ import pytest
 from test_site import ARGS, CHROMIUM, SITE
 
 
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # one line per request would bury the test report
+        pass
+
+
 @pytest.fixture(scope="module")
 def server():
     if not SITE.exists():
         pytest.skip("no built site in _build/html: run `make book` first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))
+    handler = functools.partial(QuietHandler, directory=str(SITE))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
