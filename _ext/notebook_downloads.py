@@ -24,7 +24,8 @@ try:
 except ImportError as err:
     raise ImportError(
         "this notebook needs the mambabook library: "
-        'pip install torch "git+{url}", then restart the kernel'
+        'pip install torch "git+{url}", '
+        "then restart the kernel"
     ) from err
 print("mambabook", mambabook.__version__)"""
 
