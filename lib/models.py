@@ -8,7 +8,6 @@ constant-size state, the Transformer with a preallocated KV cache). Used in chap
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -17,10 +16,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_positive_int
-from .selective import selective_scan_ref, selective_state_update_ref
-
+from .selective import S6, SCAN_PATHS, dt_rank_rule
+from .ssm import S4D
 
 # ----------------------------------------------------------------------------- configs
+SSMS = ("s6", "s4d")
+
+
 @dataclass
 class MambaConfig:
     vocab_size: int = 256  # tokens (bytes here)
@@ -29,22 +31,27 @@ class MambaConfig:
     d_state: int = 16  # N: SSM state per channel
     d_conv: int = 4  # K: width of the causal depthwise convolution
     expand: int = 2  # D = expand * d_model channels inside the block
-    dt_rank: int | None = None  # rank of the delta projection; None = ceil(d_model / 16)
+    dt_rank: int | None = None  # rank R of the delta projection; None = ceil(d_model / 16)
     dt_min: float = 0.001  # delta is initialised log-uniform in [dt_min, dt_max]
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4  # smallest initial delta
     norm_eps: float = 1e-5  # RMSNorm epsilon
-    use_kernels: bool = True  # mambabook.kernels on CUDA when importable, else the *_ref twins
+    ssm: str = "s6"  # "s6" (selective) or "s4d" (time-invariant: chapter 5's baseline)
+    path: str = "auto"  # scan: "auto" (kernels on CUDA), "kernel" or "ref" (selective.scan_functions)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layer", "d_state", "d_conv", "expand"):
             check_positive_int(name, getattr(self, name))
         if self.dt_rank is None:
-            self.dt_rank = math.ceil(self.d_model / 16)
+            self.dt_rank = dt_rank_rule(self.d_model)
         check_positive_int("dt_rank", self.dt_rank)
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"dt_min, dt_max must satisfy 0 < dt_min <= dt_max, got "
                              f"{self.dt_min}, {self.dt_max}")
+        if self.ssm not in SSMS:
+            raise ValueError(f"ssm must be one of {SSMS}, got {self.ssm!r}")
+        if self.path not in SCAN_PATHS:
+            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
 
     @property
     def d_inner(self) -> int:
@@ -75,13 +82,14 @@ class TransformerConfig:
 
 def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
                                positions: str = "rotary") -> TransformerConfig:
-    """A Transformer of the same width with n_layer / 2 layers and d_ff chosen so that its
-    parameter count equals the MambaLM's (up to rounding d_ff to a multiple of 8)."""
+    """A Transformer of the same width with n_layer / 2 layers (one attention + MLP layer
+    per two Mamba blocks) and d_ff chosen so that its parameter count equals the MambaLM's
+    (up to rounding d_ff to a multiple of 8)."""
     d = cfg.d_model
     n_head = n_head or max(1, d // 64)
     n_layer = max(1, cfg.n_layer // 2)
-    mamba_block = _mamba_block_params(cfg)
-    target = cfg.n_layer * mamba_block  # the embeddings are the same in both models
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        target = cfg.n_layer * count_parameters(_Residual(cfg))  # the embeddings are equal
     # per layer: qkv + out (4 d^2) + fc1, fc2 (2 d d_ff) + 2 norms (2 d)
     d_ff = (target / n_layer - 4 * d * d - 2 * d) / (2 * d)
     d_ff = max(8, int(round(d_ff / 8)) * 8)
@@ -89,31 +97,9 @@ def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
                              n_head=n_head, d_ff=d_ff, positions=positions)
 
 
-def _mamba_block_params(cfg: MambaConfig) -> int:
-    d, D, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
-    return (d * 2 * D + D * K + D + D * (R + 2 * N) + R * D + D + D * N + D + D * d + d)
-
-
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters, tied weights counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-# ----------------------------------------------------------------------------- kernels
-@functools.cache
-def _kernel(name: str):
-    """mambabook.kernels.<name>, or None where it cannot be imported."""
-    try:
-        from . import kernels
-
-        return getattr(kernels, name)
-    except (ImportError, AttributeError):
-        return None
-
-
-def _pick(name: str, ref, x: torch.Tensor, use_kernels: bool):
-    fast = _kernel(name) if use_kernels and x.is_cuda else None
-    return fast if fast is not None else ref
 
 
 class RMSNorm(nn.Module):
@@ -133,96 +119,71 @@ class RMSNorm(nn.Module):
 class MambaLayerState:
     """What one Mamba block carries from token to token: its size does not depend on L."""
 
-    conv: torch.Tensor  # (B, D, K): the last K inputs of the causal conv
+    conv: torch.Tensor  # (B, D, K-1): the last K-1 inputs of the causal conv
     ssm: torch.Tensor  # (B, D, N): the SSM state h, float32
 
 
 class MambaBlock(nn.Module):
-    """in_proj -> [conv1d -> SiLU -> S6 scan] * SiLU(z) -> out_proj, on (B, L, d_model)."""
+    """in_proj -> [conv1d -> SiLU -> SSM] * SiLU(z) -> out_proj, on (B, L, d_model).
+
+    The SSM is selective.S6 (the gate applied inside its scan) or, for chapter 5's
+    time-invariant baseline, ssm.S4D (no recurrent step: forward only).
+    """
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         self.cfg = cfg
-        d, D, N, K, R = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
+        d, D, N, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv
         self.in_proj = nn.Linear(d, 2 * D, bias=False)  # -> x, z
         self.conv1d = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=True)  # causal, depthwise
-        self.x_proj = nn.Linear(D, R + 2 * N, bias=False)  # -> delta (low rank), B, C
-        self.dt_proj = nn.Linear(R, D, bias=True)
-        self.A_log = nn.Parameter(torch.empty(D, N))
-        self.D = nn.Parameter(torch.ones(D))  # skip connection y += D x
+        self.ssm = (S6(D, N, cfg.dt_rank, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor, cfg.path)
+                    if cfg.ssm == "s6" else S4D(D, N, cfg.dt_min, cfg.dt_max))
         self.out_proj = nn.Linear(D, d, bias=False)
-        self.reset_ssm_parameters()
 
-    @torch.no_grad()
-    def reset_ssm_parameters(self):
-        """Mamba's initialisation: S4D-Real A = -(1, 2, ..., N) per channel; delta's bias the
-        inverse softplus of delta ~ log-uniform[dt_min, dt_max]; dt_proj weight ~ U(+-R^-1/2)."""
-        cfg = self.cfg
-        D, N = cfg.d_inner, cfg.d_state
-        A = torch.arange(1, N + 1, dtype=torch.float32).repeat(D, 1)  # (D, N)
-        self.A_log.copy_(torch.log(A))
-        std = cfg.dt_rank ** -0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.rand(D) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
-        dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)  # (D,)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
-        self.D.fill_(1.0)
-
-    def _ssm_inputs(self, x):
-        """x: (B, D, L) after conv -> delta (B, D, L) without bias, B, C: (B, N, L)."""
-        R, N = self.cfg.dt_rank, self.cfg.d_state
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, Bm, Cm = torch.split(x_dbl, [R, N, N], dim=-1)
-        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D, L)
-        # (B, N, L) views of (B, L, N) memory: N stays contiguous for the scan's per-step C_t h
-        return delta, Bm.transpose(1, 2), Cm.transpose(1, 2)
+    def inner(self, hidden):
+        """hidden (B, L, d_model) -> the SSM input x (B, D, L) after the causal conv and SiLU,
+        the gate z (B, D, L) and the conv input (B, D, L)."""
+        L = hidden.shape[1]
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, D, L) each
+        return F.silu(self.conv1d(x)[..., :L]), z, x  # conv: the last K-1 outputs cut
 
     def forward(self, hidden, return_state: bool = False):
         """hidden: (B, L, d_model) -> (B, L, d_model) [, MambaLayerState after the last token]."""
-        L = hidden.shape[1]
-        xz = self.in_proj(hidden).transpose(1, 2)  # (B, 2D, L)
-        x, z = xz.chunk(2, dim=1)  # (B, D, L) each
-        x_conv = F.silu(self.conv1d(x)[..., :L])  # (B, D, L): causal, the last K-1 outputs cut
-        delta, Bm, Cm = self._ssm_inputs(x_conv)
-        A = -torch.exp(self.A_log.float())  # (D, N), negative real: S4D-Real
-        scan = _pick("selective_scan", selective_scan_ref, hidden, self.cfg.use_kernels)
-        if scan is not selective_scan_ref:  # the kernel reads time with stride 1
-            delta, Bm, Cm, z = (t.contiguous() for t in (delta, Bm, Cm, z))
-        out = scan(x_conv, delta, A, Bm, Cm, self.D.float(), z=z,
-                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                   return_last_state=return_state)
-        y, h = out if return_state else (out, None)  # y: (B, D, L)
+        if return_state:
+            self._check_decodable()
+        x_conv, z, x = self.inner(hidden)
+        if isinstance(self.ssm, S4D):
+            y = self.ssm(x_conv) * F.silu(z)  # (B, D, L)
+        else:
+            y = self.ssm(x_conv, z, return_last_state=return_state)
+        y, h = y if return_state else (y, None)  # y: (B, D, L)
         y = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
         if not return_state:
             return y
-        K = self.cfg.d_conv
-        conv_state = F.pad(x, (max(K - L, 0), 0))[..., -K:]  # (B, D, K): last K conv inputs
+        K, L = self.cfg.d_conv, x.shape[-1]
+        conv_state = F.pad(x, (max(K - 1 - L, 0), 0))  # (B, D, >= K-1)
+        conv_state = conv_state[..., conv_state.shape[-1] - (K - 1):]  # the last K-1 inputs
         return y, MambaLayerState(conv_state.contiguous(), h.float().contiguous())
 
+    def _check_decodable(self):
+        if not isinstance(self.ssm, S6):
+            raise ValueError(f"decoding needs the selective SSM (ssm='s6'), got ssm={self.cfg.ssm!r}")
+
     def new_state(self, batch: int, device=None, dtype=None) -> MambaLayerState:
+        self._check_decodable()
         w = self.in_proj.weight
         device, dtype = device or w.device, dtype or w.dtype
-        return MambaLayerState(
-            torch.zeros(batch, self.cfg.d_inner, self.cfg.d_conv, device=device, dtype=dtype),
-            torch.zeros(batch, self.cfg.d_inner, self.cfg.d_state, device=device,
-                        dtype=torch.float32))
+        D, N, K = self.cfg.d_inner, self.cfg.d_state, self.cfg.d_conv
+        return MambaLayerState(torch.zeros(batch, D, K - 1, device=device, dtype=dtype),
+                               torch.zeros(batch, D, N, device=device, dtype=torch.float32))
 
     def step(self, hidden, state: MambaLayerState):
         """One token: hidden (B, d_model) -> (B, d_model); state is updated in place."""
-        R, N = self.cfg.dt_rank, self.cfg.d_state
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, D) each
-        state.conv.copy_(torch.roll(state.conv, shifts=-1, dims=-1))  # shift the window left
-        state.conv[:, :, -1] = x
-        w = self.conv1d.weight[:, 0, :]  # (D, K)
-        x = F.silu((state.conv * w).sum(-1) + self.conv1d.bias)  # (B, D)
-        dt, Bm, Cm = torch.split(self.x_proj(x), [R, N, N], dim=-1)  # (B, R), (B, N), (B, N)
-        dt = dt @ self.dt_proj.weight.T  # (B, D)
-        A = -torch.exp(self.A_log.float())  # (D, N)
-        update = _pick("selective_state_update", selective_state_update_ref, hidden,
-                       self.cfg.use_kernels)
-        y = update(state.ssm, x, dt, A, Bm, Cm, self.D.float(), z=z,
-                   dt_bias=self.dt_proj.bias.float(), dt_softplus=True)  # (B, D)
-        return self.out_proj(y)
+        window = torch.cat([state.conv, x[..., None]], dim=-1)  # (B, D, K): K-1 past + this one
+        state.conv.copy_(window[..., 1:])
+        x = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (B, D)
+        return self.out_proj(self.ssm.step(state.ssm, x, z))  # (B, d_model)
 
 
 class _Residual(nn.Module):
@@ -309,7 +270,9 @@ def cache_bytes(cache) -> int:
 @dataclass
 class KVCache:
     """Keys and values of every past token, preallocated to max_len; pos is a device tensor
-    so that one decoding step can be captured in a CUDA graph and replayed."""
+    so that one decoding step can be captured in a CUDA graph and replayed. Chapter 2's
+    attention.KVCache is the same idea written for reading (it grows, one token at a time);
+    this one trades that for fixed buffers."""
 
     k: list  # per layer (B, H, max_len, P)
     v: list  # per layer (B, H, max_len, P)
@@ -344,22 +307,23 @@ class TransformerLayer(nn.Module):
         self.fc1 = nn.Linear(d, cfg.d_ff, bias=False)
         self.fc2 = nn.Linear(cfg.d_ff, d, bias=False)
 
-    def _qkv(self, x, positions):
-        B, L, d = x.shape
+    def qkv_heads(self, x, positions):
+        """x (B, L, d) at positions (L,) -> q, k, v: (B, H, L, P), RoPE applied to q, k."""
+        bsz, L, d = x.shape
         H = self.cfg.n_head
-        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(self.norm1(x)).view(bsz, L, 3, H, d // H).permute(2, 0, 3, 1, 4)
         if self.cfg.positions == "rotary":  # q, k, v: (B, H, L, P)
             q, k = rotary(q, positions, self.cfg.rope_base), rotary(k, positions, self.cfg.rope_base)
         return q, k, v
 
     def _finish(self, x, att):
-        B, H, L, P = att.shape
-        x = x + self.out(att.transpose(1, 2).reshape(B, L, H * P))
+        bsz, H, L, P = att.shape
+        x = x + self.out(att.transpose(1, 2).reshape(bsz, L, H * P))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
     def forward(self, x, positions, cache_k=None, cache_v=None):
         """Full causal pass over x (B, L, d); writes k, v into cache[:, :, :L] when given."""
-        q, k, v = self._qkv(x, positions)
+        q, k, v = self.qkv_heads(x, positions)
         if cache_k is not None:
             cache_k[:, :, : k.shape[2]] = k
             cache_v[:, :, : v.shape[2]] = v
@@ -367,7 +331,7 @@ class TransformerLayer(nn.Module):
 
     def step(self, x, pos, cache_k, cache_v):
         """x (B, 1, d) at position pos (a () tensor); attends to cache[:, :, :pos + 1]."""
-        q, k, v = self._qkv(x, pos.view(1))
+        q, k, v = self.qkv_heads(x, pos.view(1))
         cache_k.index_copy_(2, pos.view(1), k)
         cache_v.index_copy_(2, pos.view(1), v)
         mask = torch.arange(cache_k.shape[2], device=x.device) <= pos  # (max_len,)
@@ -394,7 +358,7 @@ class TransformerLM(nn.Module):
                 layer.out.weight /= math.sqrt(2 * cfg.n_layer)
                 layer.fc2.weight /= math.sqrt(2 * cfg.n_layer)
 
-    def _embed(self, tokens, positions):
+    def embed(self, tokens, positions):
         x = self.embedding(tokens.long())
         if self.pos_embedding is not None:
             x = x + self.pos_embedding(positions)
@@ -413,7 +377,7 @@ class TransformerLM(nn.Module):
         _check_tokens("tokens", tokens, self.cfg.vocab_size)
         self._check_len(tokens.shape[1])
         positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self._embed(tokens, positions)  # (B, L, d_model)
+        x = self.embed(tokens, positions)  # (B, L, d_model)
         for layer in self.layers:
             x = layer(x, positions)
         return self._head(x)
@@ -433,12 +397,12 @@ class TransformerLM(nn.Module):
         """Full forward over the prompt; returns logits (B, L, vocab) and a cache for max_len
         (or `cache`, filled in place: e.g. buffers a CUDA graph reads)."""
         _check_tokens("tokens", tokens, self.cfg.vocab_size)
-        B, L = tokens.shape
+        bsz, L = tokens.shape
         if max_len < L:
             raise ValueError(f"max_len must be >= the prompt length {L}, got {max_len}")
-        cache = cache if cache is not None else self.new_cache(B, max_len)
+        cache = cache if cache is not None else self.new_cache(bsz, max_len)
         positions = torch.arange(L, device=tokens.device)
-        x = self._embed(tokens, positions)
+        x = self.embed(tokens, positions)
         for layer, ck, cv in zip(self.layers, cache.k, cache.v):
             x = layer(x, positions, ck, cv)
         cache.pos.fill_(L)
@@ -448,7 +412,7 @@ class TransformerLM(nn.Module):
         """token: (B,) -> logits (B, vocab); writes its k, v at cache.pos, then pos += 1.
 
         Positions past max_len are not checked here (that would need a host sync)."""
-        x = self._embed(token[:, None], cache.pos.view(1))  # (B, 1, d_model)
+        x = self.embed(token[:, None], cache.pos.view(1))  # (B, 1, d_model)
         for layer, ck, cv in zip(self.layers, cache.k, cache.v):
             x = layer.step(x, cache.pos, ck, cv)
         cache.pos.add_(1)
@@ -494,8 +458,8 @@ def generate(model, prompt, n_tokens: int, temperature: float = 1.0, top_k: int 
         gen.manual_seed(seed)
     was_training = model.training
     model.eval()
-    B, L = prompt.shape
-    out = torch.empty(B, L + n_tokens, dtype=torch.long, device=device)
+    bsz, L = prompt.shape
+    out = torch.empty(bsz, L + n_tokens, dtype=torch.long, device=device)
     out[:, :L] = prompt
     logits, cache = model.prefill(prompt, max_len=L + n_tokens)
     token = sample_next(logits[:, -1], temperature, top_k, gen)
@@ -511,6 +475,6 @@ def step_logits(model, tokens):
     """Logits (B, L, vocab) computed one token at a time from an empty cache: the decoding
     path, to compare with model(tokens)."""
     _check_tokens("tokens", tokens, model.cfg.vocab_size)
-    B, L = tokens.shape
-    cache = model.new_cache(B, L)
+    bsz, L = tokens.shape
+    cache = model.new_cache(bsz, L)
     return torch.stack([model.step(tokens[:, t], cache) for t in range(L)], dim=1)

@@ -113,6 +113,34 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 
 # ----------------------------------------------------------------------------- the S6 layer
+SCAN_PATHS = ("auto", "kernel", "ref")
+
+
+def scan_functions(x: torch.Tensor, path: str = "auto"):
+    """(selective_scan, selective_state_update) for tensors like x: the one kernel dispatch.
+
+    path "auto": mambabook.kernels on CUDA tensors (when Triton imports), the *_ref twins
+    elsewhere; "kernel": the kernels on any device (on a CPU under TRITON_INTERPRET=1, for
+    tests); "ref": the twins.
+    """
+    if path == "kernel" or (path == "auto" and x.is_cuda):
+        try:
+            from mambabook.kernels import selective_scan, selective_state_update
+            return selective_scan, selective_state_update
+        except (ImportError, AttributeError):
+            if path == "kernel":
+                raise
+    return selective_scan_ref, selective_state_update_ref
+
+
+def time_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The kernels read time with stride 1: (..., L) views that are not get copied.
+
+    A gate z split from a (B, L, 2D) projection and transposed has stride 2D along L.
+    """
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def dt_bias_init(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4) -> torch.Tensor:
     """Mamba's delta bias: softplus(bias) ~ log-uniform in [dt_min, dt_max] -> (D,).
@@ -124,15 +152,9 @@ def dt_bias_init(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1,
     return dt + torch.log(-torch.expm1(-dt))
 
 
-def _selective_scan_fn(x: torch.Tensor):
-    """The Triton kernel on CUDA when it is importable, else the reference."""
-    if x.is_cuda:
-        try:
-            from mambabook.kernels import selective_scan
-            return selective_scan
-        except (ImportError, AttributeError):
-            pass
-    return selective_scan_ref
+def dt_rank_rule(d_model: int) -> int:
+    """Rank R of the delta projection: ceil(d_model / 16), as in mamba_ssm."""
+    return math.ceil(d_model / 16)
 
 
 class S6(nn.Module):
@@ -140,85 +162,58 @@ class S6(nn.Module):
 
     x: (B, D, L) -> y: (B, D, L).  delta_t = softplus(W_dt (W_x x_t)_dt + dt_bias),
     B_t, C_t = (W_x x_t)_B, (W_x x_t)_C, A = -exp(A_log) (S4D-Real init, A_n = -(n+1)),
-    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t h_t + D x_t  (Gu & Dao 2023, Alg. 2).
+    h_t = exp(delta_t A) h_{t-1} + delta_t B_t x_t,  y_t = C_t h_t + D x_t (Gu & Dao 2023,
+    Alg. 2), times silu(z_t) when a gate z is given. Chapters 5 and 8.
     """
 
-    def __init__(self, d_inner: int, d_state: int = 16, dt_rank: int | None = None,
-                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_scale: float = 1.0):
+    def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float = 1e-3,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, path: str = "auto"):
         super().__init__()
-        self.d_inner, self.d_state = d_inner, d_state
-        self.dt_rank = dt_rank or math.ceil(d_inner / 16)
-        self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
-        std = self.dt_rank ** -0.5 * dt_scale
+        if path not in SCAN_PATHS:
+            raise ValueError(f"path must be one of {SCAN_PATHS}, got {path!r}")
+        self.d_inner, self.d_state, self.dt_rank, self.path = d_inner, d_state, dt_rank, path
+        self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)  # -> dt, B, C
+        self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
+        std = dt_rank ** -0.5
         with torch.no_grad():
             nn.init.uniform_(self.dt_proj.weight, -std, std)
-            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max))
+            self.dt_proj.bias.copy_(dt_bias_init(d_inner, dt_min, dt_max, dt_init_floor))
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1)  # (D, N)
         self.A_log = nn.Parameter(torch.log(A))  # A = -exp(A_log) = -(n+1)
-        self.D = nn.Parameter(torch.ones(d_inner))
+        self.D = nn.Parameter(torch.ones(d_inner))  # skip: y += D x
 
     @property
     def A(self) -> torch.Tensor:
         return -torch.exp(self.A_log.float())  # (D, N)
 
+    def projections(self, x: torch.Tensor):
+        """x: (..., D) -> delta (..., D) before bias and softplus, B_t, C_t: (..., N)."""
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return dt @ self.dt_proj.weight.T, B, C
+
     def ssm_params(self, x: torch.Tensor):
-        """x: (B, D, L) -> delta (B, D, L) after softplus, B_t, C_t: (B, N, L)."""
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2)  # (B, D, L)
-        return delta, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        """x: (B, D, L) -> delta (B, D, L) after bias and softplus, B_t, C_t: (B, N, L)."""
+        delta, B, C = self.projections(x.transpose(1, 2))  # (B, L, D), (B, L, N) x 2
+        delta = F.softplus(delta + self.dt_proj.bias)
+        return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 return_last_state: bool = False):
+        """x, z: (B, D, L) -> y (B, D, L) [, the last state h_L (B, D, N) float32]."""
         check_tensor("x", x, 3, shape=(None, self.d_inner, None), dims="(B, D, L)")
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # (B, D, L), bias added in the scan
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, N, L)
-        scan = _selective_scan_fn(x)
-        if scan is not selective_scan_ref:  # the kernel reads time with stride 1: a gate z
-            # split from a (B, L, 2D) projection and transposed has stride 2D there
-            x, z = (t if t is None else t.contiguous() for t in (x, z))
-        return scan(x, delta.contiguous(), self.A, B, C, self.D.float(), z=z,
+        delta, B, C = self.projections(x.transpose(1, 2))  # (B, L, D), (B, L, N) x 2
+        args = (x, delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2), z)
+        scan, _ = scan_functions(x, self.path)
+        if scan is not selective_scan_ref:
+            args = tuple(time_contiguous(t) for t in args)
+        x, delta, B, C, z = args  # (B, D, L) x 2, (B, N, L) x 2, (B, D, L)
+        return scan(x, delta, self.A, B, C, self.D.float(), z=z,
                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                     return_last_state=return_last_state)
 
-
-def selection_price_suite(quick: bool, device) -> list:
-    """Benchmark: what selection costs. An LTI layer (S4D: one kernel, FFT convolution) vs the
-    selective scan (delta, B, C per token: no kernel, a scan over L), D = 64, N = 16.
-
-    Register as a suite with `bench.suite("selection_price")(selection_price_suite)`.
-    """
-    from . import bench
-    from .ssm import S4D
-
-    D, N = 64, 16
-    Ls = [64, 128, 256, 512] if quick else [256, 1024, 4096, 16384]
-    lti = S4D(D, N).to(device)
-    providers = {}
-
-    def s4d_fft(L):
-        u = torch.randn(1, D, L, device=device)
-        return torch.no_grad()(lambda: lti(u))
-
-    def scan(fn):
-        def make(L):
-            g = torch.Generator(device=device).manual_seed(0)
-            u, delta = (torch.randn(1, D, L, device=device, generator=g) for _ in range(2))
-            B, C = (torch.randn(1, N, L, device=device, generator=g) for _ in range(2))
-            A = -torch.rand(D, N, device=device, generator=g)
-            return lambda: fn(u, delta, A, B, C, delta_softplus=True)
-        return make
-
-    providers["S4D (FFT conv)"] = s4d_fft
-    providers["selective_scan_ref"] = scan(selective_scan_ref)
-    if torch.device(device).type == "cuda":
-        try:
-            from mambabook.kernels import selective_scan
-            providers["selective_scan (triton)"] = scan(selective_scan)
-        except (ImportError, AttributeError):
-            pass
-    return bench.sweep("selection_price", providers, [{"L": L} for L in Ls], device=device,
-                       min_run_time=0.05 if quick else 0.2)
+    def step(self, state: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None = None):
+        """One token: x, z (B, D) -> y (B, D); state (B, D, N) float32 is updated in place."""
+        dt, B, C = self.projections(x)  # (B, D), (B, N), (B, N)
+        _, update = scan_functions(x, self.path)
+        return update(state, x, dt, self.A, B, C, self.D.float(), z=z,
+                      dt_bias=self.dt_proj.bias.float(), dt_softplus=True)

@@ -1,7 +1,8 @@
 """Linear state space models: discretization, HiPPO, and the recurrent and convolution views.
 
-x'(t) = A x(t) + B u(t), y(t) = C x(t) becomes x_k = Ab x_{k-1} + Bb u_k, y_k = C x_k
-(Euler, bilinear or zero-order hold; S4 paper eq. (3)-(5)). Unrolled, y = K * u with the
+h'(t) = A h(t) + B u(t), y(t) = C h(t) becomes h_k = Ab h_{k-1} + Bb u_k, y_k = C h_k
+(Euler, bilinear or zero-order hold; S4 paper eq. (3)-(5), with its state x named h and
+its input u, as in every signature of this library). Unrolled, y = K * u with the
 kernel K_k = C Ab^k Bb (eq. (4)-(5)). Used in chapters 04 (S4) and 05 (selection).
 """
 
@@ -31,21 +32,16 @@ def _check_delta(delta) -> None:
         raise ValueError(f"delta must be > 0, got {delta}")
 
 
-def check_stable(A: torch.Tensor) -> None:
-    """Raise ValueError naming A if A (N, N) has an eigenvalue with positive real part."""
-    eig = torch.linalg.eigvals(A.cdouble() if A.is_complex() else A.double())  # (N,)
-    _raise_if_unstable(eig.real.max().item(), "A", "an eigenvalue")
+def is_stable(A: torch.Tensor) -> bool:
+    """h' = Ah decays (or stays bounded at 0) iff every eigenvalue of A has real part <= 0.
 
-
-def check_stable_diag(A: torch.Tensor) -> None:
-    """Raise ValueError naming A if a diagonal A (D, N) has an entry with positive real part."""
-    _raise_if_unstable(A.real.max().item(), "A", "a diagonal entry")
-
-
-def _raise_if_unstable(worst: float, name: str, what: str) -> None:
-    if worst > 0:
-        raise ValueError(f"{name} must be stable (real parts <= 0), got {what} with real "
-                         f"part {worst:.3g}: x' = Ax would grow without bound")
+    A: (N, N) dense, or (D, N) holding the diagonals of D diagonal matrices. A property of
+    the system to show; discretize accepts unstable A as well.
+    """
+    if A.dim() == 2 and A.shape[0] == A.shape[1]:
+        eig = torch.linalg.eigvals(A.cdouble() if A.is_complex() else A.double())  # (N,)
+        return bool(eig.real.max() <= 0)
+    return bool(A.real.max() <= 0)
 
 
 def _check_square_and_input(A, B, a_name: str, b_name: str) -> tuple[int, int]:
@@ -59,9 +55,7 @@ def _check_square_and_input(A, B, a_name: str, b_name: str) -> tuple[int, int]:
 
 
 def _check_dense(A, B) -> tuple[int, int]:
-    shape = _check_square_and_input(A, B, "A", "B")
-    check_stable(A)
-    return shape
+    return _check_square_and_input(A, B, "A", "B")
 
 
 # ----------------------------------------------------------------------------- dense A
@@ -72,9 +66,15 @@ def discretize_euler(A, B, delta):
 
 
 def discretize_bilinear(A, B, delta):
-    """Bilinear (Tustin): Ab = (I - delta/2 A)^-1 (I + delta/2 A), Bb = (I - delta/2 A)^-1 delta B."""
+    """Bilinear (Tustin): Ab = (I - delta/2 A)^-1 (I + delta/2 A), Bb = (I - delta/2 A)^-1 delta B.
+
+    Undefined when I - delta/2 A is singular (A has the eigenvalue 2 / delta): ValueError.
+    """
     eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     left = eye - delta / 2 * A  # (N, N)
+    if torch.linalg.matrix_rank(left.double() if not left.is_complex() else left) < A.shape[0]:
+        raise ValueError(f"A must not have the eigenvalue 2 / delta = {2 / delta:.4g} for the "
+                         "bilinear method: I - delta/2 A is singular")
     Ab = torch.linalg.solve(left, eye + delta / 2 * A)  # (N, N)
     Bb = torch.linalg.solve(left, delta * B)  # (N, M)
     return Ab, Bb
@@ -94,10 +94,11 @@ def discretize_zoh(A, B, delta):
 
 
 def discretize(A, B, delta, method: str = "zoh"):
-    """x_k = Ab x_{k-1} + Bb u_k from x' = Ax + Bu with step delta.
+    """h_k = Ab h_{k-1} + Bb u_k from h' = Ah + Bu with step delta.
 
-    A: (N, N) stable, B: (N, M), delta > 0, method in {"euler", "bilinear", "zoh"}
-    -> Ab: (N, N), Bb: (N, M).
+    A: (N, N) (any: stable or not, singular or not), B: (N, M), delta > 0, method in
+    {"euler", "bilinear", "zoh"} -> Ab: (N, N), Bb: (N, M). As scipy's cont2discrete, the
+    only refusal is what cannot be computed: bilinear with I - delta/2 A singular.
     """
     _check_method(method)
     _check_dense(A, B)
@@ -118,7 +119,6 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
     _check_method(method)
     check_tensor("A", A, 2, dtypes=_ANY, dims="(D, N)")
     check_tensor("B", B, 2, dtypes=_ANY, shape=tuple(A.shape), dims="(D, N)")
-    check_stable_diag(A)
     delta = torch.as_tensor(delta, dtype=A.real.dtype, device=A.device)
     if delta.dim() == 1:
         check_tensor("delta", delta, 1, shape=(A.shape[0],), dims="(D,)")
@@ -131,6 +131,9 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
     if method == "euler":
         return 1 + dA, delta * B
     if method == "bilinear":
+        if (1 - dA / 2 == 0).any():
+            raise ValueError("A must have no entry equal to 2 / delta for the bilinear method: "
+                             "1 - delta A / 2 = 0")
         return (1 + dA / 2) / (1 - dA / 2), delta * B / (1 - dA / 2)
     Ab = torch.exp(dA)  # (D, N)
     safe = torch.where(A == 0, torch.ones_like(A), A)
@@ -142,7 +145,7 @@ def discretize_diag(A, B, delta, method: str = "zoh"):
 def hippo_legs(N: int, dtype=torch.float64):
     """HiPPO-LegS: A_nk = -sqrt(2n+1) sqrt(2k+1) (n > k), -(n+1) (n = k), 0 (n < k); B_n = sqrt(2n+1).
 
-    -> A: (N, N), B: (N, 1). x' = Ax + Bu keeps x the Legendre coefficients of u's history
+    -> A: (N, N), B: (N, 1). h' = Ah + Bu keeps h the Legendre coefficients of u's history
     (Gu et al. 2020, eq. (2) with 1/t dropped as in S4).
     """
     check_positive_int("N", N)
@@ -218,10 +221,10 @@ def ssm_kernel(Ab, Bb, C, L: int):
     n, _ = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_positive_int("L", L)
-    ks, x = [], Bb  # (N, M): Ab^k Bb
+    ks, h = [], Bb  # (N, M): Ab^k Bb
     for _ in range(L):
-        ks.append(C @ x)  # (P, M)
-        x = Ab @ x
+        ks.append(C @ h)  # (P, M)
+        h = Ab @ h
     return torch.stack(ks, dim=-1)  # (P, M, L)
 
 
@@ -240,33 +243,33 @@ def ssm_kernel_diag(Ab, Bb, C, L: int):
 
 
 def ssm_recurrent(Ab, Bb, C, u):
-    """The recurrent view: x_k = Ab x_{k-1} + Bb u_k, y_k = C x_k, x_{-1} = 0.
+    """The recurrent view: h_k = Ab h_{k-1} + Bb u_k, y_k = C h_k, h_{-1} = 0.
 
     Ab: (N, N), Bb: (N, M), C: (P, N), u: (B, M, L) -> y: (B, P, L).
     """
     n, m = _check_square_and_input(Ab, Bb, "Ab", "Bb")
     check_tensor("C", C, 2, dtypes=_ANY, shape=(None, n), dims="(P, N)")
     check_tensor("u", u, 3, shape=(None, m, None), dims="(B, M, L)")
-    x = u.new_zeros(u.shape[0], n, dtype=torch.result_type(Ab, u))  # (B, N)
+    h = u.new_zeros(u.shape[0], n, dtype=torch.result_type(Ab, u))  # (B, N)
     ys = []
     for k in range(u.shape[2]):
-        x = x @ Ab.T + u[:, :, k] @ Bb.T  # (B, N)
-        ys.append(x @ C.T)  # (B, P)
+        h = h @ Ab.T + u[:, :, k] @ Bb.T  # (B, N)
+        ys.append(h @ C.T)  # (B, P)
     return torch.stack(ys, dim=-1)  # (B, P, L)
 
 
 def ssm_recurrent_diag(Ab, Bb, C, u):
-    """Recurrent view, diagonal: x_k = Ab * x_{k-1} + Bb u_k, y_k = Re sum_n C x_k.
+    """Recurrent view, diagonal: h_k = Ab * h_{k-1} + Bb u_k, y_k = Re sum_n C h_k.
 
     Ab, Bb, C: (D, N), u: (B, D, L) -> y: (B, D, L).
     """
     check_tensor("Ab", Ab, 2, dtypes=_ANY, dims="(D, N)")
     check_tensor("u", u, 3, shape=(None, Ab.shape[0], None), dims="(B, D, L)")
-    x = torch.zeros(u.shape[0], *Ab.shape, dtype=torch.result_type(Ab, u), device=u.device)
+    h = torch.zeros(u.shape[0], *Ab.shape, dtype=torch.result_type(Ab, u), device=u.device)
     ys = []
     for k in range(u.shape[2]):
-        x = Ab * x + Bb * u[:, :, k, None]  # (B, D, N)
-        ys.append((x * C).sum(-1))  # (B, D)
+        h = Ab * h + Bb * u[:, :, k, None]  # (B, D, N)
+        ys.append((h * C).sum(-1))  # (B, D)
     y = torch.stack(ys, dim=-1)  # (B, D, L)
     return y.real if y.is_complex() else y
 
@@ -390,30 +393,3 @@ def compare_discretizations(A, B, C, delta: float, T: float = 3.0) -> dict:
         out["eig"][m] = torch.linalg.eigvals(Ab)
         out["error"][m] = (out["step"][m] - out["step_exact"]).abs().max().item()
     return out
-
-
-def views_suite(quick: bool, device) -> list:
-    """Benchmark: the recurrent view (a loop over L) vs the convolution view (FFT) of S4D.
-
-    D = 64 channels, N = 16; L doubles. Register as a suite with
-    `bench.suite("ssm_views")(views_suite)`.
-    """
-    from . import bench
-
-    D, N = 64, 16
-    Ls = [64, 128, 256, 512] if quick else [256, 1024, 4096, 16384]
-    A = s4d_real_init(D, N).to(device)
-    B = torch.ones(D, N, device=device)
-    C = torch.randn(D, N, device=device)
-    Ab, Bb = discretize_diag(A, B, torch.full((D,), 0.05, device=device), "zoh")
-
-    def recurrent(L):
-        u = torch.randn(1, D, L, device=device)
-        return lambda: ssm_recurrent_diag(Ab, Bb, C, u)
-
-    def convolution(L):
-        u = torch.randn(1, D, L, device=device)
-        return lambda: ssm_convolution(ssm_kernel_diag(Ab, Bb, C, L), u)
-
-    return bench.sweep("ssm_views", {"recurrent": recurrent, "convolution (FFT)": convolution},
-                       [{"L": L} for L in Ls], device=device, min_run_time=0.05 if quick else 0.2)

@@ -27,6 +27,7 @@ from ..models import (
     count_parameters,
     matched_transformer_config,
 )
+from ..selective import scan_functions, selective_scan_ref
 
 
 def _dtype(device: torch.device) -> torch.dtype:
@@ -210,12 +211,10 @@ def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int,
 
 
 def _scan_used(model, device) -> str:
-    from ..models import _kernel
-
     if not isinstance(model, MambaLM):
         return "sdpa"
-    fast = device.type == "cuda" and _kernel("selective_scan") is not None
-    return "mambabook.kernels" if fast else "selective_scan_ref"
+    scan, _ = scan_functions(torch.empty(0, device=device), model.cfg.path)
+    return "selective_scan_ref" if scan is selective_scan_ref else "mambabook.kernels"
 
 
 def _add_ratios(records: list[Record]) -> None:
@@ -231,6 +230,7 @@ def _add_ratios(records: list[Record]) -> None:
 
 
 # ----------------------------------------------------------------------------- suites
+MIXER = {"mamba": "s6", "transformer": "attention"}  # the records' names -> TrainConfig.model
 GPU_SIZE = {"d_model": 768, "n_layer": 24}  # ~90M parameters each: Mamba 24 blocks, Transformer 12 layers
 CPU_SIZE = {"d_model": 64, "n_layer": 4}  # tiny, for --quick and the CPU
 
@@ -272,11 +272,11 @@ def run_training(quick: bool, device) -> list[Record]:
     device = torch.device(device)
     big = device.type == "cuda" and not quick
     if big:
-        common = dict(d_model=256, n_layer=8, seq_len=512, batch=32, steps=1000, lr=2e-3,
+        common = dict(d_model=256, n_layer=8, L=512, batch=32, steps=1000, lr=2e-3,
                       warmup=100, eval_every=100, eval_batches=8, max_seconds=60.0,
                       max_bytes=8_000_000)
     else:
-        common = dict(d_model=32, n_layer=2, seq_len=16, batch=4, steps=6, warmup=2,
+        common = dict(d_model=32, n_layer=2, L=16, batch=4, steps=6, warmup=2,
                       eval_every=3, eval_batches=1, max_bytes=300_000)
     corpus = load_corpus(common["max_bytes"])
     records = []
@@ -288,27 +288,24 @@ def run_training(quick: bool, device) -> list[Record]:
 
 def _train_one(kind: str, common: dict, corpus, device, big: bool) -> Record:
     """Train one model of the pair; the record's ms is one training step timed by bench."""
-    from ..lm_train import TrainConfig, lm_loss, train
+    from ..train import TrainConfig, optimizer, train, train_step
 
-    cfg = TrainConfig(model=kind, seed=0, **common)
+    cfg = TrainConfig(task="stdlib", model=MIXER[kind], seed=0, **common)
     result = train(cfg, device=device, corpus=corpus, progress=True)
-    model = result["model"]
-    x = torch.randint(0, 256, (cfg.batch, cfg.seq_len + 1), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    model = result["model"].train()
+    x = torch.randint(0, 256, (cfg.batch, cfg.L + 1), device=device)
+    opt = optimizer(model, cfg)
 
-    def train_step():
-        loss = lm_loss(model, x[:, :-1], x[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step():
+        train_step(model, opt, x[:, :-1], x[:, 1:])
 
-    ms = bench.time_fn(train_step, device, min_run_time=0.2 if big else 0.05)
+    ms = bench.time_fn(step, device, min_run_time=0.2 if big else 0.05)
     curve = result["curve"]
-    size = {"d_model": cfg.d_model, "n_layer_mamba": cfg.n_layer, "seq_len": cfg.seq_len,
+    size = {"d_model": cfg.d_model, "n_layer_mamba": cfg.n_layer, "seq_len": cfg.L,
             "batch": cfg.batch}
     return Record("lm_training", kind, size, ms, None, extra={
         "params": result["params"], "curve": curve, "final_val_loss": curve["val_loss"][-1],
         "steps_done": curve["step"][-1], "train_seconds": curve["seconds"][-1],
         "config": result["config"], "model_config": result["model_config"],
-        "corpus": result["corpus"], "scan": _scan_used(model, device),
+        "corpus": result["data"], "scan": _scan_used(model, device),
         "torch_threads": torch.get_num_threads()})

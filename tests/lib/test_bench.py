@@ -99,12 +99,14 @@ def test_run_suite_rejects_unknown_name():
 
 
 def test_generation_memory_kv_grows_state_fixed():
-    shape = DecoderShape(layers=2, d_model=64, heads=4)
+    """The suite measures the book's models: the TransformerLM's KV cache and the MambaLM's
+    state, with the sizes their configs say."""
+    shape = DecoderShape(d_model=64, n_layer=4)
     recs = measure_generation_memory([32, 64, 128], shape, "cpu", min_run_time=0.01)
     kv = {r.size["L"]: r.peak_bytes for r in recs if r.provider.startswith("attention")}
     st = {r.size["L"]: r.peak_bytes for r in recs if r.provider.startswith("mamba")}
-    # KV cache: layers * 2 * L * d_model floats; the state does not depend on L
-    assert kv == {L: 2 * 2 * L * 64 * 4 for L in (32, 64, 128)}
-    assert len(set(st.values())) == 1
-    D, N, K = shape.expand * 64, shape.d_state, shape.d_conv
-    assert st[32] == 2 * D * (K - 1) * 4 + 2 * D * N * 4
+    # KV cache: 2 layers * (k, v) * (L + 1 slots) * d_model floats; the state does not depend on L
+    assert kv == {L: 2 * 2 * (L + 1) * 64 * 4 for L in (32, 64, 128)}
+    D, N, K = 2 * 64, shape.d_state, 4
+    assert st == {L: 4 * (D * (K - 1) + D * N) * 4 for L in (32, 64, 128)}
+    assert all(r.ms > 0 for r in recs)

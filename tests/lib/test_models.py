@@ -69,12 +69,13 @@ def test_mamba_block_is_its_definition():
     w = block.conv1d.weight[:, 0]  # (D, K)
     conv = torch.stack([(padded[..., t:t + 3] * w).sum(-1) for t in range(6)], -1) + block.conv1d.bias[:, None]
     u = F.silu(conv)
-    dbl = u.transpose(1, 2) @ block.x_proj.weight.T  # (B, L, R + 2N)
+    s6 = block.ssm
+    dbl = u.transpose(1, 2) @ s6.x_proj.weight.T  # (B, L, R + 2N)
     R = cfg.dt_rank
-    delta = (dbl[..., :R] @ block.dt_proj.weight.T).transpose(1, 2)
+    delta = (dbl[..., :R] @ s6.dt_proj.weight.T).transpose(1, 2)
     Bm, Cm = dbl[..., R:R + 4].transpose(1, 2), dbl[..., R + 4:].transpose(1, 2)
-    y = selective_scan_ref(u, delta, -torch.exp(block.A_log), Bm, Cm, block.D, z=z,
-                           delta_bias=block.dt_proj.bias, delta_softplus=True)
+    y = selective_scan_ref(u, delta, -torch.exp(s6.A_log), Bm, Cm, s6.D, z=z,
+                           delta_bias=s6.dt_proj.bias, delta_softplus=True)
     want = y.transpose(1, 2) @ block.out_proj.weight.T
     with torch.no_grad():
         got = block(x)
@@ -88,7 +89,8 @@ def test_mamba_block_is_its_definition():
 def test_mamba_initialisation():
     """A = -(1..N) per channel (S4D-Real); softplus(dt bias) log-uniform in [dt_min, dt_max]."""
     cfg = MambaConfig(d_model=64, n_layer=1, d_state=8, dt_min=0.001, dt_max=0.1)
-    block = MambaBlock(cfg)
+    block = MambaBlock(cfg).ssm
+    assert cfg.dt_rank == 4 and block.dt_rank == 4  # ceil(d_model / 16), as mamba_ssm
     A = -torch.exp(block.A_log)
     torch.testing.assert_close(A, -torch.arange(1, 9.0).repeat(128, 1))
     dt = F.softplus(block.dt_proj.bias.detach())
@@ -169,6 +171,8 @@ def test_config_and_forward_bad_inputs():
         MambaConfig(d_model=0)
     with pytest.raises(ValueError, match="dt_min"):
         MambaConfig(dt_min=0.2, dt_max=0.1)
+    with pytest.raises(ValueError, match="path"):
+        MambaConfig(path="cuda")
     with pytest.raises(ValueError, match="d_model"):
         TransformerConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="positions"):
@@ -205,13 +209,13 @@ def test_generation_suite_helpers_run():
 
 
 @needs_kernels
-def test_mamba_with_kernels_equals_refs(monkeypatch, device):
-    """The model's kernel path (the layout it hands to mambabook.kernels: forward with the
-    last state, one decoding step, gradients) agrees with the reference path."""
-    import mambabook.models as models
-
+def test_mamba_with_kernels_equals_refs(device):
+    """The model's kernel path (path="kernel": the layout it hands to mambabook.kernels,
+    forward with the last state, one decoding step, gradients) agrees with the reference
+    path (on a CPU the kernels run in Triton's interpreter)."""
     torch.manual_seed(0)
-    model = MambaLM(MambaConfig(d_model=16, n_layer=1, d_state=4)).to(device)
+    cfg = MambaConfig(d_model=16, n_layer=1, d_state=4, path="ref")
+    model = MambaLM(cfg).to(device)
     tokens = torch.randint(0, 256, (1, 5), device=device)
     ref_logits = model(tokens)
     ref_logits.square().mean().backward()
@@ -219,8 +223,8 @@ def test_mamba_with_kernels_equals_refs(monkeypatch, device):
     with torch.no_grad():
         ref_steps = step_logits(model, tokens)
     model.zero_grad()
-    monkeypatch.setattr(models, "_pick", lambda name, ref, x, use: models._kernel(name) or ref)
-    assert models._kernel("selective_scan") is not None
+    for layer in model.layers:  # the same weights, the kernel path
+        layer.mixer.ssm.path = "kernel"
     logits = model(tokens)
     logits.square().mean().backward()
     torch.testing.assert_close(logits, ref_logits, **tol(torch.float32))
@@ -231,6 +235,20 @@ def test_mamba_with_kernels_equals_refs(monkeypatch, device):
         _, cache = model.prefill(tokens[:, :3], max_len=5)
         nxt = model.step(tokens[:, 3], cache)
     torch.testing.assert_close(nxt, ref_steps[:, 3], **tol(torch.float32))
+
+
+def test_s4d_blocks_train_but_do_not_decode():
+    """ssm="s4d": the same block with chapter 5's time-invariant SSM; causal, no step."""
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, d_state=4, ssm="s4d")).eval()
+    x = torch.randint(0, 256, (2, 9))
+    x2 = x.clone()
+    x2[:, 6:] = (x2[:, 6:] + 1) % 256
+    with torch.no_grad():
+        torch.testing.assert_close(model(x2)[:, :6], model(x)[:, :6])
+    with pytest.raises(ValueError, match="ssm='s6'"):
+        model.new_cache(1)
+    with pytest.raises(ValueError, match="ssm must be one of"):
+        MambaConfig(ssm="s5")
 
 
 @pytest.mark.parametrize("kind", ["mamba", "transformer"])

@@ -13,8 +13,11 @@ from mambabook.selective import (
     S6,
     check_selective_scan_args,
     dt_bias_init,
+    dt_rank_rule,
+    scan_functions,
     selective_scan_ref,
     selective_state_update_ref,
+    time_contiguous,
 )
 
 
@@ -172,36 +175,37 @@ def test_dt_bias_init_in_range():
 
 
 def test_s6_init_and_shapes():
-    layer = S6(8, d_state=4)
+    layer = S6(8, 4, dt_rank=1)
     torch.testing.assert_close(layer.A, -torch.arange(1.0, 5.0).expand(8, 4))  # S4D-Real
-    assert layer.dt_rank == 1 and layer.x_proj.out_features == 1 + 2 * 4
-    y = layer(torch.randn(3, 8, 11))
-    assert y.shape == (3, 8, 11)
+    assert layer.x_proj.out_features == 1 + 2 * 4
+    assert layer(torch.randn(3, 8, 11)).shape == (3, 8, 11)
+    assert [dt_rank_rule(d) for d in (8, 16, 17, 768)] == [1, 1, 2, 48]  # ceil(d_model / 16)
 
 
 def test_s6_equals_scan_of_its_parameters():
     """forward (bias and softplus inside the scan) == scan of delta, B, C from ssm_params."""
-    layer = S6(8, d_state=4)
+    layer = S6(8, 4, dt_rank=2)
     x, z = torch.randn(2, 8, 10), torch.randn(2, 8, 10)
     delta, Bt, Ct = layer.ssm_params(x)
     expect = selective_scan_ref(x, delta, layer.A, Bt, Ct, D=layer.D, z=z)
     torch.testing.assert_close(layer(x, z=z), expect, **tol(torch.float32))
 
 
-def test_s6_decoding_equals_forward():
-    layer = S6(6, d_state=3)
+@pytest.mark.parametrize("gated", [False, True])
+def test_s6_step_equals_forward(gated):
+    """S6.step token by token (the decoding path) == forward, outputs and the last state."""
+    layer = S6(6, 3, dt_rank=1)
     x = torch.randn(2, 6, 8)
-    y, last = layer(x, return_last_state=True)
-    delta, Bt, Ct = layer.ssm_params(x)
+    z = torch.randn(2, 6, 8) if gated else None
+    y, last = layer(x, z, return_last_state=True)
     state = torch.zeros(2, 6, 3)
-    steps = [selective_state_update_ref(state, x[..., t], delta[..., t], layer.A, Bt[..., t],
-                                        Ct[..., t], D=layer.D) for t in range(8)]
+    steps = [layer.step(state, x[..., t], None if z is None else z[..., t]) for t in range(8)]
     torch.testing.assert_close(torch.stack(steps, -1), y, **tol(torch.float32))
     torch.testing.assert_close(state, last, **tol(torch.float32))
 
 
 def test_s6_input_dependent_delta_and_gradients():
-    layer = S6(8, d_state=4)
+    layer = S6(8, 4, dt_rank=1)
     x = torch.randn(1, 8, 6)
     delta, _, _ = layer.ssm_params(x)
     assert delta.std(dim=-1).min() > 0  # delta changes from token to token
@@ -210,29 +214,41 @@ def test_s6_input_dependent_delta_and_gradients():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@needs_kernels
-def test_s6_kernel_path_takes_transposed_views(monkeypatch, device):
-    """On a GPU, S6 calls the Triton kernel, which refuses inputs whose time axis is not
-    stride 1; a Mamba block hands S6 its gate as a transposed view of the input projection
-    (stride 2D along time). S6 must make such inputs contiguous: the kernel's output and
-    gradients then equal the reference's (on a CPU the kernel runs in Triton's interpreter)."""
-    from mambabook import selective
-    from mambabook.kernels import selective_scan
+def test_scan_functions_pick_by_path_and_device():
+    ref = (selective_scan_ref, selective_state_update_ref)
+    assert scan_functions(torch.zeros(1), "ref") == ref
+    assert scan_functions(torch.zeros(1), "auto") == ref  # a CPU tensor
+    with pytest.raises(ValueError, match="path"):
+        S6(4, 2, 1, path="triton")
+    x = torch.randn(2, 5, 8).transpose(1, 2)  # (B, D, L) with time stride 8
+    assert time_contiguous(x).stride(-1) == 1 and time_contiguous(x.contiguous()) is not x
+    assert time_contiguous(None) is None
 
-    layer = S6(8, d_state=4).to(device)
+
+@needs_kernels
+def test_s6_kernel_path_takes_transposed_views(device):
+    """S6 with path="kernel" calls the Triton kernels (on a CPU in Triton's interpreter),
+    which refuse inputs whose time axis is not stride 1; a Mamba block hands S6 its gate as
+    a transposed view of the input projection (stride 2D along time). The kernel path's
+    outputs, gradients and decoding steps equal the reference path's."""
+    torch.manual_seed(0)
+    layer = S6(8, 4, dt_rank=1).to(device)
     xz = torch.randn(2, 9, 16, device=device, requires_grad=True)  # (B, L, 2D), as in_proj leaves it
     x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, D, L) views, time stride 16
     assert z.stride(-1) == 16 and x.stride(-1) == 16
     outs = {}
-    for name, fn in (("ref", selective_scan_ref), ("kernel", selective_scan)):
-        monkeypatch.setattr(selective, "_selective_scan_fn", lambda _x, fn=fn: fn)
-        y = layer(x, z=z)
+    for path in ("ref", "kernel"):
+        layer.path = path
+        y, last = layer(x, z=z, return_last_state=True)
         grads = torch.autograd.grad(y.square().sum(), [xz, *layer.parameters()])
-        outs[name] = (y, *grads)
+        state = torch.zeros(2, 8, 4, device=device)
+        with torch.no_grad():
+            step = layer.step(state, x[..., 0].detach(), z[..., 0].detach())
+        outs[path] = (y, last, *grads, step, state)
     for got, want in zip(outs["kernel"], outs["ref"]):
         torch.testing.assert_close(got, want, **tol(torch.float32))
 
 
 def test_s6_bad_input():
     with pytest.raises(ValueError, match="x must have shape"):
-        S6(8)(torch.randn(2, 7, 5))
+        S6(8, 4, 1)(torch.randn(2, 7, 5))

@@ -218,12 +218,43 @@ def test_s4d_layer_equals_its_recurrence():
 
 
 # ----------------------------------------------------------------------------- bad inputs
-def test_unstable_A_raises():
-    A = torch.tensor([[0.5, 0.0], [0.0, -1.0]])
-    with pytest.raises(ValueError, match="A must be stable"):
-        ssm.discretize(A, torch.ones(2, 1), 0.1, "zoh")
-    with pytest.raises(ValueError, match="A must be stable"):
-        ssm.discretize_diag(torch.tensor([[0.1, -1.0]]), torch.ones(1, 2), 0.1)
+def test_unstable_and_singular_A_discretize_like_cont2discrete():
+    """Every A is accepted, as scipy.signal.cont2discrete accepts it; checked by hand:
+    unstable diagonal A: Ab = e^{dA}, Bb = (e^{dA} - 1) / a * b; the nilpotent
+    A = [[0, 1], [0, 0]]: e^{dA} = I + dA and Bb = (d I + d^2/2 A) B (its series ends)."""
+    d = 0.3
+    A = torch.tensor([[0.5, 0.0], [0.0, -1.0]], dtype=torch.float64)  # unstable
+    B = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    a = A.diagonal()
+    Ab, Bb = ssm.discretize(A, B, d, "zoh")
+    torch.testing.assert_close(Ab, torch.diag(torch.exp(d * a)), **F64)
+    torch.testing.assert_close(Bb, ((torch.exp(d * a) - 1) / a)[:, None] * B, **F64)
+    assert not ssm.is_stable(A) and torch.linalg.eigvals(Ab).abs().max() > 1  # shown, not refused
+    Ad, Bd = ssm.discretize_diag(a[None], B.T, d, "zoh")  # (1, 2): the same, diagonal
+    torch.testing.assert_close(Ad[0], Ab.diagonal(), **F64)
+    torch.testing.assert_close(Bd[0], Bb[:, 0], **F64)
+    for method in ("euler", "bilinear"):
+        Ab, Bb = ssm.discretize(A, B, d, method)
+        torch.testing.assert_close(ssm.discretize_diag(a[None], B.T, d, method)[0][0],
+                                   Ab.diagonal(), **F64)
+    N = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)  # singular, nilpotent
+    I = torch.eye(2, dtype=torch.float64)
+    Ab, Bb = ssm.discretize(N, B, d, "zoh")
+    torch.testing.assert_close(Ab, I + d * N, **F64)
+    torch.testing.assert_close(Bb, (d * I + d * d / 2 * N) @ B, **F64)
+    assert ssm.is_stable(N) and ssm.is_stable(-torch.eye(3)) and not ssm.is_stable(a[None])
+
+
+def test_bilinear_refuses_only_a_singular_left_matrix():
+    """I - d/2 A is singular when A has the eigenvalue 2/d: the one thing bilinear cannot do."""
+    A = torch.tensor([[4.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="bilinear"):
+        ssm.discretize(A, torch.ones(2, 1, dtype=torch.float64), 0.5, "bilinear")
+    with pytest.raises(ValueError, match="bilinear"):
+        ssm.discretize_diag(A.diagonal()[None], torch.ones(1, 2), 0.5, "bilinear")
+    for method in ("euler", "zoh"):  # the same A and step: computable
+        assert torch.isfinite(ssm.discretize(A, torch.ones(2, 1, dtype=torch.float64), 0.5,
+                                             method)[0]).all()
 
 
 @pytest.mark.parametrize("call, match", [
