@@ -222,9 +222,7 @@ _LAYOUT_OK: dict[int, bool] = {}  # per compiled kernel
 
 def rows_one_per_lane(compiled) -> bool:
     """Whether every shuffle of a compiled kernel acts on rows laid one per lane (row r on
-    lane r % 32, the rest of the row in the same thread, no warp split along it): what the
-    shuffles assume. Triton picks layouts itself (a row stride that is not a multiple of 16
-    can make it spread a row over lanes). Read from the kernel's TTGIR, once per kernel."""
+    lane r % 32, no warp split along it), as the shuffles assume; read from its TTGIR."""
     key = id(compiled)
     if key not in _LAYOUT_OK:
         _LAYOUT_OK[key] = rows_layout_in(compiled.asm["ttgir"])

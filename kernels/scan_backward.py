@@ -302,6 +302,8 @@ def _scan_bwd_kernel(
     # scratch: sub-segment summaries K (B, n_sub, N, D) and S (B, n_sub, D), the running k
     # (B, n_seg, N, D) and the tile-start states of a chunk (B, n_seg, CHUNK / (R T), N, D)
     seg_k_ptr, seg_s_ptr, kap_ptr, tiles_ptr,
+    # the gradient of the last state (B, D, N), None when there is none
+    dlast_ptr,
     L, dim, dstate, dpg, seg_len, n_seg, sub_len, n_sub,
     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_do_b, s_do_d,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_dB_b, s_dB_g, s_dB_n,
@@ -310,42 +312,26 @@ def _scan_bwd_kernel(
     R: tl.constexpr, CHUNK: tl.constexpr, PASS: tl.constexpr, EVEN: tl.constexpr,
     BFLY: tl.constexpr, BCL: tl.constexpr,
 ):
-    """The "rows" backward: the rows forward's layout (a channel's steps in one thread, so
-    every scan along time is a sequential loop in registers), walked backwards. A tile is R
-    pieces of T steps (each piece one load per row, so that Triton keeps it in one thread).
-
-    The state's gradient g_t = C_t dy_t + a_{t+1} g_{t+1} runs from the end, carried between
-    tiles as k = a_t g_t at a tile's first step. Segments of L run side by side, as in the
-    forward: PASS 1 runs each segment but the first from k = 0 and stores K (its k out) and
-    S (its delta sum); a segment maps k -> exp(A S) k + K, so PASS 2 starts each segment
-    from the composition of the maps after it. PASS 1 may cut each segment into n_sub /
-    n_seg sub-segments of sub_len steps (more threads for a pass that does a fifth of the
-    work; PASS 2 then composes the sub-segments' maps). Inside a segment, chunks of CHUNK steps go in
-    reverse: from the forward's checkpoint, a forward sweep stores each tile's starting
-    state in a scratch, then the tiles go in reverse: the tile's states from the stored one,
-    the gradient scan, every gradient.
-
-    The states are a runtime loop inside each tile: a state's k, its dA sum and its
-    tile-start state live in scratch columns (contiguous over the block's channels, each
-    thread reading back only what it wrote), not in registers. Unrolled over 16 states the
-    loop body was 50 KB of machine code (past the instruction cache) and took a minute to
-    compile; per-channel values are (BLOCK_D, 1) columns, so every pick of a step stays in a
-    thread. Each state's iteration first loads the next state's columns, so that their
-    latency (a round trip to L2) overlaps a state's work. Longer tiles (R > 1) load and
-    store those columns once per R T steps instead of T, and the tile's inputs are loaded
-    again after the states (from the cache) rather than kept in registers through them.
-    dB and dC of time-varying B, C are summed over the block's channels before one atomic
-    add per (warp, n, t): with BFLY = W > 0 lanes, by a butterfly reduce-scatter
-    (`_lane_sums`), else by tl.sum. With BCL (PASS 2, time-varying B, C, N R <= BLOCK_D),
-    B and C of every state on a tile are one load per row (`_bc_lanes`) and each state's
-    pieces reach every row by shuffles (`_lane_pieces`) instead of a load per (state,
-    piece) that every lane makes to the same address; BCL = 2 shuffles them as packed
-    bfloat16 pairs (unmasked, aligned: the wrapper checks).
-    In float32 with R = 2, a tile's gradients are stored once, a channel's two pieces in
-    adjacent lanes (`_pieces2`), so that each store writes whole 32-byte sectors. The
-    gradients are stored evict_first (written once, never read here) and the scratch
-    columns evict_last (read back soon), so the gradients do not push the scratch out of L2.
-    D, z, bias (and their gradients' pointers): None when absent.
+    """The backward in the forward's layout (a channel's steps in one thread, so every
+    scan along time is a loop in registers), walked backwards. A tile is R pieces of T
+    steps (each piece one load per row). The state's gradient g_t = C_t dy_t + a_{t+1}
+    g_{t+1} runs from the end, carried between tiles as k = a_t g_t. Segments of L run side
+    by side: PASS 1 runs each segment but the first (cut into n_sub / n_seg sub-segments)
+    from k = 0 and stores K (its k out) and S (its delta sum); a segment maps k -> exp(A S)
+    k + K, so PASS 2 starts each segment from the composition of the maps after it (and
+    dlast). Inside a segment, chunks of CHUNK steps go in reverse: from the forward's
+    checkpoint a forward sweep stores each tile's starting state in a scratch, then the
+    tiles go in reverse: the tile's states, the gradient scan, every gradient.
+    The states are a runtime loop inside each tile (unrolled, the body outgrew the
+    instruction cache); a state's k, dA sum and tile-start state live in scratch columns,
+    and each state's iteration first loads the next state's columns (their latency
+    overlaps a state's work). Time-varying dB, dC are summed over the block's channels
+    before one atomic add per (warp, n, t): by a butterfly reduce-scatter with BFLY = W > 0
+    lanes, else by tl.sum. With BCL (PASS 2), B and C of every state on a tile are one load
+    per row, handed to every row by shuffles (BCL = 2: as packed bfloat16 pairs). In
+    float32 with R = 2 a tile's gradients are stored once per tile (whole 32-byte sectors).
+    Gradients are stored evict_first, the scratch evict_last. D, z, bias (and their
+    gradients): None when absent.
     """
     WIDE2: tl.constexpr = R == 2 and du_ptr.dtype.element_ty == tl.float32
     grp, offs_d, mask_d = _channel_block(dpg, BLOCK_D)
@@ -413,6 +399,8 @@ def _scan_bwd_kernel(
         for n in range(0, dstate):  # k entering from the segments after, the last first
             A2n = _col_load(A_col + n * dim, mask_c) * 1.4426950408889634
             kn = tl.zeros((BLOCK_D, 1), dtype=tl.float32)
+            if dlast_ptr is not None:  # the gradient entering after the last step
+                kn = _col_load(dlast_ptr + (pid_b * dim + d_col) * dstate + n, mask_c)
             for jj in range(0, n_sub - (seg + 1) * (n_sub // n_seg)):  # sub-segments after
                 j = n_sub - 1 - jj
                 kn = (tl.exp2(_col_load(ss_base + j * dim, mask_c) * A2n) * kn
@@ -626,11 +614,13 @@ def _scan_bwd_kernel(
 
 
 def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, ckpt,
-                  chunk: int, launch: dict | None = None, n_seg: int | None = None,
-                  split: int | None = None):
+                  chunk: int, dlast=None, want_dh0: bool = False, launch: dict | None = None,
+                  n_seg: int | None = None, split: int | None = None):
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias; None where an input is None)
     from dout and the forward's checkpoints `ckpt` (every `chunk` steps), on checked
-    inputs. `launch` (BLOCK_D, T, R[, maxnreg]) defaults to LAUNCH[u.element_size()]
+    inputs; `dlast` the gradient of the last state ((B, D, N), None: zeros); with
+    `want_dh0` the gradient of the state entering the sequence follows. `launch`
+    (BLOCK_D, T, R[, maxnreg]) defaults to LAUNCH[u.element_size()]
     (INTERPRET_LAUNCH under the interpreter); `n_seg` segments of L and PASS 1's `split`
     default to about THREADS threads and SPLIT."""
     bsz, dim, length = u.shape
@@ -679,7 +669,8 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, ckp
                    tiles=u.new_empty(bsz, n_seg, chunk // tile, dstate, dim, dtype=torch.float32))
     zz = z if z is not None else u
     args = (u, delta, Af, Bk, Ck, Df, z, bias, ckpt, dout, du, ddelta, dz, dA_part, dB, dC,
-            dD_part, dbias_part, *scratch.values(), length, dim, dstate, dpg, seg_len, n_seg,
+            dD_part, dbias_part, *scratch.values(),
+            dlast.float().contiguous() if dlast is not None else None, length, dim, dstate, dpg, seg_len, n_seg,
             seg_len // split, n_seg * split, *row_strides(u, delta, zz, dout), *sB, *sC, *sdB)
     even = length % tile == 0 and dpg % launch["BLOCK_D"] == 0
     lanes = min(launch["BLOCK_D"], 32)  # the butterfly's lanes; it needs 2T of them
@@ -717,4 +708,7 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, ckp
         dB, dC = dB.sum((0, 1)).t().to(B.dtype), dC.sum((0, 1)).t().to(C.dtype)
     dD = dD_part.sum((0, 1)).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    grads = (du, ddelta, dA, dB, dC, dD, dz, dbias)
+    if want_dh0:  # k at the first step, a_0 g_0: the gradient of the state before it
+        return *grads, scratch["kap"][:, 0].transpose(1, 2).contiguous()
+    return grads

@@ -38,15 +38,10 @@ def _combine_fwd(a_l, b_l, a_r, b_r):
 @triton.jit
 def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.constexpr,
                 EVEN: tl.constexpr, PAIRS: tl.constexpr):
-    """One chunk of CPW rows of a (B, D, L) tensor (row: (CPW, 1, 1) pointers; a (CPW, 1, 1)
-    zero offset for B or C, the same for every channel), as R (CPW, LT, V) float32 pieces:
-    lane (c, j) holds steps t0 + j R V .. t0 + j R V + R V - 1 of channel c, piece r the
-    r-th V of them. Each piece is one 16-byte load per lane, so Triton keeps its V steps in
-    one thread and lays the CPW x LT runs along the lanes.
-
-    PAIRS (unmasked loads, even offsets): bfloat16 is read as int32 pairs and widened with
-    one shift or one AND per value (a bfloat16 is the top half of a float32); Triton's own
-    conversion spends about 1.5 instructions per value."""
+    """One chunk of CPW rows of a (B, D, L) tensor (row: (CPW, 1, 1) pointers) as R
+    (CPW, LT, V) float32 pieces: lane (c, j) holds steps t0 + j R V .. + R V - 1 of channel
+    c, piece r the r-th V of them, one 16-byte load each. PAIRS (unmasked, even offsets):
+    bfloat16 read as int32 pairs and widened with one shift or AND per value."""
     out = ()
     if PAIRS and row.dtype.element_ty == tl.bfloat16:
         row32 = row.to(tl.pointer_type(tl.int32), bitcast=True)
@@ -67,16 +62,10 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 @triton.jit
 def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
                   VARYING_BC: tl.constexpr):
-    """One state's h over a chunk of the lanes kernels, by the three phases: each lane's run
-    from a zero state (P = product of a, H = partial state; 2 instructions per step), the
-    runs' summaries (P, H at a run's end) scanned across a channel's lanes, then
-    h = H + P h_in (1 per step).
-
-    dts, dtus: R pieces (CPW, LT, V) of delta and delta u; Bx: R pieces of B (time-varying)
-    or one (CPW, 1, 1) value; A2n: (CPW, 1, 1) A log2(e); h0: (CPW, LT) the state entering
-    the chunk. Returns the pieces of a, b = delta u B and h, the state entering each piece
-    of each lane's run (R of (CPW, LT); the first enters the run), and the state after the
-    chunk (in every lane of a channel)."""
+    """One state's h over a chunk: each lane's run from a zero state (P = product of a,
+    H = partial state), the runs' summaries scanned across a channel's lanes, then h = H +
+    P h_in. Returns the pieces of a, b = delta u B, h, the state entering each piece of
+    each lane's run, and the state after the chunk (in every lane of a channel)."""
     As = ()
     bs = ()
     Ps = ()
@@ -125,8 +114,9 @@ def _runs_in_rows(p, CPW: tl.constexpr, LT: tl.constexpr, R: tl.constexpr, V: tl
 
 @triton.jit
 def _scan_fwd_lanes_kernel(
-    # pointers; D, z, bias, ckpt: None when absent
+    # pointers; D, z, bias, ckpt and the initial state h0 (B, D, N): None when absent
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    h0_ptr,
     # dimensions
     L, dim, dstate, dpg,
     # strides
@@ -177,8 +167,12 @@ def _scan_fwd_lanes_kernel(
     if ckpt_ptr is not None:
         ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
-    for _n in tl.static_range(N):
-        hc = hc + (tl.zeros((CPW, LT), dtype=tl.float32),)
+    for n in tl.static_range(N):
+        h0 = tl.zeros((CPW, LT), dtype=tl.float32)
+        if h0_ptr is not None:  # the state entering the sequence, in each of a channel's lanes
+            h0 += tl.load(h0_ptr + (pid_b * dim + offs_d[:, None]) * dstate + n,
+                          mask=mask_d[:, None], other=0.0)
+        hc = hc + (h0,)
     for c in range(0, tl.cdiv(L, LT * T)):
         t0 = c * (LT * T)
         us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
@@ -257,10 +251,11 @@ def _scan_fwd_lanes_kernel(
 
 
 def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
-                       chunk: int | None, cpw: int | None = None, t: int | None = None,
-                       maxnreg: int | None = None):
+                       chunk: int | None, h0=None, cpw: int | None = None,
+                       t: int | None = None, maxnreg: int | None = None):
     """Launch the lanes forward on checked inputs (`selective_scan`'s conventions); `chunk`:
-    the checkpoint interval (None: no checkpoints). `cpw` channels per warp, `t` steps per
+    the checkpoint interval (None: no checkpoints); `h0` the state entering the sequence
+    ((B, D, N) float32, None: zeros). `cpw` channels per warp, `t` steps per
     lane and the register cap default to LAUNCH (INTERPRET_LAUNCH under the interpreter).
     Returns out, the last state, the checkpoints."""
     bsz, dim, length = u.shape
@@ -284,7 +279,7 @@ def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
     even = length % (32 // cpw * t) == 0 and dpg % cpw == 0
     pairs = even and all(bf16_pairs_ok(x) for x in streams + [out] if x.element_size() == 2)
     zz = z if z is not None else u
-    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, length, dim, dstate, dpg,
+    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, h0, length, dim, dstate, dpg,
             *row_strides(u, delta, zz, out), *sB, *sC)
     _scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cpw), bsz)](
         *args, SOFTPLUS=bool(softplus), VARYING_BC=B.dim() > 2, N=dstate, CHUNK=chunk or t,

@@ -26,10 +26,10 @@ SEGMENT_TARGET = 2_000_000  # independent recurrences (B x D x N x segments) to 
 
 @triton.jit
 def _scan_fwd_loop_kernel(
-    # pointers (B and C time-varying: (B, [G,] L, N), N contiguous); D, z, bias, ckpt: None
-    # when absent
+    # pointers (B and C time-varying: (B, [G,] L, N), N contiguous); D, z, bias, ckpt and
+    # the initial state h0 (B, D, N): None when absent
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
-    seg_h_ptr, seg_s_ptr,
+    h0_ptr, seg_h_ptr, seg_s_ptr,
     # dimensions: L in n_seg segments of seg_len steps (a multiple of CHUNK)
     L, dim, dstate, dpg, seg_len, n_seg,
     # strides
@@ -69,6 +69,9 @@ def _scan_fwd_loop_kernel(
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)  # the state
     S = tl.zeros((BLOCK_D,), dtype=tl.float32)  # PASS 1: the segment's delta sum
     if PASS == 2:
+        if h0_ptr is not None:  # the state entering the sequence
+            h = tl.load(h0_ptr + (pid_b * dim + offs_d[:, None]) * dstate + offs_n[None, :],
+                        mask=mask_dn, other=0.0)
         for j in range(0, seg):  # the state entering this segment
             S_j = tl.load(ss_p + j, mask=mask_d, other=0.0)
             h = tl.exp2(S_j[:, None] * A2) * h + tl.load(sh_p + j * dstate, mask=mask_dn,
@@ -110,9 +113,10 @@ def _scan_fwd_loop_kernel(
 
 
 def scan_forward_loop(u, delta, A, B, C, D, z, delta_bias, softplus: bool, chunk: int | None,
-                      block_d: int | None = None, n_seg: int | None = None):
+                      h0=None, block_d: int | None = None, n_seg: int | None = None):
     """Launch the loop forward on checked inputs (`selective_scan`'s conventions); `chunk`:
-    the checkpoint interval (None: no checkpoints). `block_d` channels a program (default:
+    the checkpoint interval (None: no checkpoints); `h0` the state entering the sequence
+    ((B, D, N) float32, None: zeros). `block_d` channels a program (default:
     about 128 state values a program, 4 under the interpreter) and `n_seg` segments of L
     (default: about SEGMENT_TARGET recurrences side by side). Returns out, the last state
     and the checkpoints (or None)."""
@@ -139,7 +143,7 @@ def scan_forward_loop(u, delta, A, B, C, D, z, delta_bias, softplus: bool, chunk
     seg_h = u.new_empty(bsz, dim, n_seg, dstate, dtype=last.dtype)
     seg_s = u.new_empty(bsz, dim, n_seg, dtype=last.dtype)
     zz = z if z is not None else u
-    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, seg_h, seg_s,
+    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, h0, seg_h, seg_s,
             length, dim, dstate, dpg, seg_len, n_seg, *row_strides(u, delta, zz, out), *sB, *sC)
     for pass_, segs in ((1, n_seg - 1), (2, n_seg)):
         if segs:

@@ -135,8 +135,9 @@ def _chunk_out(ys, o_ptrs, mask, u_k, z_k, Dv, lrow, NL: tl.constexpr, T: tl.con
 
 @triton.jit
 def _scan_fwd_states_kernel(
-    # pointers; D, z, bias, ckpt: None when absent
+    # pointers; D, z, bias, ckpt and the initial state h0 (B, D, N): None when absent
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, last_ptr, ckpt_ptr,
+    h0_ptr,
     # dimensions
     L, dim, dstate, dpg,
     # strides
@@ -199,7 +200,10 @@ def _scan_fwd_states_kernel(
         else:
             Bs = Bs + (tl.load(B_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
             Cs = Cs + (tl.load(C_ptr + d_col * dstate + n, mask=mn, other=0.0).to(tl.float32),)
-        hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
+        if h0_ptr is not None:  # the state entering the sequence
+            hs = hs + (tl.load(h0_ptr + (pid_b * dim + d_col) * dstate + n, mask=mn, other=0.0),)
+        else:
+            hs = hs + (tl.zeros((32, 1), dtype=tl.float32),)
     if VARYING_BC:  # the first chunk's first state's B, C
         B_p = _chunk_raw(Bs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
         C_p = _chunk_raw(Cs[0], 0, V, T // V, ms[0], L, BC_EVEN, BC_PAIRS)
@@ -286,9 +290,11 @@ def _scan_fwd_states_kernel(
 
 
 def scan_forward_states(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
-                        chunk: int | None, nl: int | None = None, t: int | None = None):
+                        chunk: int | None, h0=None, nl: int | None = None,
+                        t: int | None = None):
     """Launch the states forward on checked inputs (`selective_scan`'s conventions);
-    `chunk`: the checkpoint interval (None: no checkpoints; else a multiple of t). `nl`
+    `chunk`: the checkpoint interval (None: no checkpoints; else a multiple of t); `h0` the
+    state entering the sequence ((B, D, N) float32, None: zeros). `nl`
     rows per channel (at most N's power of 2) and `t` steps per chunk default to LAUNCH
     (INTERPRET_LAUNCH under the interpreter). Returns out, the last state, the checkpoints."""
     bsz, dim, length = u.shape
@@ -310,7 +316,7 @@ def scan_forward_states(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
     pairs = even and all(bf16_pairs_ok(x) for x in (u, B, C)
                          if x.dtype == torch.bfloat16 and x.dim() > 2)
     zz = z if z is not None else u
-    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, length, dim, dstate, dpg,
+    args = (u, delta, Af, B, C, Df, z, bias, out, last, ckpt, h0, length, dim, dstate, dpg,
             *row_strides(u, delta, zz, out), *sB, *sC)
     grid = (groups * triton.cdiv(dpg, 32 // nl), bsz)
     kw = dict(SOFTPLUS=bool(softplus), VARYING_BC=B.dim() > 2, N=dstate,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_selective_scan_args
+from ..checks import check_same_device, check_selective_scan_args, check_tensor
 from .common import FLOAT_DTYPES, INTERPRET, MAX_DSTATE, check_runnable, ckpt_chunk
 from .scan_backward import scan_backward
 from .scan_lanes import scan_forward_lanes
@@ -55,43 +55,54 @@ def check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
 
 
 class SelectiveScanFn(torch.autograd.Function):
-    """Forward saves only the inputs and per-chunk states; backward recomputes the rest."""
+    """Forward saves only the inputs and per-chunk states; backward recomputes the rest.
+    The last state is differentiable, and so is the initial state when one is given."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, forward):
-        needs_grad = any(ctx.needs_input_grad[:8])
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, forward):
+        needs_grad = any(ctx.needs_input_grad[:9])
         chunk = ckpt_chunk(A.shape[1], u.element_size()) if needs_grad else None
+        h0f = h0.float().contiguous() if h0 is not None else None
         out, last, ckpt = FORWARDS[forward](u, delta, A, B, C, D, z, delta_bias,
-                                            delta_softplus, chunk)
+                                            delta_softplus, chunk, h0=h0f)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
-            ctx.delta_softplus = delta_softplus
-            ctx.chunk = chunk
-        ctx.mark_non_differentiable(last)
+            ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+            ctx.h0_dtype = h0.dtype if h0 is not None else None
         return out, last
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
         grads = scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
-                              ckpt, ctx.chunk)
-        return (*grads, None, None)
+                              ckpt, ctx.chunk, dlast=dlast,
+                              want_dh0=ctx.h0_dtype is not None)
+        if ctx.h0_dtype is None:
+            return (*grads, None, None, None)
+        return (*grads[:8], grads[8].to(ctx.h0_dtype), None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, forward=None):
+                   return_last_state=False, initial_state=None, forward=None):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z).
 
     u, delta, z: (B, D, L) float32/float16/bfloat16 with contiguous last dimension; A: (D, N)
     with N <= 64; B, C: (B, N, L), (B, G, N, L) or (D, N); D, delta_bias: (D,). Returns out
     (B, D, L) in u's dtype, and with return_last_state the state h_L: (B, D, N) in float32.
-    Same semantics as mambabook.selective.selective_scan_ref; differentiable in every input.
-    `forward` ("loop", "lanes" or "states") runs that forward instead of `forward_for`'s.
+    `initial_state` (B, D, N) is h_0's predecessor (zeros when None): a sequence can be
+    scanned in pieces, each starting from the last state of the one before. Same semantics
+    as mambabook.selective.selective_scan_ref; differentiable in every input, the initial
+    state and through the last state. `forward` ("loop", "lanes" or "states") runs that
+    forward instead of `forward_for`'s.
     """
-    check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    bsz, dim, _, dstate, _ = check_kernel_args(u, delta, A, B, C, D, z, delta_bias)
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, 3, shape=(bsz, dim, dstate),
+                     dims="(B, D, N)")
+        check_same_device(u=u, initial_state=initial_state)
     forward = forward or forward_for(u.device.type, u.element_size(), A.shape[1])
     if forward not in FORWARDS:
         raise ValueError(f"forward must be one of {sorted(FORWARDS)} or None, got {forward!r}")
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                      forward)
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                      delta_softplus, forward)
     return (out, last) if return_last_state else out

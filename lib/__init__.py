@@ -1,8 +1,8 @@
 """mambabook: the library behind "Mamba vs Transformer".
 
 Modules are named after what they compute: rnn, attention, ssm, selective, scan, models,
-tasks, corpus; `train` is the one training stack, `bench` the one timing harness; `widgets`
-are thin views over pure functions; `kernels` holds the Triton kernels.
+tasks, corpus, distributed; `train` is the one training stack, `bench` the one timing
+harness; `widgets` are thin views over pure functions; `kernels` holds the Triton kernels.
 Submodules are imported lazily so that `import mambabook` stays cheap.
 """
 
@@ -11,8 +11,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "attention", "bench", "checks", "corpus", "kernels", "models", "plotting", "rnn", "scan",
-    "selective", "ssm", "suites", "tasks", "train", "widgets",
+    "attention", "bench", "checks", "corpus", "distributed", "kernels", "models", "plotting",
+    "rnn", "scan", "selective", "ssm", "suites", "tasks", "train", "widgets",
 }
 
 

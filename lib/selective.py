@@ -44,14 +44,19 @@ def skip_and_gate(y, u, D=None, z=None):
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                       delta_softplus=False, return_last_state=False):
+                       delta_softplus=False, return_last_state=False, initial_state=None):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t,  y_t = C_t h_t + D u_t,  out = y * silu(z).
 
     u, delta, z: (B, D, L); A: (D, N); B, C: (B, N, L), (B, G, N, L) or (D, N);
-    D, delta_bias: (D,). Returns out (B, D, L) in u's dtype, and with return_last_state the
-    state h_L: (B, D, N) in float32. Computed in float32 by a loop over L.
+    D, delta_bias: (D,); initial_state: h_0 (B, D, N), the state entering the sequence
+    (default zeros). Returns out (B, D, L) in u's dtype, and with return_last_state the
+    state h_L: (B, D, N) in float32. Computed in float32 by a loop over L; differentiable
+    in every input, initial_state and the last state included.
     """
-    _, dim, length, _, _ = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    bsz, dim, length, dstate, _ = check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    if initial_state is not None:
+        check_tensor("initial_state", initial_state, 3, shape=(bsz, dim, dstate), dims="(B, D, N)")
+        check_same_device(u=u, initial_state=initial_state)
     dtype_in = u.dtype
     u, A = u.float(), A.float()
     delta = step_sizes(delta, delta_bias, delta_softplus)  # (B, D, L) float32
@@ -67,7 +72,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         Cf = C.float()  # (D, N)
     else:  # (B, L, G, 1, N): contiguous per step; channel d reads group d // (D / G)
         Cf = (C if C.dim() == 4 else C[:, None]).float().permute(0, 3, 1, 2).contiguous()[:, :, :, None]
-    h = u.new_zeros(bsz, dim, dstate)  # (B, D, N)
+    h = u.new_zeros(bsz, dim, dstate) if initial_state is None else initial_state.float()
     ys = []
     # unbind, not indexing: its backward stacks the L gradients once (indexing would
     # allocate and add a full (L, B, D, N) gradient at every step: O(L^2) in backward)

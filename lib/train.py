@@ -7,6 +7,11 @@ Python standard library), the sequence mixer (S6, S4D or attention, in the model
 format ({task}_{model}_seed{seed}.pt with float32 weights, .json with the curves):
 
     python -m mambabook.train --task stdlib --model s6 --steps 300 --threads 1
+
+Data-parallel on R processes (DistributedDataParallel: gloo on a CPU, NCCL on GPUs), with
+the results of one process at the same global batch and the checkpoint written by rank 0:
+
+    torchrun --standalone --nproc-per-node R -m mambabook.train --task stdlib --model s6 ...
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from . import tasks
 from .checks import check_positive_int
@@ -88,27 +95,45 @@ def build_model(cfg: TrainConfig):
 
 
 # ----------------------------------------------------------------------------- data
+def rank_and_ranks() -> tuple[int, int]:
+    """(this rank, the number of ranks R) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Batches:
     """Training and validation batches (x, y) of shape (batch, L) for one config.
 
     stdlib: windows of the corpus' training files, validation from its held-out files;
     tasks: fresh sequences from the task's generator, validation from a fixed seed.
+    Inside a process group of R ranks a training batch is this rank's batch / R rows of
+    the global batch (every rank draws the whole of it from the same generator);
+    validation batches are whole on every rank.
     """
 
     def __init__(self, cfg: TrainConfig, device, corpus=None):
         self.cfg, self.device = cfg, device
+        rank, ranks = rank_and_ranks()
+        if cfg.batch % ranks:
+            raise ValueError(f"batch must be a multiple of the number of ranks ({ranks}), "
+                             f"got {cfg.batch}")
+        self.rows = slice(rank * cfg.batch // ranks, (rank + 1) * cfg.batch // ranks)
         if cfg.task == "stdlib":
             self.corpus = corpus if corpus is not None else load_corpus(cfg.max_bytes)
         val_gen = torch.Generator().manual_seed(10_000 + cfg.seed)
         self.val = [self.sample(val_gen, train=False) for _ in range(cfg.eval_batches)]
 
     def sample(self, gen: torch.Generator, train: bool = True):
+        """(x, y): a training batch (this rank's rows), or a whole validation batch."""
         cfg = self.cfg
         if cfg.task == "stdlib":
             data = self.corpus.train if train else self.corpus.val
-            return sample_batch(data, cfg.batch, cfg.L, gen, self.device)
-        x, y = tasks.make_batch(cfg.task, cfg.batch, cfg.L, cfg.vocab, cfg.n_memorize, gen)
-        return x.to(self.device), y.to(self.device)
+            x, y = sample_batch(data, cfg.batch, cfg.L, gen)  # (batch, L) each
+        else:
+            x, y = tasks.make_batch(cfg.task, cfg.batch, cfg.L, cfg.vocab, cfg.n_memorize, gen)
+        rows = self.rows if train else slice(None)
+        return x[rows].to(self.device), y[rows].to(self.device)
 
     def describe(self) -> str:
         if self.cfg.task == "stdlib":
@@ -168,33 +193,47 @@ def train(cfg: TrainConfig, device=None, corpus=None, progress: bool = True) -> 
 
     curve holds step, train_loss, seconds (wall clock of the loop, evaluation excluded) and
     val_step, val_loss, val_seconds. On CUDA matmuls use TF32.
+    Inside a process group of R ranks (torchrun), data-parallel: each rank trains on its
+    batch / R rows of the global batch and DistributedDataParallel averages the gradients,
+    so a step equals one process's step on the whole batch (every row scores as many
+    positions in each task); train_loss is the mean over ranks, a time limit stops every
+    rank at the same step, and every rank evaluates the same validation batches.
     """
+    rank, ranks = rank_and_ranks()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if ranks > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     batches = Batches(cfg, device, corpus)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
+    net = model if ranks == 1 else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     curve = {k: [] for k in ("step", "train_loss", "seconds", "val_step", "val_loss",
                              "val_seconds")}
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(cfg.steps), desc=f"{cfg.model} on {cfg.task}", disable=not progress,
-               leave=False)
+    bar = tqdm(range(cfg.steps), desc=f"{cfg.model} on {cfg.task}",
+               disable=not progress or rank > 0, leave=False)
     elapsed = 0.0
     for step in bar:
         t0 = time.perf_counter()  # wall clock for the loss curve's x axis (not a benchmark)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss = train_step(model, opt, *batches.sample(gen)).item()  # .item() synchronises
+        loss = train_step(net, opt, *batches.sample(gen)).item()  # .item() synchronises
         elapsed += time.perf_counter() - t0
+        last = step + 1 == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
+        if ranks > 1:  # the mean loss over ranks; stop when any rank runs out of time
+            both = torch.tensor([loss, float(last)], device=device)
+            dist.all_reduce(both)
+            loss, last = both[0].item() / ranks, both[1].item() > 0
         curve["step"].append(step + 1)
         curve["train_loss"].append(loss)
         curve["seconds"].append(elapsed)
-        last = step + 1 == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
         if (step + 1) % cfg.eval_every == 0 or last:
             curve["val_step"].append(step + 1)
             curve["val_loss"].append(evaluate(model, batches.val))
@@ -206,7 +245,7 @@ def train(cfg: TrainConfig, device=None, corpus=None, progress: bool = True) -> 
     model.eval()
     result = {"model": model, "config": asdict(cfg), "model_config": asdict(model.cfg),
               "params": count_parameters(model), "curve": curve, "device": str(device),
-              "data": batches.describe()}
+              "data": batches.describe(), "ranks": ranks}
     if cfg.task != "stdlib":
         result["accuracy"] = {str(m * cfg.L): tasks.accuracy(model, cfg, m * cfg.L,
                                                              cfg.test_batch)
@@ -235,7 +274,7 @@ def save_checkpoint(result: dict, folder: str | Path | None = None) -> Path:
     torch.save({"state_dict": state, "config": cfg, "model_config": result["model_config"]},
                folder / f"{name}.pt")
     meta = {k: v for k, v in result.items() if k != "model"}
-    meta["command"] = train_command(TrainConfig(**cfg))
+    meta["command"] = train_command(TrainConfig(**cfg), result.get("ranks", 1))
     (folder / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     return folder / f"{name}.pt"
 
@@ -263,15 +302,17 @@ def _options() -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(TrainConfig) if f.name not in ("test_lengths",)]
 
 
-def train_command(cfg: TrainConfig) -> str:
-    """The command line that reproduces a checkpoint of cfg."""
+def train_command(cfg: TrainConfig, ranks: int = 1) -> str:
+    """The command line that reproduces a checkpoint of cfg trained on `ranks` processes."""
     default = TrainConfig()
     args = [f"--task {cfg.task}", f"--model {cfg.model}", f"--seed {cfg.seed}"]
     for f in _options():
         value = getattr(cfg, f.name)
         if f.name not in ("task", "model", "seed") and value != getattr(default, f.name):
             args.append(f"--{f.name.replace('_', '-')} {value}")
-    return "python -m mambabook.train " + " ".join(args + ["--threads 1"])
+    launch = ("python -m" if ranks == 1
+              else f"torchrun --standalone --nproc-per-node {ranks} -m")
+    return f"{launch} mambabook.train " + " ".join(args + ["--threads 1"])
 
 
 def main(argv=None) -> int:
@@ -290,11 +331,25 @@ def main(argv=None) -> int:
     device, threads, out = args.pop("device"), args.pop("threads"), args.pop("out")
     if threads:
         torch.set_num_threads(threads)
-    result = train(TrainConfig(**args), device=device)
+    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if started:  # one of torchrun's processes: join the others
+        cuda = device != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        result = train(TrainConfig(**args), device=device)
+        rank = rank_and_ranks()[0]
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if rank > 0:
+        return 0  # rank 0 writes the checkpoint and reports
     path = save_checkpoint(result, out)
     c = result["curve"]
     print(f"{args['model']} on {args['task']}: {result['params']:,} parameters, "
-          f"{c['step'][-1]} steps in {c['seconds'][-1]:.1f} s, final val loss "
+          f"{c['step'][-1]} steps in {c['seconds'][-1]:.1f} s on {result['ranks']} "
+          f"process(es), final val loss "
           f"{c['val_loss'][-1]:.4f} nats" + (f", accuracy by length {result['accuracy']}"
                                              if "accuracy" in result else ""))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.with_suffix('.json')}")

@@ -365,3 +365,43 @@ def test_selective_scan_gpu_one_million_steps(dtype):
                   for k, v in leaves.items()}
         head = selective_scan(**prefix, delta_softplus=True)
     torch.testing.assert_close(out[..., :4096].detach(), head, **tol(dtype))
+
+
+@pytest.mark.parametrize("forward", sorted(FORWARDS))
+@settings(max_examples=4, deadline=None)
+@given(layout=st.sampled_from(["BNL", "BGNL", "DN"]), length=st.integers(2, 40),
+       data=st.data())
+def test_sequence_in_two_pieces(forward, layout, length, data):
+    """Scanning [0, t) and then [t, L) from the first piece's last state equals scanning the
+    whole: outputs, last state, and every input's gradient through the initial state and
+    the last state (a loss on both)."""
+    t = data.draw(st.integers(1, length - 1), label="t")
+    inputs = make_inputs(2, 6, length, 5, layout, groups=2)
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+
+    def piece(a, b):
+        return {k: (v[..., a:b] if k in ("u", "delta", "z") or (k in "BC" and v.dim() > 2)
+                    else v) for k, v in leaves.items()}
+
+    out1, h1 = selective_scan(**piece(0, t), delta_softplus=True, return_last_state=True,
+                              forward=forward)
+    out2, h2 = selective_scan(**piece(t, length), delta_softplus=True,
+                              return_last_state=True, initial_state=h1, forward=forward)
+    out = torch.cat([out1, out2], dim=-1)
+    ref = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    out_ref, last_ref = selective_scan_ref(**ref, delta_softplus=True, return_last_state=True)
+    torch.testing.assert_close(out, out_ref, **tol(torch.float32))
+    torch.testing.assert_close(h2, last_ref, **tol(torch.float32))
+    dout, dlast = torch.randn_like(out_ref), torch.randn_like(last_ref)
+    got = torch.autograd.grad((out * dout).sum() + (h2 * dlast).sum(), list(leaves.values()))
+    want = torch.autograd.grad((out_ref * dout).sum() + (last_ref * dlast).sum(),
+                               list(ref.values()))
+    for name, g, w in zip(NAMES, got, want):
+        torch.testing.assert_close(g, w, **tol(torch.float32),
+                                   msg=lambda m, n=name: f"d{n}: {m}")
+
+
+def test_initial_state_is_checked():
+    good = make_inputs(1, 4, 6, 3, device="cpu")
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan(**good, initial_state=torch.zeros(1, 4, 2))

@@ -124,6 +124,76 @@ def test_state_update_stepping_equals_scan(form):
     torch.testing.assert_close(state, last, **tol(torch.float32))
 
 
+SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def scan_outputs_and_grads(x, scan, seed=1):
+    """out, last state and the gradients of every input of <out, w> + <last, w_last>."""
+    leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    out, last = scan(leaves)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=g)).sum() + \
+        (last * torch.randn(last.shape, generator=g)).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return out, last, dict(zip(leaves, grads))
+
+
+@settings(max_examples=20, deadline=None)
+@given(bsz=st.integers(1, 2), groups=st.integers(1, 2), per_group=st.integers(1, 3),
+       L=st.integers(2, 10), N=st.integers(1, 4), form=st.sampled_from(["BNL", "BGNL", "DN"]),
+       cut=st.floats(0, 1), softplus=st.booleans())
+def test_initial_state_equals_running_the_prefix(bsz, groups, per_group, L, N, form, cut,
+                                                 softplus):
+    """Scanning [0, s) and then [s, L) from the first part's last state == scanning [0, L):
+    outputs, last state, and the gradients of every input through both."""
+    s = 1 + int(cut * (L - 2))  # the split point, 1 <= s <= L - 1
+    x = make_inputs(bsz, groups * per_group, L, N, form, G=groups, seed=L + 10 * N)
+    timed = ("u", "delta", "z") + (("B", "C") if form != "DN" else ())
+
+    def whole(v):
+        return selective_scan_ref(**v, delta_softplus=softplus, return_last_state=True)
+
+    def split(v):
+        first = {k: v[k][..., :s] if k in timed else v[k] for k in v}
+        second = {k: v[k][..., s:] if k in timed else v[k] for k in v}
+        out1, h1 = selective_scan_ref(**first, delta_softplus=softplus, return_last_state=True)
+        out2, h2 = selective_scan_ref(**second, delta_softplus=softplus, return_last_state=True,
+                                      initial_state=h1)
+        return torch.cat([out1, out2], dim=-1), h2
+
+    want, got = scan_outputs_and_grads(x, whole), scan_outputs_and_grads(x, split)
+    torch.testing.assert_close(got[0], want[0], **tol(torch.float32))
+    torch.testing.assert_close(got[1], want[1], **tol(torch.float32))
+    for name in SCAN_INPUTS:
+        torch.testing.assert_close(got[2][name], want[2][name], **tol(torch.float32), msg=name)
+
+
+def test_initial_state_zeros_is_the_default_and_its_gradient_is_exact():
+    """initial_state=0 changes nothing; the output is linear in h_0, so a central
+    difference of <out, w> in one entry of h_0 equals the gradient up to rounding."""
+    x = make_inputs(2, 4, 6, 3, "BGNL")
+    h0 = torch.randn(2, 4, 3, requires_grad=True)
+    w = torch.randn(2, 4, 6)
+    torch.testing.assert_close(selective_scan_ref(**x, initial_state=torch.zeros(2, 4, 3)),
+                               selective_scan_ref(**x), rtol=0, atol=0)
+    f = lambda h: (selective_scan_ref(**x, delta_softplus=True, initial_state=h) * w).sum()
+    (grad,) = torch.autograd.grad(f(h0), h0)
+    for idx in [(0, 0, 0), (1, 3, 2), (0, 2, 1)]:
+        e = torch.zeros_like(h0)
+        e[idx] = 1.0
+        fd = (f(h0.detach() + e) - f(h0.detach() - e)) / 2
+        torch.testing.assert_close(grad[idx], fd.detach(), **tol(torch.float32))
+    assert grad.abs().min() > 0  # every entry of h_0 reaches the output
+
+
+def test_bad_initial_state_raises():
+    x = make_inputs(2, 4, 5, 3, "BNL")
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(B, D, N\) = \(2, 4, 3\)"):
+        selective_scan_ref(**x, initial_state=torch.zeros(2, 4, 5))
+    with pytest.raises(TypeError, match="initial_state must have a floating dtype"):
+        selective_scan_ref(**x, initial_state=torch.zeros(2, 4, 3, dtype=torch.long))
+
+
 def test_scan_gradients_match_hand_loop():
     x = make_inputs(1, 2, 5, 2, "BNL")
     leaves = {k: x[k].double().requires_grad_() for k in ("u", "delta", "B", "C")}

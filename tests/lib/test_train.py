@@ -1,11 +1,16 @@
 """mambabook.train: the one training stack, on the tasks and on the corpus; the schedule; the
-checkpoint format, its command line, and the committed checkpoints."""
+checkpoint format, its command line, and the committed checkpoints; data-parallel under
+torchrun (2 gloo processes equal one process at the same global batch)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import tol
 
 from mambabook import tasks, train
 from mambabook.corpus import load_corpus, sample_batch
@@ -117,3 +122,65 @@ def test_committed_checkpoints(task, kind):
     else:
         acc = tasks.accuracy(model, cfg, cfg.L, n=cfg.test_batch)
         assert acc == pytest.approx(metrics["accuracy"][str(cfg.L)], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- data-parallel
+DDP_ARGS = ["--task", "stdlib", "--model", "s6", "--d-model", "16", "--n-layer", "2",
+            "--d-state", "4", "--L", "16", "--batch", "4", "--steps", "5", "--warmup", "2",
+            "--eval-every", "3", "--eval-batches", "1", "--max-bytes", "300000",
+            "--device", "cpu", "--threads", "1"]
+
+
+def test_torchrun_two_processes_equal_one(tmp_path):
+    """The same global batch on 2 gloo processes: the losses and weights of one process; one
+    checkpoint, written by rank 0, with the torchrun command that reproduces it."""
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "mambabook.train", *DDP_ARGS, "--out", str(tmp_path / "ddp")],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote ") == 1, run.stdout  # rank 0 only
+    torch.set_num_threads(1)
+    assert train.main([*DDP_ARGS, "--out", str(tmp_path / "one")]) == 0
+    name = train.checkpoint_name("stdlib", "s6", 0)
+    ddp, one = (json.loads((tmp_path / f"{n}/{name}.json").read_text()) for n in ("ddp", "one"))
+    assert ddp["ranks"] == 2 and one["ranks"] == 1
+    assert ddp["command"].startswith("torchrun --standalone --nproc-per-node 2 -m mambabook.train")
+    assert ddp["command"].split(" mambabook.train ")[1] == one["command"].split(
+        " mambabook.train ")[1]
+    assert ddp["curve"]["step"] == one["curve"]["step"] == [1, 2, 3, 4, 5]
+    assert ddp["curve"]["val_step"] == one["curve"]["val_step"] == [3, 5]
+    for key in ("train_loss", "val_loss"):
+        torch.testing.assert_close(torch.tensor(ddp["curve"][key]),
+                                   torch.tensor(one["curve"][key]), **tol(torch.float32))
+    w_ddp, w_one = (torch.load(tmp_path / f"{n}/{name}.pt", weights_only=True)["state_dict"]
+                    for n in ("ddp", "one"))
+    assert w_ddp.keys() == w_one.keys()
+    for k in w_one:
+        torch.testing.assert_close(w_ddp[k], w_one[k], **tol(torch.float32), msg=k)
+
+
+@pytest.mark.parametrize("task", ["stdlib", "selective_copy"])
+def test_batches_split_the_global_batch_over_the_ranks(task, monkeypatch):
+    """Rank r of R samples rows r B/R .. (r+1) B/R of one process's batch; validation whole."""
+    cfg = train.TrainConfig(task=task, L=16, batch=6, eval_batches=1, max_bytes=300_000)
+    corpus = load_corpus(cfg.max_bytes) if task == "stdlib" else None
+    one = train.Batches(cfg, "cpu", corpus)
+    want = one.sample(torch.Generator().manual_seed(3))
+    parts = []
+    for rank in range(3):
+        monkeypatch.setattr(train, "rank_and_ranks", lambda rank=rank: (rank, 3))
+        batches = train.Batches(cfg, "cpu", corpus)
+        parts.append(batches.sample(torch.Generator().manual_seed(3)))
+        for got, full in zip(batches.val[0], one.val[0]):
+            assert torch.equal(got, full)
+    for i in (0, 1):
+        assert parts[0][i].shape[0] == 2
+        assert torch.equal(torch.cat([p[i] for p in parts]), want[i])
+
+
+def test_batch_must_split_over_the_ranks(monkeypatch):
+    monkeypatch.setattr(train, "rank_and_ranks", lambda: (0, 3))
+    cfg = train.TrainConfig(task="induction", d_model=16, n_layer=2, batch=4, steps=1)
+    with pytest.raises(ValueError, match=r"batch must be a multiple of the number of ranks \(3\)"):
+        train.train(cfg, device="cpu", progress=False)
