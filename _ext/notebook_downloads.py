@@ -1,14 +1,40 @@
 """Sphinx extension: offer each chapter as an executed .ipynb on its page (and tidy scripts).
 
 myst-nb writes every executed chapter to _build/jupyter_execute/<doc>.ipynb; this copies
-them into the site as _notebooks/<doc>.ipynb and adds an ".ipynb" entry to the page's
-download menu (sphinx-book-theme's header buttons), next to ".md" and ".pdf".
+them into the site as _notebooks/<doc>.ipynb, with a first cell that checks that the
+`mambabook` library is importable and says how to install it, and without progress-bar
+outputs; the page's download menu (sphinx-book-theme's header buttons) gets one ".ipynb"
+entry, next to ".md" and ".pdf".
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
+
+from reader_pages import strip_progress_outputs
+
+SETUP_SOURCE = """\
+# This notebook is a chapter of the book "Mamba vs Transformer". It runs on the book's
+# library, mambabook (and PyTorch). If this cell fails, install both, then restart:
+#   pip install torch "git+{url}"
+# or, in a clone of the repository:  make setup  (or: pip install -e .)
+try:
+    import mambabook
+except ImportError as err:
+    raise ImportError(
+        "this notebook needs the mambabook library: "
+        'pip install torch "git+{url}", '
+        "then restart the kernel"
+    ) from err
+print("mambabook", mambabook.__version__)"""
+
+
+def setup_cell(url: str) -> dict:
+    """The first cell of a downloaded chapter: is mambabook importable, and if not, how."""
+    return {"cell_type": "code", "execution_count": None, "id": "mambabook-setup",
+            "metadata": {"tags": ["mambabook-setup"]}, "outputs": [],
+            "source": SETUP_SOURCE.format(url=url).splitlines(keepends=True)}
 
 
 def _executed(app) -> Path:
@@ -21,6 +47,8 @@ def add_button(app, pagename, templatename, context, doctree):
     url = context["pathto"](f"_notebooks/{pagename}.ipynb", 1)
     for button in context.get("header_buttons", []):
         if button.get("label") == "download-buttons":
+            # one .ipynb entry: ours (the theme adds its own when launch buttons are on)
+            button["buttons"] = [b for b in button["buttons"] if b.get("text") != ".ipynb"]
             button["buttons"].insert(0, {
                 "type": "link", "url": url, "text": ".ipynb", "tooltip": "Download notebook (executed)",
                 "icon": "fas fa-code", "label": "download-notebook-button",
@@ -44,10 +72,16 @@ def copy_notebooks(app, exception):
     if exception is not None or app.builder.name != "html":
         return
     src = _executed(app)
-    for nb in src.rglob("*.ipynb"):
-        dest = Path(app.outdir) / "_notebooks" / nb.relative_to(src)
+    url = app.config.html_theme_options.get("repository_url", "").rstrip("/")
+    for path in src.rglob("*.ipynb"):
+        nb = strip_progress_outputs(json.loads(path.read_text(encoding="utf-8")))
+        cell = setup_cell(url)
+        if (nb["nbformat"], nb["nbformat_minor"]) < (4, 5):
+            del cell["id"]  # cell ids came with nbformat 4.5
+        nb["cells"].insert(0, cell)
+        dest = Path(app.outdir) / "_notebooks" / path.relative_to(src)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(nb, dest)
+        dest.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def setup(app):

@@ -1,10 +1,13 @@
 """Plotting helpers shared by chapters and widgets: one look for every figure.
 
 Scaling plots are log-log with the fitted slope in the legend; axes carry units.
+`records_table` shows benchmark records as a table (Markdown, rendered in Jupyter and on
+the website) instead of a wide printout.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -58,8 +61,9 @@ def plot_scaling(ax, records: Sequence[Record], x: str, providers: Sequence[str]
             continue
         k = loglog_slope(xs, ys)
         slopes[p] = k
+        slope = f" (slope {k:.2f})" if math.isfinite(k) else ""  # one point has no slope
         ax.plot(xs, ys, marker=marker, linestyle=linestyle, color=color_for(p),
-                label=f"{p}{label_suffix} (slope {k:.2f})")
+                label=f"{p}{label_suffix}{slope}")
         ooms = [r.size[x] for r in records if r.provider == p and r.status == "oom"]
         if ooms:
             ax.axvline(min(ooms), color=color_for(p) or "k", alpha=0.3, linestyle=":")
@@ -70,3 +74,39 @@ def plot_scaling(ax, records: Sequence[Record], x: str, providers: Sequence[str]
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return slopes
+
+
+UNITS = {"ms": ("ms", 1.0), "peak_bytes": ("MiB", 2.0**-20)}
+
+
+def records_table(records: Sequence[Record], x: str, fields: Sequence[str] = ("ms",)):
+    """Records as a Markdown table: one row per size x, a column per provider and field.
+
+    fields: "ms" (median time) and/or "peak_bytes" (shown in MiB). A record that did not
+    run shows its status ("oom", "skip"). Returns IPython's Markdown: `display(...)` it.
+    """
+    from IPython.display import Markdown
+
+    for f in fields:
+        if f not in UNITS:
+            raise ValueError(f"fields must be among {sorted(UNITS)}, got {f!r}")
+    records = list(records)
+    providers = list(dict.fromkeys(r.provider for r in records))
+    cell = {(r.provider, r.size[x]): r for r in records}
+    head = [x] + [f"{p} ({UNITS[f][0]})" for f in fields for p in providers]
+    lines = ["| " + " | ".join(head) + " |", "|" + " ---: |" * len(head)]
+    for v in sorted({r.size[x] for r in records}):
+        row = [str(v)]
+        for f in fields:
+            for p in providers:
+                r = cell.get((p, v))
+                if r is None:
+                    row.append("")
+                elif r.status != "ok":
+                    row.append(r.status)
+                elif getattr(r, f) is None:  # not measured
+                    row.append("")
+                else:
+                    row.append(f"{getattr(r, f) * UNITS[f][1]:.4g}")
+        lines.append("| " + " | ".join(row) + " |")
+    return Markdown("\n".join(lines))

@@ -8,15 +8,13 @@ Run after `make book`; skipped with a message when Chromium or the site is missi
 
 from __future__ import annotations
 
-import functools
-import http.server
+import os
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 
-SITE = Path(__file__).resolve().parents[2] / "_build" / "html"
+SITE = Path(os.environ.get("MAMBABOOK_SITE") or Path(__file__).resolve().parents[2] / "_build" / "html")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -28,30 +26,6 @@ def _pages() -> list[str]:
     if not SITE.exists():
         return []
     return sorted(p.relative_to(SITE).as_posix() for p in (SITE / "chapters").glob("*.html"))
-
-
-@pytest.fixture(scope="module")
-def server():
-    if not SITE.exists():
-        pytest.skip("no built site in _build/html: run `make book` first")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SITE))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("Chromium not found: install it with `apt-get install chromium` "
-                    "(Debian) and run `make browser` again")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def _open(browser, url):

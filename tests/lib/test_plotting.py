@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from mambabook.bench import Record  # noqa: E402
-from mambabook.plotting import color_for, plot_scaling  # noqa: E402
+from mambabook.plotting import color_for, plot_scaling, records_table  # noqa: E402
 
 
 def test_color_is_stable_per_provider():
@@ -28,3 +28,25 @@ def test_plot_scaling_reports_slopes_and_marks_oom():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("slope 2.00" in t for t in labels)
     plt.close(fig)
+
+
+def test_plot_scaling_leaves_out_the_slope_of_a_single_point():
+    recs = [Record("s", "one", {"L": 4}, ms=1.0), Record("s", "two", {"L": 2}, ms=1.0),
+            Record("s", "two", {"L": 4}, ms=2.0)]
+    fig, ax = plt.subplots()
+    plot_scaling(ax, recs, "L")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["one", "two (slope 1.00)"]
+    plt.close(fig)
+
+
+def test_records_table_has_a_row_per_size_and_a_column_per_provider_and_field():
+    recs = [Record("s", "a", {"L": 2}, ms=1.5, peak_bytes=2**21),
+            Record("s", "b", {"L": 2}, status="oom"),
+            Record("s", "a", {"L": 4}, ms=3.0, peak_bytes=2**22)]
+    lines = records_table(recs, "L", fields=("ms", "peak_bytes")).data.splitlines()
+    assert lines[0] == "| L | a (ms) | b (ms) | a (MiB) | b (MiB) |"
+    assert lines[2] == "| 2 | 1.5 | oom | 2 | oom |"
+    assert lines[3] == "| 4 | 3 |  | 4 |  |"
+    with pytest.raises(ValueError, match="fields"):
+        records_table(recs, "L", fields=("bytes",))
