@@ -21,8 +21,6 @@ pytestmark = pytest.mark.browser
 WIDTH = 1280  # px: a laptop screen
 INTRO_TABLE_MAX = 600  # px: the comparison table fits in about one screen
 # Chapter 7 is being rewritten; its code and outputs are fitted to the column with it.
-PENDING_WIDTH = {"chapters/07_triton_kernel.html"}
-
 # Blocks that must not scroll sideways: code cells' inputs and text outputs.
 OVERFLOW_JS = """() => {
     const blocks = [...document.querySelectorAll(
@@ -95,8 +93,6 @@ def _measure(page, js):
 
 @pytest.mark.parametrize("path", _pages())
 def test_code_and_outputs_fit_at_1280px(server, browser, path):
-    if path in PENDING_WIDTH:
-        pytest.skip(f"{path}: fitted to the column with its rewrite")
     page, _ = _open(browser, f"{server}/{path}")
     try:
         wide = _measure(page, OVERFLOW_JS)
