@@ -4,6 +4,7 @@
 two branches, a causal depthwise conv and the selective scan (S6) on one, SiLU(z) on the
 other, their product through out_proj. Both LMs decode token by token (Mamba with a
 constant-size state, the Transformer with a preallocated KV cache). Used in chapter 08.
+`Mamba2Block` (chapter 9) is Mamba-2's block: the SSD with one decay per head.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_positive_int
-from .selective import S6, SCAN_PATHS, dt_rank_rule
+from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule
+from .ssd import ssd_chunked, ssd_step
 from .ssm import S4D
 
 # ----------------------------------------------------------------------------- configs
@@ -478,3 +480,130 @@ def step_logits(model, tokens):
     bsz, L = tokens.shape
     cache = model.new_cache(bsz, L)
     return torch.stack([model.step(tokens[:, t], cache) for t in range(L)], dim=1)
+
+
+# ----------------------------------------------------------------------------- Mamba-2
+@dataclass
+class Mamba2Config:
+    d_model: int = 128  # residual stream width
+    d_state: int = 64  # N: state size per head (Mamba-2 affords 64-256)
+    d_conv: int = 4  # K: width of the causal depthwise convolution on x, B, C
+    expand: int = 2  # d_inner = expand * d_model channels inside the block
+    headdim: int = 32  # P: channels per head; H = d_inner / P heads, one decay each
+    ngroups: int = 1  # G: groups of heads sharing B and C (H divisible by G)
+    chunk_size: int = 64  # T: steps per block of the chunked SSD
+    dt_min: float = 0.001  # dt is initialised log-uniform in [dt_min, dt_max]
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4  # smallest initial dt
+    norm_eps: float = 1e-5  # the gated RMSNorm's epsilon
+    path: str = "auto"  # SSD: "auto" (the kernel on CUDA), "kernel" or "ref" (ssd_chunked)
+
+    def __post_init__(self):
+        for name in ("d_model", "d_state", "d_conv", "expand", "headdim", "ngroups",
+                     "chunk_size"):
+            check_positive_int(name, getattr(self, name))
+        if self.d_inner % self.headdim or self.nheads % self.ngroups:
+            raise ValueError(f"headdim must divide d_inner = {self.d_inner} and ngroups the "
+                             f"heads, got headdim={self.headdim}, ngroups={self.ngroups}")
+        if self.path not in SCAN_PATHS:
+            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+
+def ssd_function(x: torch.Tensor, path: str):
+    """ssd(x, dt_raw, A, B, C, chunk, D, dt_bias, initial_states) -> (y, final state): the
+    kernel `mambabook.kernels.ssd_chunk_scan` on CUDA ("auto") or anywhere ("kernel"),
+    else `mambabook.ssd.ssd_chunked` with dt = softplus(dt_raw + dt_bias) in PyTorch."""
+    if path == "kernel" or (path == "auto" and x.is_cuda):
+        from mambabook.kernels import ssd_chunk_scan
+
+        return lambda x, dt, A, B, C, T, D, bias, h0: ssd_chunk_scan(
+            x, dt, A, B, C, T, D=D, dt_bias=bias, dt_softplus=True, initial_states=h0,
+            return_final_states=True)
+    return lambda x, dt, A, B, C, T, D, bias, h0: ssd_chunked(
+        x, F.softplus(dt.float() + bias), A, B, C, T, D, initial_states=h0,
+        return_final_states=True)
+
+
+class Mamba2Block(nn.Module):
+    """Mamba-2 (Dao & Gu, 2024, section 7): in_proj -> (z, xBC, dt); causal depthwise conv
+    and SiLU on xBC = (x, B, C); the SSD with a scalar decay per head; RMSNorm(y * silu(z));
+    out_proj. On (B, L, d_model); `step` decodes one token from a MambaLayerState whose
+    conv holds the last K-1 xBC inputs and whose ssm is the state (B, H, P, N)."""
+
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.cfg = cfg
+        D, H, GN = cfg.d_inner, cfg.nheads, cfg.ngroups * cfg.d_state
+        self.conv_dim = D + 2 * GN  # x, B, C go through the conv together
+        self.in_proj = nn.Linear(cfg.d_model, D + self.conv_dim + H, bias=False)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv,
+                                groups=self.conv_dim, padding=cfg.d_conv - 1, bias=True)
+        A = torch.empty(H).uniform_(1, 16)  # A = -exp(A_log) in [-16, -1], one per head
+        self.A_log = nn.Parameter(torch.log(A))
+        self.dt_bias = nn.Parameter(dt_bias_init(H, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
+        self.D = nn.Parameter(torch.ones(H))  # skip: y += D x
+        self.norm = RMSNorm(D, cfg.norm_eps)
+        self.out_proj = nn.Linear(D, cfg.d_model, bias=False)
+
+    def _split(self, zxbcdt):
+        """(..., in_proj out) -> z (..., D), xBC (..., conv_dim), dt (..., H)."""
+        D = self.cfg.d_inner
+        return zxbcdt.split([D, self.conv_dim, self.cfg.nheads], dim=-1)
+
+    def _heads(self, xBC):
+        """(..., conv_dim) -> x (..., H, P), B and C (..., G, N)."""
+        c = self.cfg
+        x, B, C = xBC.split([c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], -1)
+        lead = xBC.shape[:-1]
+        return (x.reshape(*lead, c.nheads, c.headdim), B.reshape(*lead, c.ngroups, c.d_state),
+                C.reshape(*lead, c.ngroups, c.d_state))
+
+    def _finish(self, y, z):
+        """y (..., D) -> RMSNorm(y silu(z)) -> out_proj: (..., d_model)."""
+        return self.out_proj(self.norm(y * F.silu(z)))
+
+    def forward(self, hidden, return_state: bool = False):
+        """hidden: (B, L, d_model) -> (B, L, d_model) [, MambaLayerState after the last token]."""
+        bsz, L, _ = hidden.shape
+        z, xBC_in, dt = self._split(self.in_proj(hidden))
+        xBC = F.silu(self.conv1d(xBC_in.transpose(1, 2))[..., :L]).transpose(1, 2)
+        x, B, C = self._heads(xBC)  # (B, L, H, P), (B, L, G, N) x 2
+        ssd = ssd_function(x, self.cfg.path)
+        A = -torch.exp(self.A_log.float())
+        y, h = ssd(x, dt, A, B, C, self.cfg.chunk_size, self.D, self.dt_bias, None)
+        out = self._finish(y.reshape(bsz, L, -1), z)
+        if not return_state:
+            return out
+        K = self.cfg.d_conv
+        conv = F.pad(xBC_in.transpose(1, 2), (max(K - 1 - L, 0), 0))  # (B, conv_dim, >= K-1)
+        conv = conv[..., conv.shape[-1] - (K - 1):]  # the last K-1 inputs
+        return out, MambaLayerState(conv.contiguous(), h.contiguous())  # h: float32 (64)
+
+    def new_state(self, batch: int, device=None, dtype=None) -> MambaLayerState:
+        w = self.in_proj.weight
+        device, dtype = device or w.device, dtype or w.dtype
+        c = self.cfg
+        return MambaLayerState(
+            torch.zeros(batch, self.conv_dim, c.d_conv - 1, device=device, dtype=dtype),
+            torch.zeros(batch, c.nheads, c.headdim, c.d_state, device=device,
+                        dtype=torch.float64 if dtype == torch.float64 else torch.float32))
+
+    def step(self, hidden, state: MambaLayerState):
+        """One token: hidden (B, d_model) -> (B, d_model); state is updated in place."""
+        z, xBC, dt = self._split(self.in_proj(hidden))
+        window = torch.cat([state.conv, xBC[..., None]], dim=-1)  # (B, conv_dim, K)
+        state.conv.copy_(window[..., 1:])
+        xBC = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
+        x, B, C = self._heads(xBC)  # (B, H, P), (B, G, N) x 2
+        dt = F.softplus(dt.float() + self.dt_bias)  # (B, H)
+        y, h = ssd_step(state.ssm, x, dt, -torch.exp(self.A_log.float()), B, C, self.D)
+        state.ssm.copy_(h)
+        return self._finish(y.reshape(hidden.shape[0], -1), z)
