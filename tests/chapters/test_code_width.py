@@ -15,7 +15,6 @@ jupytext = pytest.importorskip("jupytext")
 
 CHAPTERS = sorted((Path(__file__).resolve().parents[2] / "chapters").glob("*.md"))
 WIDTH = 88
-# Chapter 7 is being rewritten; its code is formatted with the rewrite.
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_code_cells_fit_in_88_columns(path):
