@@ -134,3 +134,25 @@ def ssd_suite(quick: bool, device, progress: bool = False) -> list[Record]:
                       flush=True)
                 save(records, "ssd", notes="partial: written after each provider")
     return records
+
+
+def ssd_table(records, mode: str) -> str:
+    """Nanoseconds per token for one mode: a row per (provider, N), a column per L; then
+    triton / mamba_chunk_scan_combined per N where both ran (below 1: the book's is faster)."""
+    recs = [r for r in records if r.size["mode"] == mode and r.status == "ok"]
+    Ls = sorted({r.size["L"] for r in recs})
+    cell = {(r.provider, r.size["N"], r.size["L"]): r.extra["ns_per_token"] for r in recs}
+    rows = list(dict.fromkeys((r.provider, r.size["N"]) for r in recs))
+    lines = [f"{mode}, ns per token".ljust(32) + "".join(f"{L:>9}" for L in Ls)]
+    for p, N in rows:
+        vals = [cell.get((p, N, L)) for L in Ls]
+        lines.append(f"{p} N={N}".ljust(32)
+                     + "".join(f"{v:9.3g}" if v else f"{'-':>9}" for v in vals))
+    for p, N in rows:
+        if p != "triton" or ("mamba_chunk_scan_combined", N) not in rows:
+            continue
+        ratio = [(cell.get(("triton", N, L)), cell.get(("mamba_chunk_scan_combined", N, L)))
+                 for L in Ls]
+        lines.append(f"triton / mamba_ssm N={N}".ljust(32)
+                     + "".join(f"{a / b:9.2f}" if a and b else f"{'-':>9}" for a, b in ratio))
+    return "\n".join(lines)

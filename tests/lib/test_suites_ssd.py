@@ -8,7 +8,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import mambabook.bench as bench  # noqa: E402
-from mambabook.suites.ssd import QUICK, make_ssd_inputs, ssd_suite  # noqa: E402
+from mambabook.suites.ssd import QUICK, make_ssd_inputs, ssd_suite, ssd_table  # noqa: E402
 
 
 def test_ssd_suite_quick_records_every_provider_ok():
@@ -34,3 +34,19 @@ def test_make_ssd_inputs_shapes_and_ranges():
     assert x["dt"].shape == (2, 8, 3) and x["B"].shape == x["C"].shape == (2, 8, 1, 5)
     assert x["A"].dtype == torch.float32 and bool((x["A"] < 0).all())
     assert all(v.requires_grad for v in x.values())
+
+
+def test_ssd_table_has_a_row_per_provider_and_state_size():
+    rec = lambda p, N, L, ns: bench.Record("ssd", p, dict(L=L, N=N, mode="fwd", dtype="bf16"),
+                                           1.0, extra=dict(ns_per_token=ns))
+    records = [rec("triton", 64, 2048, 3.0), rec("triton", 64, 4096, 2.0),
+               rec("mamba_chunk_scan_combined", 64, 2048, 2.0),
+               rec("mamba_chunk_scan_combined", 64, 4096, 4.0),
+               rec("sdpa_causal", 0, 2048, 1.0)]
+    lines = ssd_table(records, "fwd").splitlines()
+    assert lines[0].split()[-2:] == ["2048", "4096"]
+    assert [ln.split()[0] for ln in lines[1:4]] == ["triton", "mamba_chunk_scan_combined",
+                                                   "sdpa_causal"]
+    assert lines[3].split()[-1] == "-"  # no SDPA record at 4096
+    assert lines[4].split()[-2:] == ["1.50", "0.50"]  # triton / mamba_ssm
+    assert ssd_table(records, "fwd+bwd").splitlines()[1:] == []
