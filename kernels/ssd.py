@@ -276,7 +276,9 @@ def ssd_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
 
 
 class SSDChunkScanFn(torch.autograd.Function):
-    """Triton forward; backward by recomputation: `ssd_combined_ref` under autograd."""
+    """Triton forward. The backward is not a Triton kernel: it recomputes the forward in
+    PyTorch (`ssd_combined_ref`, i.e. `ssd_chunked`) and differentiates that with autograd,
+    so it costs a PyTorch forward and backward and their memory."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, chunk, dt_softplus):
