@@ -79,7 +79,8 @@ def _chunk_state_kernel(
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The state a chunk leaves from zero: sum_t exp(a_end - a_t) dt_t x_t B_t^T, (P, N)."""
+    """The state a chunk leaves from zero, (P, N):
+    sum_t exp(a_end - a_t) dt_t x_t B_t^T."""
     pid_pn = tl.program_id(0)  # (block of P, block of N)
     c = tl.program_id(1)  # chunk
     pid_bh = tl.program_id(2)  # (batch, head)
@@ -87,8 +88,9 @@ def _chunk_state_kernel(
     g = h // heads_per_group  # the group of B this head reads
     n_blk_n = tl.cdiv(dstate, BLOCK_N)
     offs_p = (pid_pn // n_blk_n) * BLOCK_P + tl.arange(0, BLOCK_P)  # rows of the state
-    offs_n = (pid_pn % n_blk_n) * BLOCK_N + tl.arange(0, BLOCK_N)  # columns of the state
-    row = (pid_bh * tl.num_programs(1) + c) * chunk  # this chunk in the (B, H, chunks, T) buffers
+    offs_n = (pid_pn % n_blk_n) * BLOCK_N + tl.arange(0, BLOCK_N)  # state columns
+    # this chunk in the (B, H, chunks, T) buffers
+    row = (pid_bh * tl.num_programs(1) + c) * chunk
     a_end = tl.load(acum_ptr + row + chunk - 1)
     x_base = x_ptr + b * s_x_b + h * s_x_h + (c * chunk) * s_x_l
     B_base = B_ptr + b * s_B_b + g * s_B_g + (c * chunk) * s_B_l
@@ -97,9 +99,11 @@ def _chunk_state_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)  # steps of the chunk
         mask_k = (offs_k < chunk) & (c * chunk + offs_k < length)
         xT = tl.load(x_base + offs_k[None, :] * s_x_l + offs_p[:, None] * s_x_p,
-                     mask=mask_k[None, :] & (offs_p[:, None] < hdim), other=0.0)  # (P, K)
+                     mask=mask_k[None, :] & (offs_p[:, None] < hdim),
+                     other=0.0)  # (P, K)
         Bk = tl.load(B_base + offs_k[:, None] * s_B_l + offs_n[None, :] * s_B_n,
-                     mask=mask_k[:, None] & (offs_n[None, :] < dstate), other=0.0)  # (K, N)
+                     mask=mask_k[:, None] & (offs_n[None, :] < dstate),
+                     other=0.0)  # (K, N)
         dt = tl.load(dt_ptr + row + offs_k, mask=mask_k, other=0.0)
         a = tl.load(acum_ptr + row + offs_k, mask=mask_k, other=0.0)
         w = tl.exp(a_end - a) * dt  # (K,): decay to the chunk's end, times dt
@@ -153,8 +157,8 @@ def _chunk_scan_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Rows m of a chunk: y_m = exp(a_m) C_m h_entering + sum_{k <= m} (L o C B^T)_mk dt_k x_k,
-    then + D x_m, times silu(z_m)."""
+    """Rows m of a chunk: y_m = exp(a_m) C_m h_entering
+    + sum_{k <= m} (L o C B^T)_mk dt_k x_k, then + D x_m, times silu(z_m)."""
     pid_mp = tl.program_id(0)  # (block of rows, block of P)
     c = tl.program_id(1)  # chunk
     pid_bh = tl.program_id(2)  # (batch, head)
@@ -205,8 +209,8 @@ def _chunk_scan_kernel(
         z = tl.load(z_ptr + b * s_z_b + h * s_z_h + t[:, None] * s_z_l
                     + offs_p[None, :] * s_z_p, mask=mask_mp, other=0.0).to(tl.float32)
         acc *= z * tl.sigmoid(z)
-    tl.store(out_ptr + b * s_o_b + h * s_o_h + t[:, None] * s_o_l + offs_p[None, :] * s_o_p,
-             acc.to(out_ptr.dtype.element_ty), mask=mask_mp)
+    tl.store(out_ptr + b * s_o_b + h * s_o_h + t[:, None] * s_o_l
+             + offs_p[None, :] * s_o_p, acc.to(out_ptr.dtype.element_ty), mask=mask_mp)
 
 
 # ----------------------------------------------------------------------------- host
