@@ -8,10 +8,7 @@ segments. The `gpu` tests repeat the checks at real sizes, with the shipped laun
 run L = 1,000,000.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import torch
 
@@ -21,7 +18,7 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
-from conftest import tol  # noqa: E402
+from conftest import compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -279,27 +276,6 @@ def test_shuffles_need_rows_along_lanes():
 
 
 # ----------------------------------------------------------------------------- sm_90
-_SM90_COMPILE = """
-import json, sys, importlib
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-for spec in sys.argv[1:]:
-    const = json.loads(spec)
-    kernel = getattr(importlib.import_module(const.pop("_module")), const.pop("_kernel"))
-    half = set(const.pop("_bf16", ()))  # pointers to bfloat16
-    opts = dict(num_warps=1, maxnreg=const.pop("_maxnreg", None))
-    names = kernel.arg_names
-    sig = {n: "constexpr" if n in const else ("*bf16" if n in half else "*fp32")
-           if n.endswith("_ptr") else "i32" for n in names}
-    src = ASTSource(fn=kernel, signature=sig,
-                    constexprs={(names.index(k),): v for k, v in const.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={k: v for k, v in opts.items() if v is not None})
-    assert kernel.__name__ in compiled.asm["ptx"], spec
-    print("compiled")
-"""
 HALF = ["u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "dout_ptr", "du_ptr",
         "ddelta_ptr", "dz_ptr"]
 
@@ -330,11 +306,7 @@ def test_shipped_launches_compile_for_sm90():
         dict(bwd, T=4, CHUNK=32, PASS=2, EVEN=False, BCL=1),
         dict(bwd, T=8, CHUNK=16, PASS=2, EVEN=True, BCL=2, _bf16=HALF),
     ]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _SM90_COMPILE, *map(json.dumps, specs)],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["compiled"] * len(specs)
+    compile_for_sm90(specs)
 
 
 # ----------------------------------------------------------------------------- GPU, real sizes

@@ -16,7 +16,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import tol  # noqa: E402
+from conftest import compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -176,45 +176,20 @@ def test_ssd_chunk_scan_gpu(N, dtype):
     torch.testing.assert_close(last, last_r, **tol(dtype))
 
 
-_SM90_SSD = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-import mambabook.kernels.ssd as ssd
-
-HALF = {"x_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"}
-specs = [
-    ("_dt_cumsum_kernel", dict(HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=256), False),
-    ("_chunk_state_kernel", dict(BLOCK_P=64, BLOCK_N=64, BLOCK_K=64, PRECISION="ieee"), False),
-    ("_chunk_state_kernel", dict(BLOCK_P=64, BLOCK_N=64, BLOCK_K=64, PRECISION="tf32"), True),
-    ("_state_passing_kernel", dict(HAS_H0=True, BLOCK=1024), False),
-    ("_chunk_scan_kernel", dict(HAS_D=True, HAS_Z=True, BLOCK_M=64, BLOCK_P=64, BLOCK_N=128,
-                                PRECISION="ieee"), False),
-    ("_chunk_scan_kernel", dict(HAS_D=True, HAS_Z=True, BLOCK_M=64, BLOCK_P=64, BLOCK_N=64,
-                                PRECISION="tf32"), True),
-]
-for name, const, half in specs:
-    k = getattr(ssd, name)
-    sig = {n: "constexpr" if n in const else ("*bf16" if half and n in HALF else "*fp32")
-           if n.endswith("_ptr") else "i32" for n in k.arg_names}
-    src = ASTSource(fn=k, signature=sig,
-                    constexprs={(k.arg_names.index(a),): v for a, v in const.items()})
-    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-    assert name in compiled.asm["ptx"]
-    print("compiled")
-"""
-
-
 def test_ssd_kernels_compile_for_sm90():
     """The four launches compile for an H100/H200 (sm_90) on this machine, GPU or not (the
     interpreter does not see what only the compiler rejects): float32 (ieee dots) and
     bfloat16 (tensor cores), chunks of 256, N = 64 and 128."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _SM90_SSD], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["compiled"] * 6
+    half = ["x_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
+    ssd = dict(_module="mambabook.kernels.ssd", _num_warps=4)
+    state = dict(ssd, _kernel="_chunk_state_kernel", BLOCK_P=64, BLOCK_N=64, BLOCK_K=64)
+    scan = dict(ssd, _kernel="_chunk_scan_kernel", HAS_D=True, HAS_Z=True, BLOCK_M=64,
+                BLOCK_P=64)
+    compile_for_sm90([
+        dict(ssd, _kernel="_dt_cumsum_kernel", HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=256),
+        dict(state, PRECISION="ieee"),
+        dict(state, PRECISION="tf32", _bf16=half),
+        dict(ssd, _kernel="_state_passing_kernel", HAS_H0=True, BLOCK=1024),
+        dict(scan, BLOCK_N=128, PRECISION="ieee"),
+        dict(scan, BLOCK_N=64, PRECISION="tf32", _bf16=half),
+    ])
