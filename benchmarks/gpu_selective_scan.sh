@@ -5,17 +5,8 @@
 # Optional anchors, when present (not part of the repository): mamba_ssm's CUDA scan built
 # into $MAMBA_BUILD (importable as selective_scan_cuda), and an earlier mambabook in
 # $MAMBABOOK_PREVIOUS (a folder holding it as mambabook_prev). Logs and JSON go to $OUT.
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT/results"
-# the package without pip install -e: mambabook -> lib, mambabook.kernels -> kernels
-rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r lib /tmp/pkg/mambabook \
-  && rm -rf /tmp/pkg/mambabook/kernels && cp -r kernels /tmp/pkg/mambabook/kernels
-export PYTHONPATH=/tmp/pkg${MAMBA_BUILD:+:$MAMBA_BUILD}
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a "$OUT/gpu.txt"
-export MAMBABOOK_RESULTS="$OUT/results"
+source "$(dirname "$0")/gpu_common.sh"
+export PYTHONPATH=$PKG_PATH${MAMBA_BUILD:+:$MAMBA_BUILD}
 case "${STEP:-tests}" in
   tests)
     timeout "${TEST_TIMEOUT:-420}" python3 -m pytest -m gpu tests/kernels -p no:cacheprovider \

@@ -6,24 +6,15 @@
 # mamba_ssm/, and einops as a wheel (*.whl), for the `mamba_chunk_scan_combined` anchor. Its
 # package __init__ imports the compiled CUDA scan, so only its subpackages are put on the
 # path (under an empty top-level __init__); its Triton SSD needs no build.
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT/results"
-# the package without pip install -e: mambabook -> lib, mambabook.kernels -> kernels
-rm -rf /tmp/pkg && mkdir -p /tmp/pkg && cp -r lib /tmp/pkg/mambabook \
-  && rm -rf /tmp/pkg/mambabook/kernels && cp -r kernels /tmp/pkg/mambabook/kernels
-PYPATH=/tmp/pkg
+source "$(dirname "$0")/gpu_common.sh"
+PYPATH=$PKG_PATH
 if [ -n "${MAMBA_SRC:-}" ] && [ -d "$MAMBA_SRC/mamba_ssm" ]; then
   cp -r "$MAMBA_SRC/mamba_ssm" /tmp/pkg/mamba_ssm && : > /tmp/pkg/mamba_ssm/__init__.py
   for w in "$MAMBA_SRC"/*.whl; do [ -e "$w" ] && PYPATH="$PYPATH:$(realpath "$w")"; done
 fi
 export PYTHONPATH=$PYPATH
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -c "from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined; \
 print('mamba_chunk_scan_combined: imports')" 2>&1 | tail -n 1 | tee -a "$OUT/gpu.txt"
-export MAMBABOOK_RESULTS="$OUT/results"
 timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -m gpu tests/kernels/test_ssd_chunk_scan.py \
   tests/lib/test_ssd.py -p no:cacheprovider -n "${WORKERS:-4}" -q --durations=8 2>&1 \
   | tee "$OUT/pytest_gpu_ssd.log" | tail -n 15
