@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_site import _open, _pages, _wait_for_widgets  # noqa: E402
+from test_site import _pages, _wait_for_widgets, opened  # noqa: E402
 
 pytestmark = pytest.mark.browser
 WIDTH = 1280  # px: a laptop screen
@@ -93,71 +93,53 @@ def _measure(page, js):
 
 @pytest.mark.parametrize("path", _pages())
 def test_code_and_outputs_fit_at_1280px(server, browser, path):
-    page, _ = _open(browser, f"{server}/{path}")
-    try:
+    with opened(browser, f"{server}/{path}") as (page, _):
         wide = _measure(page, OVERFLOW_JS)
         assert not wide, f"{path}: {len(wide)} blocks scroll sideways at {WIDTH} px: {wide[:5]}"
-    finally:
-        page.close()
 
 
 @pytest.mark.parametrize("path", _pages())
 def test_no_progress_bar_leftovers(server, browser, path):
-    page, _ = _open(browser, f"{server}/{path}")
-    try:
+    with opened(browser, f"{server}/{path}") as (page, _):
         _wait_for_widgets(page)
         page.wait_for_timeout(300)
         left = _measure(page, LEFTOVER_JS)
         assert left == {"views": 0, "bars": 0, "empty": 0}, f"{path}: progress-bar leftovers {left}"
-    finally:
-        page.close()
 
 
 @pytest.mark.parametrize("path", _pages())
 def test_one_download_per_format(server, browser, path):
-    page, _ = _open(browser, f"{server}/{path}")
-    try:
+    with opened(browser, f"{server}/{path}") as (page, _):
         entries = page.evaluate(DOWNLOADS_JS)
         assert ".ipynb" in entries, f"{path}: no .ipynb download ({entries})"
         assert len(entries) == len(set(entries)), f"{path}: repeated download entries {entries}"
-    finally:
-        page.close()
 
 
 def test_no_launch_buttons_to_unknown_targets(server, browser):
     """No Binder, repository or issues button: they would point at a repository the site
     cannot vouch for; one search box."""
-    page, _ = _open(browser, f"{server}/chapters/intro.html")
-    try:
+    with opened(browser, f"{server}/chapters/intro.html") as (page, _):
         assert page.locator("a[href*='mybinder'], .btn-launch-buttons, "
                             ".btn-source-repository-button, .btn-source-issues-button").count() == 0
         visible = page.locator(".search-button-field:visible, .search-button:visible").count()
         assert visible == 1, f"{visible} search boxes on the page"
         title = page.title()
         assert title.count("Mamba vs Transformer") == 1, f"title repeats itself: {title!r}"
-    finally:
-        page.close()
 
 
 def test_intro_table_is_compact(server, browser):
-    page, _ = _open(browser, f"{server}/chapters/intro.html")
-    try:
+    with opened(browser, f"{server}/chapters/intro.html") as (page, _):
         page.set_viewport_size({"width": WIDTH, "height": 900})
         height = page.evaluate("() => document.querySelector('article table').offsetHeight")
         assert height <= INTRO_TABLE_MAX, f"intro table is {height} px tall"
-    finally:
-        page.close()
 
 
 def test_downloaded_notebook_checks_for_the_library(server, browser):
     import urllib.request
 
-    page, _ = _open(browser, f"{server}/chapters/01_rnn.html")
-    try:
+    with opened(browser, f"{server}/chapters/01_rnn.html") as (page, _):
         url = page.locator(".dropdown-download-buttons a[href$='.ipynb']").first.evaluate(
             "a => a.href")
-    finally:
-        page.close()
     with urllib.request.urlopen(url, timeout=10) as resp:
         nb = json.load(resp)
     first = "".join(nb["cells"][0]["source"])
@@ -211,25 +193,24 @@ def main() -> None:
     with sync_playwright() as pw, contextlib.closing(
             pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)) as b:
         for path in _pages():
-            page, _ = _open(b, f"{root}/{path}")
-            _wait_for_widgets(page)
-            page.wait_for_timeout(300)
-            wide = _measure(page, OVERFLOW_JS)
-            blocks = page.evaluate("() => document.querySelectorAll("
-                                   "'.cell_input pre, .cell_output pre, .cell_output .output').length")
-            left = page.evaluate(LEFTOVER_JS)
-            downloads = page.evaluate(DOWNLOADS_JS)
-            col = page.evaluate("() => document.querySelector('.bd-article').clientWidth")
-            print(f"{path:42s} column {col} px; sideways-scrolling blocks {len(wide)} of {blocks} "
-                  f"(code {sum(w.startswith('code') for w in wide)}); bars {left}; downloads {downloads}")
-            totals["code blocks"] += blocks
-            totals["wide"] += len(wide)
-            totals["bars"] += left["views"] + left["empty"]
-            totals["downloads repeated"] += len(downloads) - len(set(downloads))
-            if path.endswith("intro.html"):
-                h = page.evaluate("() => document.querySelector('article table').offsetHeight")
-                print(f"  intro table height {h} px; title {page.title()!r}")
-            page.close()
+            with opened(b, f"{root}/{path}") as (page, _):
+                _wait_for_widgets(page)
+                page.wait_for_timeout(300)
+                wide = _measure(page, OVERFLOW_JS)
+                blocks = page.evaluate("() => document.querySelectorAll("
+                                       "'.cell_input pre, .cell_output pre, .cell_output .output').length")
+                left = page.evaluate(LEFTOVER_JS)
+                downloads = page.evaluate(DOWNLOADS_JS)
+                col = page.evaluate("() => document.querySelector('.bd-article').clientWidth")
+                print(f"{path:42s} column {col} px; sideways-scrolling blocks {len(wide)} of {blocks} "
+                      f"(code {sum(w.startswith('code') for w in wide)}); bars {left}; downloads {downloads}")
+                totals["code blocks"] += blocks
+                totals["wide"] += len(wide)
+                totals["bars"] += left["views"] + left["empty"]
+                totals["downloads repeated"] += len(downloads) - len(set(downloads))
+                if path.endswith("intro.html"):
+                    h = page.evaluate("() => document.querySelector('article table').offsetHeight")
+                    print(f"  intro table height {h} px; title {page.title()!r}")
         for path in ("chapters/intro.html", "chapters/03_linear_attention_rwkv.html"):
             context, page = _dark(b, f"{root}/{path}")
             _wait_for_widgets(page)

@@ -8,6 +8,7 @@ Run after `make book`; skipped with a message when Chromium or the site is missi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +40,17 @@ def _open(browser, url):
     return page, problems
 
 
+@contextlib.contextmanager
+def opened(browser, url):
+    """A page at url, and the problems it reports (console errors, page errors, failed
+    requests, HTTP errors); closed on leaving."""
+    page, problems = _open(browser, url)
+    try:
+        yield page, problems
+    finally:
+        page.close()
+
+
 def _wait_for_widgets(page) -> int:
     """Number of widget views the page declares; waits until the manager rendered them."""
     declared = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
@@ -51,8 +63,7 @@ def _wait_for_widgets(page) -> int:
 
 @pytest.mark.parametrize("path", _pages())
 def test_page_loads_clean(server, browser, path):
-    page, problems = _open(browser, f"{server}/{path}")
-    try:
+    with opened(browser, f"{server}/{path}") as (page, problems):
         _wait_for_widgets(page)
         page.wait_for_timeout(500)
         broken = page.evaluate("""() => [...document.images]
@@ -62,8 +73,6 @@ def test_page_loads_clean(server, browser, path):
         errors = page.locator(".jupyter-widgets .widget-error, .output_error, .cell_output .traceback").count()
         assert errors == 0, f"{path}: {errors} error outputs on the page"
         assert not problems, f"{path}: " + "\n".join(problems)
-    finally:
-        page.close()
 
 
 def _visible_frame(widget) -> str:
@@ -86,8 +95,7 @@ def test_widgets_respond(server, browser):
         pytest.skip("no chapter pages in the built site")
     checked = 0
     for path in pages:
-        page, problems = _open(browser, f"{server}/{path}")
-        try:
+        with opened(browser, f"{server}/{path}") as (page, problems):
             if not _wait_for_widgets(page):
                 continue
             page.wait_for_selector(".mambabook-frames", timeout=30_000)
@@ -119,8 +127,6 @@ def test_widgets_respond(server, browser):
                     assert _visible_frame(w) != before, f"{path}: toggle buttons of frames widget {i} did not change the picture"
                     checked += 1
             assert not problems, f"{path}: " + "\n".join(problems)
-        finally:
-            page.close()
     assert checked > 0, "no frames widget control was exercised on any page"
 
 
@@ -130,8 +136,7 @@ def test_pages_offer_executed_notebooks(server, browser):
     import urllib.request
 
     for path in _pages():
-        page, _ = _open(browser, f"{server}/{path}")
-        try:
+        with opened(browser, f"{server}/{path}") as (page, _):
             link = page.locator("a.btn-download-notebook-button, a[href$='.ipynb']").first
             assert link.count(), f"{path}: no .ipynb download link"
             url = link.evaluate("a => a.href")
@@ -140,5 +145,3 @@ def test_pages_offer_executed_notebooks(server, browser):
             assert nb["nbformat"] == 4 and nb["cells"], f"{path}: {url} is not a notebook"
             outputs = sum(len(c.get("outputs", [])) for c in nb["cells"] if c["cell_type"] == "code")
             assert outputs > 0, f"{path}: the downloadable notebook was not executed"
-        finally:
-            page.close()
