@@ -4,7 +4,8 @@ Softmax attention (Vaswani et al., 2017, eq. 1) and its KV-cache decoder; linear
 (Katharopoulos et al., 2020, eqs. 4-6 and 16-20) in parallel and recurrent forms; the WKV
 operator of RWKV-4 (Peng et al., 2023, eqs. 14-16) with per-channel decay w and bonus u, in
 a parallel form and the numerically stable recurrence of its CUDA kernel. q, k, v are
-(B, H, L, P); RWKV's k, v are (B, L, D) with w, u: (D,).
+(B, H, L, P); RWKV's k, v are (B, L, D) with w, u: (D,). `decode_attention_ref` is one
+query against the filled part of a preallocated cache (chapter 8's Transformer).
 """
 
 from __future__ import annotations
@@ -116,6 +117,53 @@ class KVCache:
             return 0
         per_token = (self.k[:, :, 0].numel() + self.v[:, :, 0].numel()) * self.k.element_size()
         return per_token * self.length
+
+
+def check_decode_attention_args(q, k_cache, v_cache, length):
+    """q: (B, H, P); k_cache, v_cache: (B, H, max_len, P) of q's dtype; length: () or (B,)
+    integer tensor, all on one device. Returns (B, H, max_len, P)."""
+    check_tensor("q", q, 3, dims="(B, H, P)")
+    bsz, heads, dim = q.shape
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, 4, shape=(bsz, heads, None, dim), dims="(B, H, max_len, P)")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache must have shape (B, H, max_len, P) = {tuple(k_cache.shape)} "
+                         f"(as k_cache), got shape {tuple(v_cache.shape)}")
+    if k_cache.shape[2] == 0:
+        raise ValueError("k_cache must have shape (B, H, max_len, P) with max_len >= 1, got 0")
+    if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise TypeError(f"q, k_cache, v_cache must have one dtype, got q {q.dtype}, k_cache "
+                        f"{k_cache.dtype}, v_cache {v_cache.dtype}")
+    check_tensor("length", length, (0, 1), dtypes=None, dims=f"() or (B,) = ({bsz},)")
+    if length.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"length must hold integers (int64 or int32), got {length.dtype}")
+    if length.dim() == 1 and length.shape[0] != bsz:
+        raise ValueError(f"length must have shape () or (B,) = ({bsz},), got shape "
+                         f"{tuple(length.shape)}")
+    check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, length=length)
+    return bsz, heads, k_cache.shape[2], dim
+
+
+def decode_attention_ref(q, k_cache, v_cache, length, scale: float | None = None):
+    """One query per (row, head) against the first `length` keys and values of its cache:
+    softmax(q K[:n]^T * scale) V[:n] with n = length (or length[b] for row b), in float32.
+
+    q: (B, H, P); k_cache, v_cache: (B, H, max_len, P); length: () or (B,) integer tensor
+    with 1 <= n <= max_len -> (B, H, P) in q's dtype. The cache is sliced to its filled part
+    (a host read of length: not for a CUDA graph). The twin of
+    `mambabook.kernels.decode_attention`; chapter 8's Transformer decodes with it.
+    """
+    bsz, _, max_len, dim = check_decode_attention_args(q, k_cache, v_cache, length)
+    lengths = length.expand(bsz).tolist()
+    if any(not 1 <= n <= max_len for n in lengths):
+        raise ValueError(f"length must lie in [1, max_len = {max_len}], got {lengths}")
+    scale = dim ** -0.5 if scale is None else scale
+    outs = []
+    for b, n in enumerate(lengths):
+        K, V = k_cache[b, :, :n].float(), v_cache[b, :, :n].float()  # (H, n, P): filled part
+        w = torch.softmax((K @ q[b].float()[:, :, None])[..., 0] * scale, dim=-1)  # (H, n)
+        outs.append((w[:, None, :] @ V)[:, 0])  # (H, P)
+    return torch.stack(outs).to(q.dtype)  # (B, H, P)
 
 
 def kv_cache_decode(q, k, v, scale: float | None = None) -> torch.Tensor:

@@ -63,10 +63,12 @@ for spec in sys.argv[1:]:
     const = json.loads(spec)
     kernel = getattr(importlib.import_module(const.pop("_module")), const.pop("_kernel"))
     half = set(const.pop("_bf16", ()))  # pointers to bfloat16
+    types = const.pop("_types", {})  # any other argument's type, e.g. "*i64" or "fp32"
     opts = dict(num_warps=const.pop("_num_warps", 1), maxnreg=const.pop("_maxnreg", None))
     names = kernel.arg_names
-    sig = {n: "constexpr" if n in const else ("*bf16" if n in half else "*fp32")
-           if n.endswith("_ptr") else "i32" for n in names}
+    sig = {n: "constexpr" if n in const else types.get(n) or (
+           ("*bf16" if n in half else "*fp32") if n.endswith("_ptr") else "i32")
+           for n in names}
     src = ASTSource(fn=kernel, signature=sig,
                     constexprs={(names.index(k),): v for k, v in const.items()})
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
@@ -80,7 +82,8 @@ def compile_for_sm90(specs: list[dict]) -> None:
     """Compile kernels for an H100/H200 (sm_90) on this machine, GPU or not, in a process
     without the interpreter (which does not see what only the compiler rejects). A spec is
     the kernel's constexprs (None for an absent pointer) plus _module, _kernel and optional
-    _bf16 (pointer names), _num_warps, _maxnreg; fails with the compiler's message."""
+    _bf16 (pointer names), _types (argument name -> Triton type, for the arguments that are
+    neither float pointers nor i32), _num_warps, _maxnreg; fails with the compiler's message."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _SM90_COMPILE, *map(json.dumps, specs)],
                           env=env, capture_output=True, text=True, timeout=900)
