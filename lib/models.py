@@ -71,6 +71,7 @@ class TransformerConfig:
     max_seq_len: int = 4096  # longest sequence for learned positions (rotary has no limit)
     rope_base: float = 10000.0  # RoPE frequency base
     norm_eps: float = 1e-5  # RMSNorm epsilon
+    path: str = "auto"  # decoding attention: "auto" (the kernel on CUDA), "kernel" or "ref"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layer", "n_head", "d_ff", "max_seq_len"):
@@ -80,13 +81,16 @@ class TransformerConfig:
                              f"{self.d_model}, n_head = {self.n_head}")
         if self.positions not in ("rotary", "learned"):
             raise ValueError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
+        if self.path not in SCAN_PATHS:
+            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
 
 
 def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
                                positions: str = "rotary") -> TransformerConfig:
     """A Transformer of the same width with n_layer / 2 layers (one attention + MLP layer
-    per two Mamba blocks) and d_ff chosen so that its parameter count equals the MambaLM's
-    (up to rounding d_ff to a multiple of 8)."""
+    per two Mamba blocks), heads of 64 channels unless n_head is given, and d_ff chosen so
+    that its parameter count equals the MambaLM's (up to rounding d_ff to a multiple of 8).
+    At the Mamba paper's 1.4B (d_model 2048, 48 blocks): 24 layers, 32 heads, d_ff 8816."""
     d = cfg.d_model
     n_head = n_head or max(1, d // 64)
     n_layer = max(1, cfg.n_layer // 2)
@@ -268,6 +272,44 @@ def cache_bytes(cache) -> int:
                for s in cache)
 
 
+@dataclass
+class StepBytes:
+    """The fewest bytes one decoding step moves to and from memory: a floor on its time."""
+
+    weights: int  # every parameter read once (a tied matrix once)
+    cache_read: int  # KV cache: the filled keys and values; Mamba: conv and SSM states
+    cache_written: int  # KV cache: the new token's key and value; Mamba: both states
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.cache_read + self.cache_written
+
+    def seconds(self, bytes_per_s: float) -> float:
+        """The floor's time at a memory bandwidth of bytes_per_s."""
+        return self.total / bytes_per_s
+
+
+def decode_step_bytes(model, batch: int, context: int) -> StepBytes:
+    """Bytes a decoding step of `batch` sequences that hold `context` tokens must move, from
+    the parameters and the cache's shapes (nothing is allocated; a model on the meta device
+    will do). TransformerLM: weights + K and V of the context + 1 positions read (the new
+    token's written, then read), 2 n_layer B H P each; MambaLM: weights + the conv state
+    (B, D, K-1) and SSM state (B, D, N) per block, read and written."""
+    if not isinstance(model, (MambaLM, TransformerLM)):
+        raise TypeError(f"model must be a MambaLM or TransformerLM, got {type(model).__name__}")
+    check_positive_int("batch", batch)
+    if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+        raise ValueError(f"context must be an int >= 0, got {context!r}")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if isinstance(model, TransformerLM):
+        c = model.cfg
+        per_token = 2 * c.n_layer * batch * c.d_model * model.embedding.weight.element_size()
+        return StepBytes(weights, per_token * (context + 1), per_token)
+    states = [layer.mixer.new_state(batch, device="meta") for layer in model.layers]
+    held = sum(t.numel() * t.element_size() for s in states for t in (s.conv, s.ssm))
+    return StepBytes(weights, held, held)
+
+
 # ----------------------------------------------------------------------------- Transformer
 @dataclass
 class KVCache:
@@ -332,13 +374,30 @@ class TransformerLayer(nn.Module):
         return self._finish(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
     def step(self, x, pos, cache_k, cache_v):
-        """x (B, 1, d) at position pos (a () tensor); attends to cache[:, :, :pos + 1]."""
-        q, k, v = self.qkv_heads(x, pos.view(1))
+        """x (B, 1, d) at position pos (a () tensor); attends to cache[:, :, :pos + 1].
+
+        The kernel path (`mambabook.kernels.decode_attention`) reads only those pos + 1
+        keys and values; the reference path attends to the whole cache under a mask (the
+        same numbers: softmax gives the masked keys weight 0). Both take pos from the
+        device, so the step can be captured in a CUDA graph and replayed."""
+        q, k, v = self.qkv_heads(x, pos.view(1))  # (B, H, 1, P) each
         cache_k.index_copy_(2, pos.view(1), k)
         cache_v.index_copy_(2, pos.view(1), v)
-        mask = torch.arange(cache_k.shape[2], device=x.device) <= pos  # (max_len,)
-        att = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask[None, None, None])
-        return self._finish(x, att)
+        if self.decodes_with_kernel(x):
+            from mambabook.kernels import decode_attention
+
+            att = decode_attention(q[:, :, 0], cache_k, cache_v, pos + 1)[:, :, None]
+        else:
+            mask = torch.arange(cache_k.shape[2], device=x.device) <= pos  # (max_len,)
+            att = F.scaled_dot_product_attention(q, cache_k, cache_v,
+                                                 attn_mask=mask[None, None, None])
+        return self._finish(x, att)  # att: (B, H, 1, P)
+
+    def decodes_with_kernel(self, x) -> bool:
+        """path "kernel", or "auto" on CUDA in float32, float16 or bfloat16."""
+        path = self.cfg.path
+        return path == "kernel" or (path == "auto" and x.is_cuda and x.dtype in
+                                    (torch.float32, torch.float16, torch.bfloat16))
 
 
 class TransformerLM(nn.Module):

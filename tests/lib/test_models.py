@@ -127,6 +127,73 @@ def test_mamba_state_is_constant_size_kv_cache_grows():
     assert cache_bytes(t.new_cache(2, 1000)) == 100 * cache_bytes(t.new_cache(2, 10))
 
 
+def test_paper_scale_pair_has_equal_size():
+    """The Mamba paper's 1.4B shape (d_model 2048, 48 blocks, N = 16, expand 2; vocab 256
+    here): the matched Transformer has 24 layers of 32 heads x 64 and the same parameter
+    count within 0.1% (about 1.27B each with a 256-token vocabulary)."""
+    mcfg = MambaConfig(d_model=2048, n_layer=48, d_state=16, expand=2)
+    tcfg = matched_transformer_config(mcfg)
+    assert (tcfg.n_layer, tcfg.n_head, tcfg.d_model // tcfg.n_head) == (24, 32, 64)
+    with torch.device("meta"):
+        n_m, n_t = count_parameters(MambaLM(mcfg)), count_parameters(TransformerLM(tcfg))
+    assert 1.2e9 < n_m < 1.35e9 and abs(n_t - n_m) / n_m < 1e-3, (n_m, n_t)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_step_bytes_are_weights_and_cache(dtype):
+    """The floor counts each parameter once and the cache a step touches: the Transformer
+    reads the K, V of context + 1 positions (a cache of that many slots) and writes one;
+    Mamba reads and writes its whole state, whatever the context. The same numbers from
+    a model on the meta device."""
+    from mambabook.models import decode_step_bytes
+
+    mamba, transformer = (m.to(dtype) for m in _models())
+    for model in (mamba, transformer):
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        for batch, context in ((1, 0), (3, 9)):
+            floor = decode_step_bytes(model, batch, context)
+            assert floor.weights == weights
+            assert floor.total == floor.weights + floor.cache_read + floor.cache_written
+            assert floor.seconds(1e9) == pytest.approx(floor.total / 1e9)
+            if model is transformer:
+                assert floor.cache_read == cache_bytes(model.new_cache(batch, context + 1))
+                assert floor.cache_written * (context + 1) == floor.cache_read
+            else:
+                assert floor.cache_read == floor.cache_written == cache_bytes(
+                    model.new_cache(batch))
+            with torch.device("meta"):
+                meta = type(model)(model.cfg).to(dtype)
+            assert decode_step_bytes(meta, batch, context) == floor
+    with pytest.raises(TypeError, match="model"):
+        decode_step_bytes(torch.nn.Linear(2, 2), 1, 1)
+    with pytest.raises(ValueError, match="context"):
+        decode_step_bytes(mamba, 1, -1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_transformer_decoding_kernel_equals_ref(device, positions):
+    """path="kernel" (mambabook.kernels.decode_attention reads the filled part of the
+    cache) against path="ref" (the whole cache under a mask) and the full forward: prefill
+    then steps, float32, in Triton's interpreter on a CPU."""
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=16, n_layer=2, n_head=2, d_ff=32, positions=positions,
+                            path="ref")
+    model = TransformerLM(cfg).to(device).eval()
+    tokens = torch.randint(0, 256, (2, 7), device=device)
+    with torch.no_grad():
+        full = model(tokens)
+        runs = {}
+        for path in ("ref", "kernel"):
+            model.cfg.path = path
+            assert model.layers[0].decodes_with_kernel(full) == (path == "kernel")
+            logits, cache = model.prefill(tokens[:, :3], max_len=9)
+            runs[path] = torch.cat([logits, torch.stack(
+                [model.step(tokens[:, t], cache) for t in range(3, 7)], 1)], 1)
+    torch.testing.assert_close(runs["kernel"], runs["ref"], **tol(torch.float32))
+    torch.testing.assert_close(runs["kernel"], full, **tol(torch.float32))
+
+
 @pytest.mark.parametrize("kind", ["mamba", "transformer"])
 def test_generate_shapes_determinism(kind, device):
     mamba, transformer = _models()
@@ -177,6 +244,8 @@ def test_config_and_forward_bad_inputs():
         TransformerConfig(d_model=30, n_head=4)
     with pytest.raises(ValueError, match="positions"):
         TransformerConfig(positions="alibi")
+    with pytest.raises(ValueError, match="path must be one of"):
+        TransformerConfig(path="flash")
     mamba, transformer = _models("learned")
     with pytest.raises(ValueError, match="tokens"):
         mamba(torch.zeros(2, 3, 4, dtype=torch.long))
