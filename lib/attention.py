@@ -150,7 +150,7 @@ def decode_attention_ref(q, k_cache, v_cache, length, scale: float | None = None
 
     q: (B, H, P); k_cache, v_cache: (B, H, max_len, P); length: () or (B,) integer tensor
     with 1 <= n <= max_len -> (B, H, P) in q's dtype. The cache is sliced to its filled part
-    (a host read of length: not for a CUDA graph). The twin of
+    (a host read of length: not for a CUDA graph); float64 inputs stay float64. The twin of
     `mambabook.kernels.decode_attention`; chapter 8's Transformer decodes with it.
     """
     bsz, _, max_len, dim = check_decode_attention_args(q, k_cache, v_cache, length)
@@ -158,10 +158,11 @@ def decode_attention_ref(q, k_cache, v_cache, length, scale: float | None = None
     if any(not 1 <= n <= max_len for n in lengths):
         raise ValueError(f"length must lie in [1, max_len = {max_len}], got {lengths}")
     scale = dim ** -0.5 if scale is None else scale
+    ct = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64
     outs = []
     for b, n in enumerate(lengths):
-        K, V = k_cache[b, :, :n].float(), v_cache[b, :, :n].float()  # (H, n, P): filled part
-        w = torch.softmax((K @ q[b].float()[:, :, None])[..., 0] * scale, dim=-1)  # (H, n)
+        K, V = k_cache[b, :, :n].to(ct), v_cache[b, :, :n].to(ct)  # (H, n, P): filled part
+        w = torch.softmax((K @ q[b].to(ct)[:, :, None])[..., 0] * scale, dim=-1)  # (H, n)
         outs.append((w[:, None, :] @ V)[:, 0])  # (H, P)
     return torch.stack(outs).to(q.dtype)  # (B, H, P)
 

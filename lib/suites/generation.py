@@ -2,6 +2,16 @@
 
 generation_throughput: batch 64, prompt 2048, 128 new tokens (greedy): tokens per second.
 generation_latency: one decoding step at batch 1 for contexts 1K..64K.
+generation_map: the Mamba paper's scale (Mamba d_model 2048 x 48 blocks against a Transformer
+of 24 layers, ~1.27B parameters each, bf16, random weights) over batch 1..256 x context
+512..16K: prefill, the decoding step, prompt + 128 new tokens, tokens/s of both and their
+ratio, each step against its floor (models.decode_step_bytes at the bandwidth of a copy timed
+in the same run). Budget: the cost model (estimate_plan: 2 FLOPs per parameter and token,
+~2.6 GFLOP, plus causal attention, at 500 TFLOP/s, Mamba's prefill 1.5x that; a step at its
+floor bytes / 3 TB/s + 0.5 ms, as many steps as do_bench takes) puts the 30 points it keeps
+at about 245 s on an H200; the 6 of B x context >= 1M tokens (a prefill estimated over 4.5 s,
+and a KV cache over 200 GB) are skipped, and a guard skips any point that would end the run
+past 360 s. Eager decoding steps at batch 1 and 64, context 2048, beside the graphed ones.
 lm_training: both models trained on the stdlib corpus for the same budget; loss curves.
 
 Fairness: both models decode from preallocated buffers (Mamba's constant-size state, the
@@ -12,6 +22,9 @@ on the GPU, float32 on the CPU. The per-token functions are what the chapter's w
 
 from __future__ import annotations
 
+import gc
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +38,7 @@ from ..models import (
     TransformerLM,
     cache_bytes,
     count_parameters,
+    decode_step_bytes,
     matched_transformer_config,
 )
 from ..selective import scan_functions, selective_scan_ref
@@ -41,7 +55,9 @@ def equal_size_models(d_model: int, n_layer: int, device, dtype=None, d_state: i
     dtype = dtype or _dtype(device)
     torch.manual_seed(0)
     mcfg = MambaConfig(d_model=d_model, n_layer=n_layer, d_state=d_state)
-    models = {"mamba": MambaLM(mcfg), "transformer": TransformerLM(matched_transformer_config(mcfg))}
+    with torch.device(device):  # initialised where they run: 1.3B parameters init fast on a GPU
+        models = {"mamba": MambaLM(mcfg),
+                  "transformer": TransformerLM(matched_transformer_config(mcfg))}
     return {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
 
 
@@ -129,6 +145,7 @@ class GenerationBench:
     run: Callable[[], None]  # prefill + n_new greedy tokens
     prefill: Callable[[], None]  # the prompt only (fills the cache, picks the first token)
     decode: Callable[[], None]  # n_new - 1 decoding steps after the prompt
+    step: Callable[[], None]  # one decoding step (a CUDA-graph replay on a GPU)
     cache: object  # Mamba's states or the Transformer's KV cache (preallocated)
     prompt: torch.Tensor  # (B, prompt_len) random bytes
     token: torch.Tensor  # (B,) the last token generated
@@ -168,7 +185,7 @@ def generation_fn(model, batch: int, prompt_len: int, n_new: int,
         for _ in range(n_new - 1):
             step()
 
-    return GenerationBench(generate_all, prefill, decode, cache, prompt, token)
+    return GenerationBench(generate_all, prefill, decode, step, cache, prompt, token)
 
 
 def generation_throughput(models: dict, batch: int, prompt_len: int, n_new: int, device=None,
@@ -224,9 +241,250 @@ def _add_ratios(records: list[Record]) -> None:
         m, t = ok.get("mamba" + suffix), ok.get("transformer" + suffix)
         if m and t:
             for key in ("tokens_per_s", "decode_tokens_per_s"):
+                if key not in m.extra or key not in t.extra:
+                    continue
                 ratio = m.extra[key] / t.extra[key]
                 m.extra[f"mamba_over_transformer_{key}"] = ratio
                 t.extra[f"mamba_over_transformer_{key}"] = ratio
+
+
+# ----------------------------------------------------------------------------- generation_map
+HBM_SPEC_BYTES_PER_S = 4.8e12  # H200 HBM3e, datasheet
+ESTIMATE_BYTES_PER_S = 3.0e12  # the cost model's decoding rate: ~70% of a copy's 4.2 TB/s
+STEP_OVERHEAD_S = 5e-4  # ... plus this per step (48 small layers at batch 1)
+POINT_OVERHEAD_S = 0.5  # ... plus this per model and point: cache, capture, compiles, frees
+START_S = 20.0  # ... plus this once: models, the copy, the first compiles, eager points
+
+
+@dataclass
+class MapPlan:
+    """What generation_map measures, and the cost model that keeps it within its budget."""
+
+    d_model: int = 2048  # width of both models: Mamba-1.4B's shape, ~1.27B parameters each
+    n_layer: int = 48  # Mamba blocks (the Transformer gets n_layer / 2 layers)
+    batches: tuple[int, ...] = (1, 4, 16, 64, 128, 256)  # B
+    contexts: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384)  # prompt tokens
+    n_new: int = 128  # tokens generated after the prompt
+    decode_steps: int = 16  # decoding steps per timed call (CUDA-graph replays on a GPU)
+    prefill_reps: int = 2  # timed prefills after the warm-up (10 if one is estimated < 50 ms)
+    eager: tuple[tuple[int, int], ...] = ((1, 2048), (64, 2048))  # (B, context), no graph
+    max_prefill_s: float = 4.5  # skip a point whose estimated prefill (either model) is longer
+    budget_s: float = 360.0  # skip the points that would end the run later than this
+    flops_per_s: float = 5e14  # the cost model's prefill rate (bf16 matmuls, ~half of peak)
+    mamba_prefill_factor: float = 1.5  # Mamba's prefill over that estimate (scan, conv)
+    bandwidth: float | None = None  # bytes/s for the floors; None: a copy timed in the run
+    copy_bytes: int = 2**30  # the size of that copy (read once, written once)
+    min_run_time: float = 0.05  # CPU: seconds per timing (torch.utils.benchmark)
+
+
+CPU_MAP_PLAN = MapPlan(d_model=64, n_layer=4, batches=(1, 4), contexts=(32, 128), n_new=8,
+                       decode_steps=4, eager=((1, 128),), flops_per_s=2e10, budget_s=120.0,
+                       copy_bytes=2**24, min_run_time=0.02)
+
+
+def prefill_flops(model, batch: int, context: int) -> float:
+    """2 FLOPs per parameter per token (the matmuls, the tied head included); for the
+    Transformer also causal attention's q k^T and p v: 2 n_layer B L^2 d_model."""
+    flops = 2.0 * count_parameters(model) * batch * context
+    if isinstance(model, TransformerLM):
+        flops += 2.0 * model.cfg.n_layer * batch * context**2 * model.cfg.d_model
+    return flops
+
+
+def _prefill_reps(prefill_s: float, plan: MapPlan) -> int:
+    return 10 if prefill_s < 0.05 else plan.prefill_reps
+
+
+def _do_bench_calls(call_s: float) -> int:
+    """Calls triton's do_bench makes of a call of call_s seconds (bench.time_fn's defaults:
+    1 + 5 to estimate, then 25 ms of warm-up and 100 ms of repetitions, at least 1 each)."""
+    return 6 + max(1, int(0.025 / call_s)) + max(1, int(0.1 / call_s))
+
+
+def estimate_point(models: dict, batch: int, context: int, plan: MapPlan) -> dict:
+    """The cost model of one map point: prefill_s, the longer of the two models' prefills
+    (FLOPs at plan.flops_per_s, Mamba's times plan.mamba_prefill_factor), and seconds, the
+    whole point: per model a warm-up and the timed prefills, the decoding calls do_bench
+    makes (a step: its floor bytes at ESTIMATE_BYTES_PER_S plus STEP_OVERHEAD_S; 4 more
+    steps to capture the graph) and POINT_OVERHEAD_S."""
+    prefills, seconds = [], 0.0
+    for name, model in models.items():
+        prefill = prefill_flops(model, batch, context) / plan.flops_per_s
+        prefill *= plan.mamba_prefill_factor if name == "mamba" else 1.0
+        step = (decode_step_bytes(model, batch, context).total / ESTIMATE_BYTES_PER_S
+                + STEP_OVERHEAD_S)
+        calls = _do_bench_calls(plan.decode_steps * step)
+        seconds += ((1 + _prefill_reps(prefill, plan)) * prefill
+                    + (calls * plan.decode_steps + 4) * step + POINT_OVERHEAD_S)
+        prefills.append(prefill)
+    return {"prefill_s": max(prefills), "seconds": seconds}
+
+
+def estimate_plan(models: dict, plan: MapPlan) -> dict:
+    """{(batch, context): estimate_point or None if skipped (prefill over max_prefill_s)},
+    and "total": START_S plus the points measured (models on the meta device will do)."""
+    points = {}
+    for batch in plan.batches:
+        for context in plan.contexts:
+            est = estimate_point(models, batch, context, plan)
+            points[(batch, context)] = est if est["prefill_s"] <= plan.max_prefill_s else None
+    total = START_S + sum(e["seconds"] for e in points.values() if e)
+    return {"points": points, "total": total}
+
+
+def copy_bandwidth(device, nbytes: int) -> float:
+    """Bytes per second of a device-to-device copy of nbytes (read once, written once)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = bench.time_fn(lambda: dst.copy_(src), device, min_run_time=0.05)
+    return 2 * nbytes / (ms / 1e3)
+
+
+def time_calls(fn, device, reps: int, min_run_time: float) -> float:
+    """Median ms of fn(), already run once (the warm-up): on a GPU, `reps` calls between CUDA
+    events (do_bench's 8 or more calls cost too much for a prefill of seconds); on a CPU,
+    bench.time_fn."""
+    if device.type != "cuda":
+        return bench.time_fn(fn, device, min_run_time=min_run_time)
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def _measure_point(model, batch: int, context: int, plan: MapPlan, device, reps: int):
+    """(prefill ms, ms per decoding step, cache bytes) of one model at one point."""
+    graph = device.type == "cuda"
+    gb = generation_fn(model, batch, context, plan.n_new, cuda_graph=graph)  # one prefill
+    prefill_ms = time_calls(gb.prefill, device, reps, plan.min_run_time)
+
+    def decode():  # steps at positions context .. context + decode_steps - 1
+        if isinstance(model, TransformerLM):
+            gb.cache.pos.fill_(context)
+        for _ in range(plan.decode_steps):
+            gb.step()
+
+    step_ms = bench.time_fn(decode, device, min_run_time=plan.min_run_time) / plan.decode_steps
+    return prefill_ms, step_ms, cache_bytes(gb.cache)
+
+
+def _point_extra(model, batch: int, context: int, plan: MapPlan, bandwidth: tuple) -> dict:
+    """What every record of a point holds, measured or not: sizes, bytes, the floor."""
+    floor = decode_step_bytes(model, batch, context)
+    return {"params": count_parameters(model), "dtype": str(model.embedding.weight.dtype),
+            "new_tokens": plan.n_new,
+            # a cache for context + n_new tokens: the KV read by the last step, or the state
+            "cache_bytes": decode_step_bytes(model, batch, context + plan.n_new - 1).cache_read,
+            "weight_bytes": floor.weights, "floor_bytes": floor.total,
+            "floor_ms": floor.seconds(bandwidth[0]) * 1e3,
+            "bandwidth_bytes_per_s": bandwidth[0], "bandwidth_source": bandwidth[1]}
+
+
+def _ok_extra(extra: dict, batch: int, plan: MapPlan, prefill_ms, step_ms, graph) -> dict:
+    e2e_ms = prefill_ms + (plan.n_new - 1) * step_ms  # the first new token: the prefill's
+    return {**extra, "prefill_ms": prefill_ms, "decode_ms_per_token": step_ms,
+            "e2e_ms": e2e_ms, "tokens_per_s": batch * plan.n_new / (e2e_ms / 1e3),
+            "decode_tokens_per_s": batch / (step_ms / 1e3),
+            "floor_ratio": step_ms / extra["floor_ms"], "decode_steps_timed": plan.decode_steps,
+            "cuda_graph": graph, "torch_threads": torch.get_num_threads()}
+
+
+def _free(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def generation_map(models: dict, plan: MapPlan, device=None,
+                   suite_name: str = "generation_map") -> list[Record]:
+    """Both models over plan.batches x plan.contexts: a prompt of `context` random tokens,
+    then plan.n_new greedy tokens, and the decoding steps alone; see the suite's docstring.
+
+    One record per model and point, size {"batch", "context"}; ms: prompt + n_new tokens.
+    extra: prefill_ms, decode_ms_per_token, e2e_ms (prefill + (n_new - 1) steps),
+    tokens_per_s (new tokens over e2e), decode_tokens_per_s, cache_bytes, floor_bytes and
+    floor_ms (decode_step_bytes at the context, at the bandwidth in extra), floor_ratio
+    (step / floor), the cost model's estimate, and, when both models ran, the Mamba /
+    Transformer ratios of both tokens/s. status "oom" where memory ran out, "skipped" (with
+    extra["reason"]) past the prefill or time budget or after an oom at a smaller size.
+    Then "<model> (eager)" records at plan.eager: the decoding step without a CUDA graph.
+    """
+    device = torch.device(device) if device is not None else bench.default_device()
+    bandwidth = ((plan.bandwidth, "given") if plan.bandwidth else
+                 (copy_bandwidth(device, plan.copy_bytes), "device-to-device copy in this run"))
+    started = time.perf_counter()
+    records, ooms = [], {name: [] for name in models}
+    for batch in plan.batches:
+        for context in plan.contexts:
+            size = {"batch": batch, "context": context}
+            est = estimate_point(models, batch, context, plan)
+            spent = time.perf_counter() - started
+            reason = None
+            if est["prefill_s"] > plan.max_prefill_s:
+                reason = (f"over budget: estimated prefill {est['prefill_s']:.1f} s > "
+                          f"{plan.max_prefill_s:g} s")
+            elif spent + est["seconds"] > plan.budget_s:
+                reason = (f"over budget: {spent:.0f} s spent + {est['seconds']:.0f} s "
+                          f"estimated > {plan.budget_s:g} s")
+            point = []
+            for name, model in models.items():
+                extra = {**_point_extra(model, batch, context, plan, bandwidth),
+                         "estimated_point_s": est["seconds"],
+                         "estimated_prefill_s": est["prefill_s"]}
+                after = [p for p in ooms[name] if batch >= p[0] and context >= p[1]]
+                if reason or after:
+                    why = reason or f"after an oom at batch {after[0][0]}, context {after[0][1]}"
+                    point.append(Record(suite_name, name, size, status="skipped",
+                                        extra={**extra, "reason": why}))
+                    continue
+                try:
+                    reps = _prefill_reps(est["prefill_s"], plan)
+                    prefill_ms, step_ms, held = _measure_point(model, batch, context, plan,
+                                                               device, reps)
+                except Exception as err:  # noqa: BLE001 - an oom is a result, not a failure
+                    if not bench.is_oom(err):
+                        raise
+                    ooms[name].append((batch, context))
+                    point.append(Record(suite_name, name, size, status="oom", extra=extra))
+                else:
+                    extra = _ok_extra({**extra, "cache_bytes": held}, batch, plan, prefill_ms,
+                                      step_ms, device.type == "cuda")
+                    point.append(Record(suite_name, name, size, extra["e2e_ms"], None,
+                                        extra=extra))
+                _free(device)
+            _add_ratios(point)
+            records += point
+    return records + _eager_records(models, plan, device, bandwidth, records, suite_name)
+
+
+def _eager_records(models, plan, device, bandwidth, graphed, suite_name) -> list[Record]:
+    """"<model> (eager)" records at plan.eager: one decoding step without a CUDA graph
+    (generation.decode_costs), its floor, and graph_speedup over the graphed step."""
+    ok = {(r.provider, r.size["batch"], r.size["context"]): r for r in graphed
+          if r.status == "ok"}
+    records = []
+    for batch, context in plan.eager:
+        point = []
+        for r in decode_costs(models, [context], [batch], device, cuda_graph=False,
+                              suite_name=suite_name, min_run_time=plan.min_run_time):
+            extra = _point_extra(models[r.provider], batch, context, plan, bandwidth)
+            if r.status == "ok":
+                extra.update(decode_ms_per_token=r.ms, decode_tokens_per_s=r.extra["tokens_per_s"],
+                             floor_ratio=r.ms / extra["floor_ms"], cuda_graph=False)
+                g = ok.get((r.provider, batch, context))
+                if g is not None:
+                    extra["graph_speedup"] = r.ms / g.extra["decode_ms_per_token"]
+            point.append(Record(suite_name, r.provider + " (eager)", r.size, r.ms, None,
+                                r.status, extra))
+        _add_ratios(point)
+        records += point
+        _free(device)
+    return records
 
 
 # ----------------------------------------------------------------------------- suites
@@ -262,6 +520,15 @@ def run_latency(quick: bool, device) -> list[Record]:
     with one_cpu_thread(device):
         return decode_costs(models, contexts, [1], device, suite_name="generation_latency",
                             min_run_time=0.2 if big else 0.1)
+
+
+@suite("generation_map")
+def run_map(quick: bool, device) -> list[Record]:
+    device = torch.device(device)
+    plan = MapPlan() if device.type == "cuda" and not quick else CPU_MAP_PLAN
+    models = equal_size_models(plan.d_model, plan.n_layer, device)
+    with one_cpu_thread(device):
+        return generation_map(models, plan, device)
 
 
 @suite("lm_training")

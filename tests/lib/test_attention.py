@@ -227,3 +227,20 @@ def test_bad_inputs_name_the_argument():
         A.wkv_recurrent(w, u, kk.int(), vv)
     with pytest.raises(ValueError, match="method"):
         A.associative_recall(4, 4, "lstm")
+
+
+@settings(max_examples=15, deadline=None)
+@given(bsz=st.integers(1, 3), heads=st.integers(1, 3), max_len=st.integers(1, 12),
+       dim=st.integers(1, 9), per_row=st.booleans())
+def test_decode_attention_ref_is_the_last_row_of_attention(bsz, heads, max_len, dim, per_row):
+    """decode_attention_ref over the first n cached positions == softmax attention of that
+    query over those n keys (float64); what lies past n is never looked at."""
+    g = torch.Generator().manual_seed(bsz * 1000 + max_len * 10 + dim)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)
+    q, k, v = r(bsz, heads, dim), r(bsz, heads, max_len, dim), r(bsz, heads, max_len, dim)
+    lengths = torch.randint(1, max_len + 1, (bsz,) if per_row else (), generator=g)
+    out = A.decode_attention_ref(q, k, v, lengths)
+    for b, n in enumerate(lengths.expand(bsz).tolist()):
+        w = A.attention_weights(q[b:b + 1, :, None], k[b:b + 1, :, :n], causal=False)
+        want = (w @ v[b:b + 1, :, :n])[:, :, 0]  # (1, H, P)
+        torch.testing.assert_close(out[b:b + 1], want, **tol(torch.float64))
