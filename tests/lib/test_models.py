@@ -194,6 +194,34 @@ def test_transformer_decoding_kernel_equals_ref(device, positions):
     torch.testing.assert_close(runs["kernel"], full, **tol(torch.float32))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_transformer_step_replays_in_a_cuda_graph(dtype):
+    """The decoding step (path "auto": the kernel on CUDA) captured once in a CUDA graph and
+    replayed while the cache fills: the logits of the full forward, token after token (a
+    host sync inside the step would fail the capture)."""
+    from mambabook.suites.generation import _capture
+
+    cfg = TransformerConfig(d_model=256, n_layer=2, n_head=4, d_ff=512)
+    model = TransformerLM(cfg).to("cuda", dtype).eval()
+    tokens = torch.randint(0, 256, (3, 300), device="cuda")
+    token = torch.zeros(3, dtype=torch.long, device="cuda")
+    out = torch.empty(3, 256, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        full = model(tokens)
+        _, cache = model.prefill(tokens[:, :290], max_len=300)
+
+        def step():
+            out.copy_(model.step(token, cache))
+
+        replay = _capture(step, torch.device("cuda"), cuda_graph=True)  # 3 warm-up steps
+        cache.pos.fill_(290)
+        for t in range(290, 300):
+            token.copy_(tokens[:, t])
+            replay()
+            torch.testing.assert_close(out, full[:, t], **tol(dtype))
+
+
 @pytest.mark.parametrize("kind", ["mamba", "transformer"])
 def test_generate_shapes_determinism(kind, device):
     mamba, transformer = _models()
