@@ -314,9 +314,10 @@ def decode_step_bytes(model, batch: int, context: int) -> StepBytes:
 @dataclass
 class KVCache:
     """Keys and values of every past token, preallocated to max_len; pos is a device tensor
-    so that one decoding step can be captured in a CUDA graph and replayed. Chapter 2's
-    attention.KVCache is the same idea written for reading (it grows, one token at a time);
-    this one trades that for fixed buffers."""
+    so that one decoding step can be captured in a CUDA graph and replayed (the decoding
+    attention reads pos + 1 positions, not max_len). Chapter 2's attention.KVCache is the
+    same idea written for reading (it grows, one token at a time); this one trades that for
+    fixed buffers."""
 
     k: list  # per layer (B, H, max_len, P)
     v: list  # per layer (B, H, max_len, P)

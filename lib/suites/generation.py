@@ -249,7 +249,6 @@ def _add_ratios(records: list[Record]) -> None:
 
 
 # ----------------------------------------------------------------------------- generation_map
-HBM_SPEC_BYTES_PER_S = 4.8e12  # H200 HBM3e, datasheet
 ESTIMATE_BYTES_PER_S = 3.0e12  # the cost model's decoding rate: ~70% of a copy's 4.2 TB/s
 STEP_OVERHEAD_S = 5e-4  # ... plus this per step (48 small layers at batch 1)
 POINT_OVERHEAD_S = 0.5  # ... plus this per model and point: cache, capture, compiles, frees
