@@ -63,13 +63,13 @@ def test_decode_attention_reads_only_the_filled_part():
 
 def test_decode_attention_strided_views_and_scale():
     """q a slice of a (B, 3, H, P) tensor and the caches slices of wider buffers, as the
-    model hands them over; a scale other than 1 / sqrt(P)."""
+    model hands them over; a scale other than 1 / sqrt(P); int32 lengths, one per row."""
     q3 = torch.randn(2, 3, 4, 8, device=DEVICE).transpose(1, 2)  # (B, H, 3, P)
     q = q3[:, :, 1]
     kb, vb = torch.randn(2, 4, 50, 12, device=DEVICE), torch.randn(2, 4, 50, 12, device=DEVICE)
     k, v = kb[..., 2:10], vb[..., 4:]
     assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
-    length = torch.tensor(37, device=DEVICE)
+    length = torch.tensor([37, 12], device=DEVICE, dtype=torch.int32)  # int32 works too
     torch.testing.assert_close(decode_attention(q, k, v, length, scale=0.3),
                                decode_attention_ref(q, k, v, length, scale=0.3),
                                **tol(torch.float32))
