@@ -60,39 +60,6 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
-def _unstack(x, G: tl.constexpr):
-    """(G, a, b, c) -> the G (a, b, c) tensors x[0], ..., x[G - 1], G a power of 2. The G
-    values of a thread sit in its registers, so the splits move no data."""
-    parts = (tl.permute(x, (1, 2, 3, 0)),)  # (a, b, c, G)
-    for _ in tl.static_range(G.bit_length() - 1):
-        halves = ()
-        for q in tl.static_range(len(parts)):
-            p = parts[q]
-            p = tl.reshape(p, (p.shape[0], p.shape[1], p.shape[2], 2, p.shape[3] // 2))
-            lo, hi = tl.split(tl.permute(p, (0, 1, 2, 4, 3)))  # first half, second half
-            halves = halves + (lo, hi)
-        parts = halves
-    out = ()
-    for q in tl.static_range(G):  # (a, b, c, 1) -> (a, b, c)
-        out = out + (tl.reshape(parts[q], (x.shape[1], x.shape[2], x.shape[3])),)
-    return out
-
-
-@triton.jit
-def _lanes_load_states(row, s_n, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr,
-                       V: tl.constexpr, EVEN: tl.constexpr, G: tl.constexpr):
-    """`_lanes_load` of G consecutive states' rows (row + n s_n) in one load per piece:
-    R tuples of G (CPW, LT, V) float32 pieces."""
-    rows = row[None] + tl.arange(0, G)[:, None, None, None] * s_n  # (G, CPW, 1, 1)
-    t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
-    out = ()
-    for r in tl.static_range(R):
-        x = _load_even(rows + t + r * V, mask_d & (t + r * V < L), EVEN)
-        out = out + (_unstack(x.to(tl.float32), G),)
-    return out
-
-
-@triton.jit
 def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
                   VARYING_BC: tl.constexpr):
     """One state's h over a chunk: each lane's run from a zero state (P = product of a,
@@ -158,7 +125,7 @@ def _scan_fwd_lanes_kernel(
     # meta-parameters
     SOFTPLUS: tl.constexpr, VARYING_BC: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr,
     CPW: tl.constexpr, T: tl.constexpr, V: tl.constexpr, EVEN: tl.constexpr,
-    PAIRS: tl.constexpr, GLOAD: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     """One warp per CPW channels, its lanes along time: each channel gets LT = 32 / CPW
     lanes, and a chunk of LT T steps (T = R V: R loads of V elements, 16 bytes each) is cut
@@ -178,7 +145,6 @@ def _scan_fwd_lanes_kernel(
     CPR: tl.constexpr = T // CHUNK if CHUNK < T else 1
     STEP_R: tl.constexpr = CHUNK // V if CHUNK < T else R
     G: tl.constexpr = 4 if N % 4 == 0 else 1  # states per checkpoint store
-    GL: tl.constexpr = GLOAD if N % GLOAD == 0 else 1  # states per B, C load
     ROWS_OUT: tl.constexpr = EVEN and (R == 2 or R == 4)  # output stored as rows (below)
     grp, offs_d, mask_d = _channel_block(dpg, CPW)  # channels (CPW,)
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -226,20 +192,9 @@ def _scan_fwd_lanes_kernel(
         ck_group = ()  # the states entering the runs' checkpointed pieces, G states
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
-            if VARYING_BC and PAIRS:
+            if VARYING_BC:
                 Bx = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
                 Cx = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
-            elif VARYING_BC:
-                if n % GL == 0:
-                    Bg = _lanes_load_states(B_row + n * s_B_n, s_B_n, t0, m3, L, LT, R, V,
-                                            EVEN, GL)
-                    Cg = _lanes_load_states(C_row + n * s_C_n, s_C_n, t0, m3, L, LT, R, V,
-                                            EVEN, GL)
-                Bx = ()
-                Cx = ()
-                for r in tl.static_range(R):
-                    Bx = Bx + (Bg[r][n % GL],)
-                    Cx = Cx + (Cg[r][n % GL],)
             else:
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
@@ -328,6 +283,6 @@ def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
             *row_strides(u, delta, zz, out), *sB, *sC)
     _scan_fwd_lanes_kernel[(groups * triton.cdiv(dpg, cpw), bsz)](
         *args, SOFTPLUS=bool(softplus), VARYING_BC=B.dim() > 2, N=dstate, CHUNK=chunk or t,
-        CPW=cpw, T=t, V=vec, EVEN=even, PAIRS=pairs, GLOAD=4, num_warps=1,
+        CPW=cpw, T=t, V=vec, EVEN=even, PAIRS=pairs, num_warps=1,
         **({} if maxnreg is None else dict(maxnreg=maxnreg)))
     return out, last, ckpt
