@@ -130,3 +130,58 @@ def check_state_update_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None)
         check_tensor("dt_bias", dt_bias, 1, shape=(dim,), dims="(D,)")
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     return bsz, dim, dstate
+
+
+def check_conv1d_args(x, weight, bias=None, initial=None):
+    """Validate a causal depthwise convolution's inputs; returns (batch, dim, L, K).
+
+    x: (B, D, L) with L >= 1; weight: (D, K); bias: (D,); initial: (B, D, K-1), the K-1
+    inputs before x.
+    """
+    check_tensor("x", x, 3, dims="(B, D, L)")
+    bsz, dim, length = x.shape
+    if length == 0:
+        raise ValueError("x must have shape (B, D, L) with L >= 1, got L = 0")
+    check_tensor("weight", weight, 2, dims="(D, K)")
+    if weight.shape[0] != dim or weight.shape[1] == 0:
+        raise ValueError(f"weight must have shape (D, K) with D = {dim} (from x) and K >= 1, "
+                         f"got shape {tuple(weight.shape)}")
+    width = weight.shape[1]
+    if bias is not None:
+        check_tensor("bias", bias, 1, shape=(dim,), dims="(D,)")
+    if initial is not None:
+        check_tensor("initial", initial, 3, shape=(bsz, dim, width - 1), dims="(B, D, K-1)")
+    check_same_device(x=x, weight=weight, bias=bias, initial=initial)
+    return bsz, dim, length, width
+
+
+def check_conv1d_update_args(x, conv_state, weight, bias=None):
+    """Validate one decoding step of the causal conv; returns (batch, dim, K).
+
+    x: (B, D), this step's input; conv_state: (B, D, K-1), the K-1 inputs before it;
+    weight: (D, K); bias: (D,).
+    """
+    check_tensor("x", x, 2, dims="(B, D)")
+    bsz, dim = x.shape
+    check_tensor("weight", weight, 2, dims="(D, K)")
+    if weight.shape[0] != dim or weight.shape[1] == 0:
+        raise ValueError(f"weight must have shape (D, K) with D = {dim} (from x) and K >= 1, "
+                         f"got shape {tuple(weight.shape)}")
+    width = weight.shape[1]
+    check_tensor("conv_state", conv_state, 3, shape=(bsz, dim, width - 1), dims="(B, D, K-1)")
+    if bias is not None:
+        check_tensor("bias", bias, 1, shape=(dim,), dims="(D,)")
+    check_same_device(x=x, conv_state=conv_state, weight=weight, bias=bias)
+    return bsz, dim, width
+
+
+def check_add_rms_norm_args(x, y, weight):
+    """Validate the residual add + RMSNorm's inputs; returns (rows, d).
+
+    x (the residual), y (what is added to it): (B, d); weight: (d,).
+    """
+    check_tensor("x", x, 2, dims="(B, d)")
+    check_tensor("y", y, 2, shape=tuple(x.shape), dims="(B, d)")
+    check_tensor("weight", weight, 1, shape=(x.shape[1],), dims="(d,)")
+    check_same_device(x=x, y=y, weight=weight)
+    return tuple(x.shape)
