@@ -5,6 +5,16 @@ two branches, a causal depthwise conv and the selective scan (S6) on one, SiLU(z
 other, their product through out_proj. Both LMs decode token by token (Mamba with a
 constant-size state, the Transformer with a preallocated KV cache). Used in chapter 08.
 `Mamba2Block` (chapter 9) is Mamba-2's block: the SSD with one decay per head.
+
+Mamba's decoding step (`MambaLM.step`), launches per block on CUDA, counted from the code:
+in_proj, `causal_conv1d_update` (window shift, conv, bias, SiLU), x_proj, dt_proj,
+A = -exp(A_log) (2), `selective_state_update` (dt bias, softplus, D skip, gate), out_proj,
+`add_rms_norm` (residual add and the next block's RMSNorm): 9, 10 in bfloat16 (A_log's
+cast). Written with PyTorch operations the same step took 14 plus RMSNorm's (the conv
+window alone 6: cat, copy, mul, sum, add, SiLU), 17 plus RMSNorm's in bfloat16.
+Its floor (`mamba_step_bytes`): every weight read once and each block's state read and
+written once. At the paper's 1.4B row in bfloat16 that is 2.54 GB of weights and 27.5 MB
+of state per sequence: 2.57 GB a step at batch 1, 6.06 GB at batch 128.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_positive_int
-from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule
+from .conv import conv_functions, conv_state_after
+from .norm import add_norm_function
+from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule, fold_batch, unfold_batch
 from .ssd import ssd_chunked, ssd_step
 from .ssm import S4D
 
@@ -85,6 +97,13 @@ class TransformerConfig:
             raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
 
 
+def paper_scale_mamba_config(**overrides) -> MambaConfig:
+    """The Mamba paper's 1.4B row (Gu & Dao, 2023, Table 12; Fig. 8 times its generation):
+    d_model 2048, 48 blocks, N = 16, expand 2. The vocabulary stays bytes (256), so the
+    model has about 1.3B parameters (the paper's count holds a 50K-token embedding)."""
+    return MambaConfig(**{**dict(d_model=2048, n_layer=48, d_state=16, expand=2), **overrides})
+
+
 def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
                                positions: str = "rotary") -> TransformerConfig:
     """A Transformer of the same width with n_layer / 2 layers (one attention + MLP layer
@@ -133,7 +152,12 @@ class MambaBlock(nn.Module):
     """in_proj -> [conv1d -> SiLU -> SSM] * SiLU(z) -> out_proj, on (B, L, d_model).
 
     The SSM is selective.S6 (the gate applied inside its scan) or, for chapter 5's
-    time-invariant baseline, ssm.S4D (no recurrent step: forward only).
+    time-invariant baseline, ssm.S4D (no recurrent step: forward only). The forward
+    hands no layout copy from one stage to the next: in_proj writes (2D, B*L) rows, and
+    x, z, the conv's output, delta, B, C and y are (B, D, L) views of such rows with time
+    stride 1 (`selective.unfold_batch`), read as they are by the conv and scan kernels
+    and by the next matmul. cfg.path picks the kernels or their twins ("auto": kernels
+    on CUDA).
     """
 
     def __init__(self, cfg: MambaConfig):
@@ -148,28 +172,31 @@ class MambaBlock(nn.Module):
 
     def inner(self, hidden):
         """hidden (B, L, d_model) -> the SSM input x (B, D, L) after the causal conv and SiLU,
-        the gate z (B, D, L) and the conv input (B, D, L)."""
-        L = hidden.shape[1]
-        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, D, L) each
-        return F.silu(self.conv1d(x)[..., :L]), z, x  # conv: the last K-1 outputs cut
+        the gate z (B, D, L) and the conv input (B, D, L): views of (D, B*L) rows with time
+        stride 1 (`unfold_batch`), what the conv and the scan read without a copy."""
+        bsz, L, d = hidden.shape
+        xz = self.in_proj.weight @ hidden.reshape(bsz * L, d).T  # (2D, B*L)
+        x, z = unfold_batch(xz, bsz).chunk(2, dim=1)  # (B, D, L) each
+        conv, _ = conv_functions(x, self.cfg.path)
+        return conv(x, self.conv1d.weight[:, 0], self.conv1d.bias), z, x  # + SiLU
 
     def forward(self, hidden, return_state: bool = False):
         """hidden: (B, L, d_model) -> (B, L, d_model) [, MambaLayerState after the last token]."""
         if return_state:
             self._check_decodable()
-        x_conv, z, x = self.inner(hidden)
+        bsz, L, d = hidden.shape
+        x_conv, z, x = self.inner(hidden)  # (B, D, L) x 3
         if isinstance(self.ssm, S4D):
             y = self.ssm(x_conv) * F.silu(z)  # (B, D, L)
         else:
             y = self.ssm(x_conv, z, return_last_state=return_state)
         y, h = y if return_state else (y, None)  # y: (B, D, L)
-        y = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+        out = F.linear(fold_batch(y).T, self.out_proj.weight)  # (B*L, d_model)
+        out = out.view(bsz, L, d)
         if not return_state:
-            return y
-        K, L = self.cfg.d_conv, x.shape[-1]
-        conv_state = F.pad(x, (max(K - 1 - L, 0), 0))  # (B, D, >= K-1)
-        conv_state = conv_state[..., conv_state.shape[-1] - (K - 1):]  # the last K-1 inputs
-        return y, MambaLayerState(conv_state.contiguous(), h.float().contiguous())
+            return out
+        conv_state = conv_state_after(x, self.cfg.d_conv)  # the last K-1 inputs
+        return out, MambaLayerState(conv_state.contiguous(), h.float().contiguous())
 
     def _check_decodable(self):
         if not isinstance(self.ssm, S6):
@@ -186,9 +213,9 @@ class MambaBlock(nn.Module):
     def step(self, hidden, state: MambaLayerState):
         """One token: hidden (B, d_model) -> (B, d_model); state is updated in place."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, D) each
-        window = torch.cat([state.conv, x[..., None]], dim=-1)  # (B, D, K): K-1 past + this one
-        state.conv.copy_(window[..., 1:])
-        x = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (B, D)
+        _, conv_step = conv_functions(x, self.cfg.path)
+        # the window shifts in place: SiLU(conv of the K-1 past inputs and this one)
+        x = conv_step(x, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)
         return self.out_proj(self.ssm.step(state.ssm, x, z))  # (B, d_model)
 
 
@@ -257,11 +284,30 @@ class MambaLM(nn.Module):
         return self._head(x), states
 
     def step(self, token, cache: list[MambaLayerState]):
-        """token: (B,) -> logits (B, vocab); the cache is updated in place."""
-        x = self.embedding(token.long())  # (B, d_model)
-        for layer, state in zip(self.layers, cache):
-            x = x + layer.mixer.step(layer.norm(x), state)
-        return self._head(x)
+        """token: (B,) -> logits (B, vocab); the cache is updated in place.
+
+        Between two blocks, one fused residual add + RMSNorm (`norm.add_rms_norm_ref` or
+        its kernel): the new residual x and the next block's input h."""
+        x = self.embedding(token.long())  # (B, d_model): the residual stream
+        h = self.layers[0].norm(x)
+        add_norm = add_norm_function(x, self.cfg.path)
+        norms = [layer.norm for layer in self.layers[1:]] + [self.norm_f]
+        for layer, state, norm in zip(self.layers, cache, norms):
+            x, h = add_norm(x, layer.mixer.step(h, state), norm.weight, norm.eps)
+        return F.linear(h, self.embedding.weight)  # tied head on norm_f(x)
+
+
+def mamba_step_bytes(cfg: MambaConfig, batch: int, element_size: int = 2) -> dict:
+    """The bytes one MambaLM decoding step must move, computed (its HBM floor): every weight
+    read once (the tied embedding as the head), and each block's state read and written
+    once: h (B, D, N) in float32 and the conv window (B, D, K-1) in the weights' dtype.
+    The activations (a few (B, D) vectors a block) are left out."""
+    with torch.device("meta"):  # shapes only
+        params = count_parameters(MambaLM(cfg))
+    D, N, K = cfg.d_inner, cfg.d_state, cfg.d_conv
+    state = 2 * cfg.n_layer * batch * D * (4 * N + element_size * (K - 1))  # read + write
+    weights = params * element_size
+    return {"weights": weights, "state": state, "total": weights + state}
 
 
 def cache_bytes(cache) -> int:

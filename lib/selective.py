@@ -146,6 +146,19 @@ def time_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
+def fold_batch(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) -> (C, B*L): rows that one matmul projects at once. A view when t is the
+    (B, C, L) view of such rows (strides (L, B*L, 1), what `unfold_batch` gives), a copy
+    otherwise."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def unfold_batch(t: torch.Tensor, bsz: int) -> torch.Tensor:
+    """(C, B*L) -> (B, C, L), a view with strides (L, B*L, 1): time stride 1 (what the
+    kernels read) without a copy, as mamba_ssm's fast path lays out x, z and delta."""
+    return t.view(t.shape[0], bsz, -1).transpose(0, 1)
+
+
 def dt_bias_init(dim: int, dt_min: float = 1e-3, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4) -> torch.Tensor:
     """Mamba's delta bias: softplus(bias) ~ log-uniform in [dt_min, dt_max] -> (D,).
@@ -202,16 +215,26 @@ class S6(nn.Module):
         delta = F.softplus(delta + self.dt_proj.bias)
         return delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
+    def sequence_projections(self, x: torch.Tensor):
+        """x: (B, D, L) -> delta (B, D, L) before bias and softplus, B_t, C_t: (B, N, L).
+
+        Two matmuls over the (D, B*L) rows of x; each output is a view with time stride 1
+        (`unfold_batch`): no copy when x is itself such a view (MambaBlock's layout)."""
+        bsz = x.shape[0]
+        dbl = self.x_proj.weight @ fold_batch(x)  # (R + 2N, B*L)
+        dt, B, C = dbl.split([self.dt_rank, self.d_state, self.d_state], dim=0)
+        delta = self.dt_proj.weight @ dt  # (D, B*L)
+        return unfold_batch(delta, bsz), unfold_batch(B, bsz), unfold_batch(C, bsz)
+
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None,
                 return_last_state: bool = False):
-        """x, z: (B, D, L) -> y (B, D, L) [, the last state h_L (B, D, N) float32]."""
+        """x, z: (B, D, L) -> y (B, D, L) [, the last state h_L (B, D, N) float32]; delta's
+        bias and softplus are applied inside the scan."""
         check_tensor("x", x, 3, shape=(None, self.d_inner, None), dims="(B, D, L)")
-        delta, B, C = self.projections(x.transpose(1, 2))  # (B, L, D), (B, L, N) x 2
-        args = (x, delta.transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2), z)
         scan, _ = scan_functions(x, self.path)
         if scan is not selective_scan_ref:
-            args = tuple(time_contiguous(t) for t in args)
-        x, delta, B, C, z = args  # (B, D, L) x 2, (B, N, L) x 2, (B, D, L)
+            x, z = time_contiguous(x), time_contiguous(z)
+        delta, B, C = self.sequence_projections(x)  # (B, D, L), (B, N, L) x 2
         return scan(x, delta, self.A, B, C, self.D.float(), z=z,
                     delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                     return_last_state=return_last_state)
@@ -220,5 +243,6 @@ class S6(nn.Module):
         """One token: x, z (B, D) -> y (B, D); state (B, D, N) float32 is updated in place."""
         dt, B, C = self.projections(x)  # (B, D), (B, N), (B, N)
         _, update = scan_functions(x, self.path)
-        return update(state, x, dt, self.A, B, C, self.D.float(), z=z,
-                      dt_bias=self.dt_proj.bias.float(), dt_softplus=True)
+        # D and the bias as stored: the update reads any float dtype (no cast launches)
+        return update(state, x, dt, self.A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                      dt_softplus=True)

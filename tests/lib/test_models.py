@@ -57,12 +57,15 @@ def test_prefill_then_steps_equal_full_forward(prompt, new, kind):
     torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt:], **tol(torch.float64))
 
 
-def test_mamba_block_is_its_definition():
+@pytest.mark.parametrize("path", ["ref", pytest.param("kernel", marks=needs_kernels)])
+def test_mamba_block_is_its_definition(path):
     """MambaBlock.forward == in_proj, causal conv, SiLU, selective_scan_ref, gate, out_proj
-    written out by hand (and the conv is causal: the future does not change the past)."""
-    cfg = MambaConfig(d_model=8, n_layer=1, d_state=4, d_conv=3)
-    block = MambaBlock(cfg).double()
-    x = torch.randn(2, 6, 8, dtype=torch.float64)
+    written out by hand (and the conv is causal: the future does not change the past); on
+    the twins (float64) and on the kernels (float32; on a CPU in Triton's interpreter)."""
+    dtype = torch.float64 if path == "ref" else torch.float32
+    cfg = MambaConfig(d_model=8, n_layer=1, d_state=4, d_conv=3, path=path)
+    block = MambaBlock(cfg).to(dtype)
+    x = torch.randn(2, 6, 8, dtype=dtype)
     xz = x @ block.in_proj.weight.T  # (B, L, 2D)
     u, z = xz[..., :16].transpose(1, 2), xz[..., 16:].transpose(1, 2)  # (B, D, L)
     padded = F.pad(u, (2, 0))
@@ -79,11 +82,88 @@ def test_mamba_block_is_its_definition():
     want = y.transpose(1, 2) @ block.out_proj.weight.T
     with torch.no_grad():
         got = block(x)
-        torch.testing.assert_close(got, want, **tol(torch.float64))
+        torch.testing.assert_close(got, want, **tol(dtype))
         x2 = x.clone()
         x2[:, 4:] += 1.0
-        torch.testing.assert_close(block(x2)[:, :4], got[:, :4], **tol(torch.float64))
+        torch.testing.assert_close(block(x2)[:, :4], got[:, :4], **tol(dtype))
         assert not torch.allclose(block(x2)[:, 4:], got[:, 4:])
+
+
+@needs_kernels
+def test_mamba_forward_hands_no_layout_copies():
+    """On the kernel path, no copy of a (B, D, L) tensor between in_proj and out_proj:
+    x, z, the conv output, delta, B, C and y are views of (rows, B*L) matmul outputs. Copies
+    are read from the operations PyTorch dispatches (a Triton launch dispatches none; the
+    interpreter's own one-dimensional host copies are not layout copies)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    copies = {"aten.clone.default", "aten.copy_.default", "aten._to_copy.default",
+              "aten.cat.default", "aten.constant_pad_nd.default", "aten.stack.default"}
+
+    class LayoutCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if str(func) in copies and out.dim() > 1 and out.numel() >= bsz * dim * L:
+                self.seen.append((str(func), tuple(out.shape)))
+            return out
+
+    bsz, dim, L = 2, 32, 7
+    block = MambaBlock(MambaConfig(d_model=16, n_layer=1, d_state=4, path="kernel"))
+    hidden = torch.randn(bsz, L, 16)
+    x_conv, z, x = block.inner(hidden)
+    assert x_conv.stride() == z.stride() == x.stride() == (L, bsz * L, 1)
+    for ret in (False, True):
+        with torch.no_grad(), LayoutCopies() as mode:
+            block(hidden, return_state=ret)
+        assert mode.seen == [], mode.seen
+    block.cfg.path = block.ssm.path = "ref"  # the twins copy (and the check sees it)
+    with torch.no_grad(), LayoutCopies() as mode:
+        block(hidden)
+    assert mode.seen
+
+
+@needs_kernels
+@pytest.mark.parametrize("prompt", [1, 2, 6])
+def test_mamba_kernel_path_prefill_then_steps(prompt):
+    """path="kernel" throughout (conv, scan, conv step, state update, add + RMSNorm): the
+    prefill's logits and the steps after it equal the full forward on the twins, with
+    prompts shorter than the conv window too (float32; on a CPU in the interpreter)."""
+    torch.manual_seed(prompt)
+    model = MambaLM(MambaConfig(d_model=16, n_layer=2, d_state=4, path="ref")).eval()
+    tokens = torch.randint(0, 256, (2, prompt + 3))
+    with torch.no_grad():
+        full = model(tokens)
+        model.cfg.path = "kernel"  # one config: every block's conv and the LM's add + norm
+        for layer in model.layers:
+            layer.mixer.ssm.path = "kernel"
+        logits, cache = model.prefill(tokens[:, :prompt])
+        steps = [model.step(tokens[:, t], cache) for t in range(prompt, prompt + 3)]
+    torch.testing.assert_close(logits, full[:, :prompt], **tol(torch.float32))
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt:], **tol(torch.float32))
+
+
+def test_paper_scale_config():
+    """The 1.4B row at byte vocabulary: about 1.3B parameters (counted on the meta device,
+    nothing allocated); the step's floor counts those weights once and the cache twice."""
+    from mambabook.models import mamba_step_bytes, paper_scale_mamba_config
+
+    cfg = paper_scale_mamba_config()
+    assert (cfg.d_model, cfg.n_layer, cfg.d_state, cfg.expand, cfg.vocab_size) == (
+        2048, 48, 16, 2, 256)
+    with torch.device("meta"):
+        model = MambaLM(cfg).to(torch.bfloat16)
+        params = count_parameters(model)
+        cache = model.new_cache(128)
+    assert 1.2e9 < params < 1.35e9, params
+    floor = mamba_step_bytes(cfg, 128, element_size=2)
+    assert floor["weights"] == 2 * params
+    state = sum(s.conv.numel() * 2 + s.ssm.numel() * 4 for s in cache)  # bf16 window, f32 h
+    assert floor["state"] == 2 * state and floor["total"] == floor["weights"] + floor["state"]
+    assert paper_scale_mamba_config(n_layer=2).n_layer == 2
 
 
 def test_mamba_initialisation():
@@ -320,7 +400,8 @@ def test_mamba_with_kernels_equals_refs(device):
     with torch.no_grad():
         ref_steps = step_logits(model, tokens)
     model.zero_grad()
-    for layer in model.layers:  # the same weights, the kernel path
+    model.cfg.path = "kernel"  # the same weights, the kernel path: conv, add + norm
+    for layer in model.layers:  # and the scan
         layer.mixer.ssm.path = "kernel"
     logits = model(tokens)
     logits.square().mean().backward()
