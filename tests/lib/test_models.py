@@ -146,6 +146,44 @@ def test_mamba_kernel_path_prefill_then_steps(prompt):
     torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt:], **tol(torch.float32))
 
 
+@pytest.mark.gpu
+def test_mamba_step_in_one_cuda_graph_gpu():
+    """Two blocks of the 1.4B row's width, bfloat16, batch 64, prompt 128: the prefill on
+    the kernels, then MambaLM.step captured in one CUDA graph (no host sync, no allocation
+    that depends on values); its replays equal the eager steps and the full forward."""
+    from mambabook.models import MambaLayerState, paper_scale_mamba_config
+
+    model = MambaLM(paper_scale_mamba_config(n_layer=2)).to("cuda", torch.bfloat16).eval()
+    tokens = torch.randint(0, 256, (64, 132), device="cuda")
+    token = tokens[:, 128].clone()
+    with torch.no_grad():
+        full = model(tokens)
+        _, cache = model.prefill(tokens[:, :128])
+        start = [MambaLayerState(s.conv.clone(), s.ssm.clone()) for s in cache]
+        eager = []
+        for t in range(128, 132):
+            token.copy_(tokens[:, t])
+            eager.append(model.step(token, cache))
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up off the graph (compiles the kernels)
+            model.step(token, cache)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = model.step(token, cache)
+        for s, s0 in zip(cache, start):
+            s.conv.copy_(s0.conv)
+            s.ssm.copy_(s0.ssm)
+        replayed = []
+        for t in range(128, 132):
+            token.copy_(tokens[:, t])
+            graph.replay()
+            replayed.append(logits.clone())
+    torch.testing.assert_close(torch.stack(replayed, 1), torch.stack(eager, 1))
+    torch.testing.assert_close(torch.stack(eager, 1), full[:, 128:], **tol(torch.bfloat16))
+
+
 def test_paper_scale_config():
     """The 1.4B row at byte vocabulary: about 1.3B parameters (counted on the meta device,
     nothing allocated); the step's floor counts those weights once and the cache twice."""
