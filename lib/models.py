@@ -12,7 +12,7 @@ A = -exp(A_log) (2), `selective_state_update` (dt bias, softplus, D skip, gate),
 `add_rms_norm` (residual add and the next block's RMSNorm): 9, 10 in bfloat16 (A_log's
 cast). Written with PyTorch operations the same step took 14 plus RMSNorm's (the conv
 window alone 6: cat, copy, mul, sum, add, SiLU), 17 plus RMSNorm's in bfloat16.
-Its floor (`mamba_step_bytes`): every weight read once and each block's state read and
+Its floor (`decode_step_bytes`): every weight read once and each block's state read and
 written once. At the paper's 1.4B row in bfloat16 that is 2.54 GB of weights and 27.5 MB
 of state per sequence: 2.57 GB a step at batch 1, 6.06 GB at batch 128.
 """
@@ -295,19 +295,6 @@ class MambaLM(nn.Module):
         for layer, state, norm in zip(self.layers, cache, norms):
             x, h = add_norm(x, layer.mixer.step(h, state), norm.weight, norm.eps)
         return F.linear(h, self.embedding.weight)  # tied head on norm_f(x)
-
-
-def mamba_step_bytes(cfg: MambaConfig, batch: int, element_size: int = 2) -> dict:
-    """The bytes one MambaLM decoding step must move, computed (its HBM floor): every weight
-    read once (the tied embedding as the head), and each block's state read and written
-    once: h (B, D, N) in float32 and the conv window (B, D, K-1) in the weights' dtype.
-    The activations (a few (B, D) vectors a block) are left out."""
-    with torch.device("meta"):  # shapes only
-        params = count_parameters(MambaLM(cfg))
-    D, N, K = cfg.d_inner, cfg.d_state, cfg.d_conv
-    state = 2 * cfg.n_layer * batch * D * (4 * N + element_size * (K - 1))  # read + write
-    weights = params * element_size
-    return {"weights": weights, "state": state, "total": weights + state}
 
 
 def cache_bytes(cache) -> int:
