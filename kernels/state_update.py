@@ -32,7 +32,7 @@ def _selective_state_update_kernel(
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
     # meta-parameters
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    A_LOG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_d = tl.program_id(0)  # block of channels
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -65,7 +65,10 @@ def _selective_state_update_kernel(
         z = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-    dA = tl.exp2(dt[:, None] * A.to(tl.float32) * 1.4426950408889634)
+    A = A.to(tl.float32)
+    if A_LOG:  # A given as A_log: A = -exp(A_log)
+        A = -tl.exp(A)
+    dA = tl.exp2(dt[:, None] * A * 1.4426950408889634)
     h = dA * h + (dt * x)[:, None] * Bv
     out = tl.sum(h * Cv, axis=1)  # (BLOCK_D,)
     if HAS_D:
@@ -91,12 +94,14 @@ def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                           dt_softplus=False):
+                           dt_softplus=False, A_is_log=False):
     """One decoding step; `state` (B, D, N) is updated in place.
 
     x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N); D, dt_bias: (D,).
     h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z). Returns out: (B, D) in x's
-    dtype. Same semantics as mambabook.selective.selective_state_update_ref.
+    dtype. With A_is_log, `A` holds Mamba's parameter A_log and the kernel takes
+    A = -exp(A_log) itself (no launches to compute A first). Same semantics as
+    mambabook.selective.selective_state_update_ref.
     """
     bsz, dim, dstate, groups = _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     out = torch.empty_like(x)
@@ -118,7 +123,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
         dt.stride(0), dt.stride(1), A.stride(0), A.stride(1), *sB, *sC,
         zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), BLOCK_D=block_d, BLOCK_N=block_n, num_warps=2,
+        SOFTPLUS=bool(dt_softplus), A_LOG=bool(A_is_log), BLOCK_D=block_d, BLOCK_N=block_n,
+        num_warps=2,
     )
     return out
 

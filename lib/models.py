@@ -8,9 +8,8 @@ constant-size state, the Transformer with a preallocated KV cache). Used in chap
 
 Mamba's decoding step (`MambaLM.step`), launches per block on CUDA, counted from the code:
 in_proj, `causal_conv1d_update` (window shift, conv, bias, SiLU), x_proj, dt_proj,
-A = -exp(A_log) (2), `selective_state_update` (dt bias, softplus, D skip, gate), out_proj,
-`add_rms_norm` (residual add and the next block's RMSNorm): 9, 10 in bfloat16 (A_log's
-cast). Written with PyTorch operations the same step took 14 plus RMSNorm's (the conv
+`selective_state_update` (A = -exp(A_log), dt bias, softplus, D skip, gate), out_proj,
+`add_rms_norm` (residual add and the next block's RMSNorm): 7. Written with PyTorch operations the same step took 14 plus RMSNorm's (the conv
 window alone 6: cat, copy, mul, sum, add, SiLU), 17 plus RMSNorm's in bfloat16.
 Its floor (`decode_step_bytes`): every weight read once and each block's state read and
 written once. At the paper's 1.4B row in bfloat16 that is 2.54 GB of weights and 27.5 MB

@@ -91,12 +91,13 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None,
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
-                               dt_softplus=False):
+                               dt_softplus=False, A_is_log=False):
     """One decoding step of the selective SSM; `state` is updated in place.
 
     state: (B, D, N); x, dt, z: (B, D); A: (D, N); B, C: (B, N) or (B, G, N);
     D, dt_bias: (D,). h <- exp(dt A) h + dt B x;  out = C h + D x, times silu(z).
-    Returns out: (B, D) in x's dtype. The twin of mambabook.kernels.selective_state_update.
+    With A_is_log, `A` is Mamba's A_log and A = -exp(A_log). Returns out: (B, D) in x's
+    dtype. The twin of mambabook.kernels.selective_state_update.
     """
     _, dim, _ = check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
     dt = dt.float() if dt_bias is None else dt.float() + dt_bias.float()
@@ -106,7 +107,8 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     Cf = C.float() if C.dim() == 2 else C.float().repeat_interleave(dim // C.shape[1], dim=1)
     if Bf.dim() == 2:
         Bf, Cf = Bf[:, None], Cf[:, None]  # (B, 1, N): shared by every channel
-    dA = torch.exp(dt[..., None] * A.float())  # (B, D, N)
+    A = -torch.exp(A.float()) if A_is_log else A.float()  # (D, N)
+    dA = torch.exp(dt[..., None] * A)  # (B, D, N)
     new = dA * state.float() + dt[..., None] * Bf * x.float()[..., None]  # (B, D, N)
     state.copy_(new)
     out = (new * Cf).sum(-1)  # (B, D)
@@ -244,5 +246,5 @@ class S6(nn.Module):
         dt, B, C = self.projections(x)  # (B, D), (B, N), (B, N)
         _, update = scan_functions(x, self.path)
         # D and the bias as stored: the update reads any float dtype (no cast launches)
-        return update(state, x, dt, self.A, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
-                      dt_softplus=True)
+        return update(state, x, dt, self.A_log, B, C, self.D, z=z, dt_bias=self.dt_proj.bias,
+                      dt_softplus=True, A_is_log=True)

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
-from conftest import tol  # noqa: E402
+from conftest import compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -46,6 +46,23 @@ def check_step(inputs, softplus, dtype):
     torch.testing.assert_close(out, out_ref, **tol(dtype))
     torch.testing.assert_close(ours["state"], ref["state"], **tol(dtype))
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_update_from_A_log(dtype):
+    """A_is_log: the kernel takes A = -exp(A_log) itself; the same step as A given."""
+    inputs = make_step(3, 24, 16, groups=2, dtype=dtype)
+    A_log = torch.log(-inputs["A"]).to(dtype)
+    given_A = {**inputs, "A": -torch.exp(A_log.float()), "state": inputs["state"].clone()}
+    ours = {**inputs, "A": A_log, "state": inputs["state"].clone()}
+    ref = {**inputs, "A": A_log, "state": inputs["state"].clone()}
+    out = selective_state_update(**ours, dt_softplus=True, A_is_log=True)
+    out_ref = selective_state_update_ref(**ref, dt_softplus=True, A_is_log=True)
+    out_given = selective_state_update_ref(**given_A, dt_softplus=True)
+    torch.testing.assert_close(out, out_ref, **tol(dtype))
+    torch.testing.assert_close(ours["state"], ref["state"], **tol(dtype))
+    torch.testing.assert_close(out_ref, out_given, rtol=0, atol=0)
+    torch.testing.assert_close(ref["state"], given_A["state"], rtol=0, atol=0)
 
 @settings(max_examples=20, deadline=None)
 @given(
@@ -158,3 +175,16 @@ def test_cpu_without_interpreter_is_a_clear_error():
     done = subprocess.run([sys.executable, "-c", _NO_INTERPRETER], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["refused"], done.stderr[-2000:]
+
+
+def test_state_update_compiles_for_sm90():
+    """The step's launches compile for an H100/H200 (sm_90) on this machine, GPU or not:
+    float32 with every option and A given, bfloat16 with A_log (the Mamba block's step)."""
+    kern = dict(_module="mambabook.kernels.state_update",
+                _kernel="_selective_state_update_kernel", BLOCK_D=64, BLOCK_N=16, _num_warps=2)
+    compile_for_sm90([
+        dict(kern, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=False),
+        dict(kern, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=True,
+             _bf16=["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "z_ptr",
+                    "bias_ptr", "out_ptr"]),
+    ])
