@@ -8,8 +8,10 @@ L / T steps); each chunk's output, C h_entering plus the masked quadratic form i
 chunk (products (T, N) x (N, T) and (T, T) x (T, P)). Every product is a `tl.dot`.
 Precision: float32 inputs multiply in full float32 (input_precision="ieee", what the
 interpreter computes too); 2-byte inputs (bfloat16, float16) multiply in their own type on
-tensor cores and accumulate in float32, as mamba_ssm's kernels do. The backward recomputes
-through `mambabook.ssd.ssd_chunked` in PyTorch (autograd).
+tensor cores and accumulate in float32, as mamba_ssm's kernels do. The backward
+(`ssd_backward.py`) runs the four steps in reverse, also as `tl.dot` kernels, from what the
+forward saves: dt, the cumulative decay, the states entering each chunk and y before the
+gate.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def _state_passing_kernel(
 @triton.jit
 def _chunk_scan_kernel(
     # pointers
-    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dt_ptr, acum_ptr, states_ptr, out_ptr,
+    x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dt_ptr, acum_ptr, states_ptr, out_ptr, y_ptr,
     # dimensions
     length, heads, hdim, dstate, chunk, heads_per_group,
     # strides (x, z, out: batch, time, head, p; B, C: batch, time, group, n)
@@ -158,7 +160,8 @@ def _chunk_scan_kernel(
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Rows m of a chunk: y_m = exp(a_m) C_m h_entering
-    + sum_{k <= m} (L o C B^T)_mk dt_k x_k, then + D x_m, times silu(z_m)."""
+    + sum_{k <= m} (L o C B^T)_mk dt_k x_k, then + D x_m, times silu(z_m); y before the
+    gate also goes to y_ptr when given (the backward's dz)."""
     pid_mp = tl.program_id(0)  # (block of rows, block of P)
     c = tl.program_id(1)  # chunk
     pid_bh = tl.program_id(2)  # (batch, head)
@@ -205,12 +208,14 @@ def _chunk_scan_kernel(
                      mask=mask_mp, other=0.0).to(tl.float32)
         Dv = tl.load(D_ptr + h * s_D_h + offs_p * s_D_p, mask=mask_p, other=0.0)
         acc += xm * Dv.to(tl.float32)[None, :]
+    o_at = b * s_o_b + h * s_o_h + t[:, None] * s_o_l + offs_p[None, :] * s_o_p
+    if y_ptr is not None:
+        tl.store(y_ptr + o_at, acc.to(y_ptr.dtype.element_ty), mask=mask_mp)
     if HAS_Z:
         z = tl.load(z_ptr + b * s_z_b + h * s_z_h + t[:, None] * s_z_l
                     + offs_p[None, :] * s_z_p, mask=mask_mp, other=0.0).to(tl.float32)
         acc *= z * tl.sigmoid(z)
-    tl.store(out_ptr + b * s_o_b + h * s_o_h + t[:, None] * s_o_l
-             + offs_p[None, :] * s_o_p, acc.to(out_ptr.dtype.element_ty), mask=mask_mp)
+    tl.store(out_ptr + o_at, acc.to(out_ptr.dtype.element_ty), mask=mask_mp)
 
 
 # ----------------------------------------------------------------------------- host
@@ -222,9 +227,11 @@ def _blocks(chunk: int, hdim: int, dstate: int) -> tuple[int, int, int]:
     return block_m, block_p, max(16, triton.next_power_of_2(dstate))
 
 
-def ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0):
-    """The four launches; returns (out (B, L, H, P) in x's dtype, final state (B, H, P, N)
-    float32). Inputs already checked."""
+def ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0, keep_y=False):
+    """The four launches; returns out (B, L, H, P) in x's dtype, the final state
+    (B, H, P, N) float32 and what the backward reuses: dt and its cumulative decay
+    (B, H, chunks, T), the states entering each chunk (B, chunks, H, P, N), and with
+    keep_y, y before the gate (B, L, H, P), else None. Inputs already checked."""
     bsz, length, heads, hdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = triton.cdiv(length, chunk)
@@ -233,7 +240,8 @@ def ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0):
     acum = torch.empty(bsz, heads, nc, chunk, **f32)  # cumulative dt A inside each chunk
     states = torch.empty(bsz, nc, heads, hdim, dstate, **f32)
     final = torch.empty(bsz, heads, hdim, dstate, **f32)
-    out = torch.empty_like(x)
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(out) if keep_y and z is not None else None
     A = A.float().contiguous()
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused for 2-byte
     block_m, block_p, block_n = _blocks(chunk, hdim, dstate)
@@ -257,19 +265,19 @@ def ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0):
     Dm = D if D is None or D.dim() == 2 else D[:, None].expand(heads, hdim)
     _chunk_scan_kernel[(triton.cdiv(chunk, block_m) * triton.cdiv(hdim, block_p), nc,
                         bsz * heads)](
-        x, B, C, zz, Dm if Dm is not None else dummy, dt_c, acum, states, out,
+        x, B, C, zz, Dm if Dm is not None else dummy, dt_c, acum, states, out, y,
         length, heads, hdim, dstate, chunk, heads // groups,
         *x.stride(), *B.stride(), *C.stride(), *zz.stride(), *out.stride(),
         *(Dm.stride() if Dm is not None else (0, 0)),
         HAS_D=D is not None, HAS_Z=z is not None, BLOCK_M=block_m, BLOCK_P=block_p,
         BLOCK_N=block_n, PRECISION=precision)
-    return out, final
+    return out, final, (dt_c, acum, states, y)
 
 
 def ssd_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
                      dt_softplus=False, initial_states=None):
     """The kernel's computation in PyTorch: dt's bias and softplus, `ssd_chunked`, the gate.
-    Returns (out, final state); what the backward differentiates."""
+    Returns (out, final state): the twin the tests and the benchmark suite compare with."""
     dtf = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
     dtf = F.softplus(dtf) if dt_softplus else dtf
     y, final = ssd_chunked(x, dtf, A, B, C, chunk_size, D, initial_states=initial_states,
@@ -280,31 +288,26 @@ def ssd_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
 
 
 class SSDChunkScanFn(torch.autograd.Function):
-    """Triton forward. The backward is not a Triton kernel: it recomputes the forward in
-    PyTorch (`ssd_combined_ref`, i.e. `ssd_chunked`) and differentiates that with autograd,
-    so it costs a PyTorch forward and backward and their memory."""
+    """The Triton forward and backward (`ssd_backward`); the forward saves the small
+    per-chunk tensors the backward reuses, and y before the gate when z is given."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, chunk, dt_softplus):
-        out, final = ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0)
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, h0)
-        ctx.chunk, ctx.dt_softplus = chunk, dt_softplus
+        out, final, saved = ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus,
+                                        h0, keep_y=any(ctx.needs_input_grad))
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *saved, final)
+        ctx.chunk, ctx.dt_softplus, ctx.has_h0 = chunk, dt_softplus, h0 is not None
         return out, final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        saved = ctx.saved_tensors
-        ins = [t.detach().requires_grad_(ctx.needs_input_grad[i]) if t is not None else None
-               for i, t in enumerate(saved)]
-        x, dt, A, B, C, D, z, dt_bias, h0 = ins
-        with torch.enable_grad():
-            out, final = ssd_combined_ref(x, dt, A, B, C, ctx.chunk, D, z, dt_bias,
-                                          ctx.dt_softplus, h0)
-            want = [t for t in ins if t is not None and t.requires_grad]
-            grads = torch.autograd.grad((out, final), want, (dout, dfinal),
-                                        allow_unused=True)
-        it = iter(grads)
-        return (*(next(it) if t is not None and t.requires_grad else None for t in ins),
+        from .ssd_backward import ssd_backward  # here: its kernels use this module's _mma
+
+        x, dt, A, B, C, D, z, dt_bias, dt_c, acum, states, y, final = ctx.saved_tensors
+        grads = ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus,
+                             ctx.chunk, dt_c, acum, states, final, y)
+        grads = grads[:-1] + (grads[-1] if ctx.has_h0 else None,)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)),
                 None, None)
 
 
@@ -316,7 +319,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
     A: (H,) negative; B, C: (B, L, G, N) with G dividing H and N <= 256; D: (H,) or (H, P);
     dt_bias: (H,); initial_states: (B, H, P, N). Returns out (B, L, H, P) in x's dtype and,
     with return_final_states, the final state (B, H, P, N) float32. Differentiable in every
-    input (by recomputation in PyTorch). Same numbers as `mambabook.ssd.ssd_chunked`."""
+    input (Triton backward). Same numbers as `mambabook.ssd.ssd_chunked`."""
     bsz, _, heads, hdim, _, dstate = check_ssd_args(x, dt, A, B, C, D)
     check_positive_int("chunk_size", chunk_size)
     if z is not None:
