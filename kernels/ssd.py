@@ -295,7 +295,7 @@ class SSDChunkScanFn(torch.autograd.Function):
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, h0, chunk, dt_softplus):
         out, final, saved = ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus,
                                         h0, keep_y=any(ctx.needs_input_grad))
-        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *saved, final)
+        ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, *saved)
         ctx.chunk, ctx.dt_softplus, ctx.has_h0 = chunk, dt_softplus, h0 is not None
         return out, final
 
@@ -303,9 +303,9 @@ class SSDChunkScanFn(torch.autograd.Function):
     def backward(ctx, dout, dfinal):
         from .ssd_backward import ssd_backward  # here: its kernels use this module's _mma
 
-        x, dt, A, B, C, D, z, dt_bias, dt_c, acum, states, y, final = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, dt_c, acum, states, y = ctx.saved_tensors
         grads = ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, ctx.dt_softplus,
-                             ctx.chunk, dt_c, acum, states, final, y)
+                             ctx.chunk, dt_c, acum, states, y)
         grads = grads[:-1] + (grads[-1] if ctx.has_h0 else None,)
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)),
                 None, None)

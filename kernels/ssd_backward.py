@@ -4,18 +4,24 @@ mamba_ssm's `mamba_chunk_scan_combined`.
 
 Per (batch, head) and chunk c: a_t = A (dt_1 + ... + dt_t) inside the chunk, a_end its
 last value, L_mk = exp(a_m - a_k) for k <= m, H_c the state entering chunk c and S_c the
-state chunk c leaves from zero (so H_{c+1} = exp(a_end) H_c + S_c), dy = dout silu(z).
+state chunk c leaves from zero (so H_{c+1} = exp(a_end) H_c + S_c), dy = dout silu(z),
+W_mk = (C_m . B_k) L_mk dt_k (dy_m . x_k) (a term of the loss's diagonal blocks).
   1. dH_c = sum_m exp(a_m) dy_m C_m^T: the outputs' pull on the entering state.
   2. backwards over chunks, g = dfinal: dS_c = g (the gradient of S_c and of H_{c+1}),
-     da_end(c) = <g, H_{c+1}> (the decays of state passing and chunk state together),
-     g <- exp(a_end) g + dH_c; after chunk 0, g is d initial_states.
-  3. rows m: dC_m = exp(a_m) H_c^T dy_m + sum_{k<=m} L_mk dt_k (dy_m . x_k) B_k and
-     da_m = dy_m . y_off_m + sum_{k<=m} W_mk, with W_mk = (C_m . B_k) L_mk dt_k (dy_m . x_k).
+     p_c = exp(a_end) <H_c, dS_c>, g <- exp(a_end) g + dH_c; then g is d initial_states.
+  3. rows m: dC_m = exp(a_m) H_c^T dy_m + sum_{k<=m} L_mk dt_k (dy_m . x_k) B_k;
+     r_m = dy_m . y_off_m + sum_{k<=m} W_mk.
   4. columns k: u_k = sum_{m>=k} (C_m . B_k) L_mk dy_m + exp(a_end - a_k) dS_c B_k,
-     dx_k = dt_k u_k + D dy_k, ddt_k = u_k . x_k, da_k -= dt_k ddt_k (the same W, by
-     columns), dB_k = dt_k (sum_{m>=k} L_mk (dy_m . x_k) C_m + exp(a_end - a_k) dS_c^T x_k).
-  5. per chunk: d dt_s = ddt_s + A sum_{t>=s} da_t (a is a cumulative sum), dA = sum_t da_t
-     (dt_1 + ... + dt_t); then through softplus and the bias.
+     dx_k = dt_k u_k + D dy_k, ddt_k = u_k . x_k, dB_k = dt_k (sum_{m>=k} L_mk
+     (dy_m . x_k) C_m + exp(a_end - a_k) dS_c^T x_k); r_k -= sum_{m>=k} W_mk; and
+     e_k = dt_k exp(a_end - a_k) x_k^T dS_c B_k (the state's term for step k).
+  5. per chunk, a step's dt enters every decay whose span holds it:
+     X_s = sum_{t>=s} r_t + p_c + sum_{t<s} e_t is the gradient of A dt_s, so
+     d dt_s = ddt_s + A X_s and dA = sum_s dt_s X_s; then softplus and the bias.
+     In r the rows' and columns' sums of W nearly cancel, but both sum the same float32
+     W; the state's part is summed from e and p directly, never as a difference of two
+     sums computed from differently rounded products (which loses dA and d dt_bias to
+     bfloat16's rounding).
 The gate (dz = dout y silu'(z), with y saved by the forward) runs first; dC and dB sum
 over the heads of a group, dA, dD, d dt_bias over batch and chunks, from per-program
 partial sums added by PyTorch (deterministic, no atomics).
@@ -103,38 +109,37 @@ def _state_grad_kernel(
 @triton.jit
 def _state_passing_bwd_kernel(
     # pointers
-    dstates_ptr, states_ptr, final_ptr, dfinal_ptr, acum_ptr, dh0_ptr, dend_ptr,
+    dstates_ptr, states_ptr, dfinal_ptr, acum_ptr, dh0_ptr, pass_ptr,
     # dimensions
     heads, nchunks, chunk, size,
     # meta-parameters
     BLOCK: tl.constexpr,
 ):
     """Step 2, from the last chunk to the first, in place: dstates[c] (dH_c on entry)
-    becomes dS_c; <dS_c, H_{c+1}> of this block goes to dend (per block, summed later)."""
+    becomes dS_c; this block's part of exp(a_end) <H_c, dS_c> goes to pass_ptr."""
     pid = tl.program_id(0)  # block of the flattened (P, N) state
     pid_bh = tl.program_id(1)  # (batch, head)
     b, h = (pid_bh // heads).to(tl.int64), pid_bh % heads
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # indices into the (P * N,) state
     mask = offs < size
     g = tl.load(dfinal_ptr + pid_bh * size + offs, mask=mask, other=0.0)
-    nxt = tl.load(final_ptr + pid_bh * size + offs, mask=mask, other=0.0)  # H_{c+1}
     for i in range(nchunks):
         c = nchunks - 1 - i
         at = ((b * nchunks + c) * heads + h) * size + offs
         dh = tl.load(dstates_ptr + at, mask=mask, other=0.0)
         tl.store(dstates_ptr + at, g, mask=mask)
-        tl.store(dend_ptr + (pid_bh * tl.num_programs(0) + pid) * nchunks + c,
-                 tl.sum(g * nxt, axis=0))
-        a_end = tl.load(acum_ptr + (pid_bh * nchunks + c) * chunk + chunk - 1)
-        g = tl.exp(a_end) * g + dh
-        nxt = tl.load(states_ptr + at, mask=mask, other=0.0)  # H_c
+        hc = tl.load(states_ptr + at, mask=mask, other=0.0)  # H_c
+        decay = tl.exp(tl.load(acum_ptr + (pid_bh * nchunks + c) * chunk + chunk - 1))
+        tl.store(pass_ptr + (pid_bh * tl.num_programs(0) + pid) * nchunks + c,
+                 decay * tl.sum(hc * g, axis=0))
+        g = decay * g + dh
     tl.store(dh0_ptr + pid_bh * size + offs, g, mask=mask)
 
 
 @triton.jit
 def _chunk_scan_dC_kernel(
     # pointers
-    dy_ptr, x_ptr, B_ptr, C_ptr, dt_ptr, acum_ptr, states_ptr, dC_ptr, da_ptr,
+    dy_ptr, x_ptr, B_ptr, C_ptr, dt_ptr, acum_ptr, states_ptr, dC_ptr, r_ptr,
     # dimensions
     length, heads, hdim, dstate, chunk, groups, heads_per_prog,
     # meta-parameters
@@ -142,7 +147,7 @@ def _chunk_scan_dC_kernel(
     PRECISION: tl.constexpr,
 ):
     """Step 3, rows m of a chunk: dC_m summed over the heads this program takes of one
-    group, and per head da_m = dy_m . y_off_m + sum_{k <= m} W_mk."""
+    group, and per head r_m = dy_m . y_off_m + sum_{k <= m} W_mk."""
     pid_m = tl.program_id(0)  # block of rows
     c = tl.program_id(1)  # chunk
     b, g, s, h_lo, h_hi = _group_split(tl.program_id(2), heads, groups, heads_per_prog)
@@ -165,7 +170,7 @@ def _chunk_scan_dC_kernel(
         Hc = tl.load(st + offs_p[:, None] * dstate + offs_n[None, :],
                      mask=mask_p[:, None] & mask_n[None, :], other=0.0)  # (P, N)
         dCh = _mma(dym, Hc.to(dym.dtype), None, PRECISION) * tl.exp(a_m)[:, None]  # (M, N)
-        da = tl.sum(dCh * Cm.to(tl.float32), axis=1)  # dy_m . y_off_m
+        r = tl.sum(dCh * Cm.to(tl.float32), axis=1)  # dy_m . y_off_m
         for k0 in range(0, tl.minimum(m0 + BLOCK_M, valid), BLOCK_M):
             offs_k = k0 + tl.arange(0, BLOCK_M)  # columns: steps of the chunk
             mask_k, t_k = offs_k < valid, c * chunk + offs_k
@@ -180,10 +185,10 @@ def _chunk_scan_dC_kernel(
             seg = tl.where(offs_k[None, :] <= offs_m[:, None], a_m[:, None] - a_k[None, :],
                            -float("inf"))  # (M, K)
             Q = _mma(dym, xT, None, PRECISION) * tl.exp(seg) * dt_k[None, :]  # L dt dy.x
-            da += tl.sum(Q * _mma(Cm, tl.trans(Bk), None, PRECISION), axis=1)  # W by rows
+            r += tl.sum(Q * _mma(Cm, tl.trans(Bk), None, PRECISION), axis=1)  # W by rows
             dCh = _mma(Q.to(Bk.dtype), Bk, dCh, PRECISION)
         dC += dCh
-        tl.store(da_ptr + row + offs_m, da, mask=offs_m < chunk)
+        tl.store(r_ptr + row + offs_m, r, mask=offs_m < chunk)
     nsplit = tl.cdiv(heads // groups, heads_per_prog)  # dC: (B, L, splits, G, N) partials
     tl.store(dC_ptr + _at(b, t_m, s * groups + g, length, nsplit * groups, dstate)[:, None]
              + offs_n[None, :], dC, mask=mask_m[:, None] & mask_n[None, :])
@@ -193,7 +198,7 @@ def _chunk_scan_dC_kernel(
 def _chunk_scan_dx_kernel(
     # pointers
     dy_ptr, x_ptr, B_ptr, C_ptr, D_ptr, dt_ptr, acum_ptr, dstates_ptr,
-    dx_ptr, dB_ptr, ddt_ptr, dD_ptr,
+    dx_ptr, dB_ptr, ddt_ptr, r_ptr, e_ptr, dD_ptr,
     # dimensions
     length, heads, hdim, dstate, chunk, groups, heads_per_prog,
     # meta-parameters
@@ -201,8 +206,8 @@ def _chunk_scan_dx_kernel(
     PRECISION: tl.constexpr,
 ):
     """Step 4, columns k of a chunk (steps read by later rows and by the chunk's state):
-    per head dx_k, ddt_k = u_k . x_k and D's partial sum; dB_k summed over the heads this
-    program takes of one group."""
+    per head dx_k, ddt_k = u_k . x_k, -sum_{m >= k} W_mk, e_k and D's partial sum; dB_k
+    summed over the heads this program takes of one group."""
     pid_k = tl.program_id(0)  # block of columns
     c = tl.program_id(1)  # chunk
     b, g, s, h_lo, h_hi = _group_split(tl.program_id(2), heads, groups, heads_per_prog)
@@ -229,6 +234,9 @@ def _chunk_scan_dx_kernel(
                      mask=mask_p[:, None] & mask_n[None, :], other=0.0).to(xk.dtype)  # (P, N)
         u = _mma(Bk, tl.trans(dS), None, PRECISION) * to_end[:, None]  # (K, P)
         v = _mma(xk, dS, None, PRECISION) * to_end[:, None]  # (K, N)
+        tl.store(e_ptr + row + offs_k, dt_k * tl.sum(u * xk.to(tl.float32), axis=1),
+                 mask=offs_k < chunk)
+        w = tl.zeros((BLOCK_M,), dtype=tl.float32)  # sum_{m >= k} W_mk / dt_k
         for m0 in range(k0, valid, BLOCK_M):
             offs_m = m0 + tl.arange(0, BLOCK_M)  # rows m >= k: steps of the chunk
             mask_m, t_m = offs_m < valid, c * chunk + offs_m
@@ -243,10 +251,12 @@ def _chunk_scan_dx_kernel(
                                  a_m[None, :] - a_k[:, None], -float("inf")))  # (K, M)
             CBT = _mma(Bk, tl.trans(Cm), None, PRECISION) * LT  # (K, M): (L o C B^T)^T
             u = _mma(CBT.to(dym.dtype), dym, u, PRECISION)
-            GT = _mma(xk, tl.trans(dym), None, PRECISION) * LT  # (K, M): L o (dy x^T)^T
-            v = _mma(GT.to(Cm.dtype), Cm, v, PRECISION)
+            GT = _mma(xk, tl.trans(dym), None, PRECISION)  # (K, M): (dy x^T)^T
+            w += tl.sum(CBT * GT, axis=1)
+            v = _mma((GT * LT).to(Cm.dtype), Cm, v, PRECISION)
         tl.store(ddt_ptr + row + offs_k, tl.sum(u * xk.to(tl.float32), axis=1),
                  mask=offs_k < chunk)
+        tl.store(r_ptr + row + offs_k, -dt_k * w, mask=offs_k < chunk)
         dx = u * dt_k[:, None]
         if D_ptr is not None:
             dyk = tl.load(dy_ptr + x_at, mask=mask_kp, other=0.0).to(tl.float32)
@@ -264,8 +274,8 @@ def _chunk_scan_dx_kernel(
 @triton.jit
 def _dt_bwd_kernel(
     # pointers
-    dt_ptr, A_ptr, bias_ptr, dtc_ptr, ddt_ptr, da_ptr, dend_ptr, ddt_out_ptr, dA_ptr,
-    dbias_ptr,
+    dt_ptr, A_ptr, bias_ptr, dtc_ptr, ddt_ptr, rows_ptr, cols_ptr, e_ptr, pass_ptr,
+    ddt_out_ptr, dA_ptr, dbias_ptr,
     # dimensions
     length, heads, chunk,
     # strides (dt, ddt_out: batch, time, head)
@@ -273,22 +283,23 @@ def _dt_bwd_kernel(
     # meta-parameters
     SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Step 5 for one chunk: da_t = da(rows)_t - dt_t ddt_t (+ da_end at the last step);
-    d dt_s = ddt_s + A sum_{t >= s} da_t; dA's and dt_bias's partial sums; the softplus."""
+    """Step 5 for one chunk: X_s = sum_{t >= s} r_t + p_c + sum_{t < s} e_t, with r the
+    rows' and columns' parts; d dt_s = ddt_s + A X_s, dA's partial sum_s dt_s X_s, then the
+    softplus, and dt_bias's partial sum."""
     c = tl.program_id(0)  # chunk
     pid_bh = tl.program_id(1)  # (batch, head)
     b, h = (pid_bh // heads).to(tl.int64), pid_bh % heads
     offs_t = tl.arange(0, BLOCK_T)  # steps of the chunk
     t = c * chunk + offs_t  # steps of the sequence
     part = pid_bh * tl.num_programs(0) + c  # (B, H, chunks) partial sums
-    mask_c = offs_t < chunk
-    dtc = tl.load(dtc_ptr + part * chunk + offs_t, mask=mask_c, other=0.0)
-    ddt = tl.load(ddt_ptr + part * chunk + offs_t, mask=mask_c, other=0.0)
-    da = tl.load(da_ptr + part * chunk + offs_t, mask=mask_c, other=0.0) - dtc * ddt
-    da += tl.where(offs_t == chunk - 1, tl.load(dend_ptr + part), 0.0)
-    A = tl.load(A_ptr + h)
-    ddt += A * (tl.sum(da, axis=0) - tl.cumsum(da, axis=0) + da)  # + A sum_{t >= s} da_t
-    tl.store(dA_ptr + part, tl.sum(da * tl.cumsum(dtc, axis=0), axis=0))
+    at, mask_c = part * chunk + offs_t, offs_t < chunk
+    r = (tl.load(rows_ptr + at, mask=mask_c, other=0.0)
+         + tl.load(cols_ptr + at, mask=mask_c, other=0.0))
+    e = tl.load(e_ptr + at, mask=mask_c, other=0.0)
+    X = (tl.sum(r, axis=0) - tl.cumsum(r, axis=0) + r) + tl.load(pass_ptr + part) \
+        + (tl.cumsum(e, axis=0) - e)
+    ddt = tl.load(ddt_ptr + at, mask=mask_c, other=0.0) + tl.load(A_ptr + h) * X
+    tl.store(dA_ptr + part, tl.sum(tl.load(dtc_ptr + at, mask=mask_c, other=0.0) * X, axis=0))
     mask = mask_c & (t < length)
     if SOFTPLUS:  # dt = softplus(raw): d raw = d dt sigmoid(raw) (1 above softplus's 20)
         raw = tl.load(dt_ptr + b * s_dt_b + t * s_dt_l + h * s_dt_h, mask=mask,
@@ -317,10 +328,10 @@ def heads_per_program(hpg: int, programs: int, device: torch.device) -> int:
 
 
 def ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk,
-                 dt_c, acum, states, final, y):
+                 dt_c, acum, states, y):
     """The launches of the backward; inputs as the forward took them, plus what it saved:
-    dt_c and acum (B, H, chunks, T), the entering states (B, chunks, H, P, N), the final
-    state (B, H, P, N) and y before the gate (with z). Returns the gradients of
+    dt_c and acum (B, H, chunks, T), the entering states (B, chunks, H, P, N) and y before
+    the gate (with z). Returns the gradients of
     (x, dt, A, B, C, D, z, dt_bias, initial_states), in their dtypes (dh0 float32)."""
     bsz, length, heads, hdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
@@ -345,33 +356,34 @@ def ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk
     block = min(1024, triton.next_power_of_2(size))
     nblk = triton.cdiv(size, block)
     dh0 = torch.empty(bsz, heads, hdim, dstate, **f32)
-    dend = torch.empty(bsz * heads, nblk, nc, **f32)
+    passed = torch.empty(bsz * heads, nblk, nc, **f32)  # p_c, per block of the state
     _state_passing_bwd_kernel[(nblk, bsz * heads)](
-        dstates, states, final, dfinal.float().contiguous(), acum, dh0, dend, heads, nc,
-        chunk, size, BLOCK=block)
+        dstates, states, dfinal.float().contiguous(), acum, dh0, passed, heads, nc, chunk,
+        size, BLOCK=block)
     # steps 3 and 4: programs over (row or column blocks, chunks, batch x group x split)
     hpg, nrow = heads // groups, triton.cdiv(chunk, block_m)
     hpp = heads_per_program(hpg, nrow * nc * bsz * heads, x.device)
     nsplit = triton.cdiv(hpg, hpp)
     grid = (nrow, nc, bsz * groups * nsplit)
     meta = dict(BLOCK_M=block_m, BLOCK_P=max(16, triton.next_power_of_2(hdim)),
-                BLOCK_N=block_n, PRECISION=precision)
+                BLOCK_N=block_n, PRECISION=precision,
+                num_warps=8)  # 4 warps spill several times more registers (sm_90 compile)
     dims = (length, heads, hdim, dstate, chunk, groups, hpp)
     dC = torch.empty(bsz, length, nsplit, groups, dstate, **f32)
-    da = torch.empty(bsz, heads, nc, chunk, **f32)
-    _chunk_scan_dC_kernel[grid](dy, x, B, C, dt_c, acum, states, dC, da, *dims, **meta)
+    rows, cols, e, ddt = (torch.empty(bsz, heads, nc, chunk, **f32) for _ in range(4))
+    _chunk_scan_dC_kernel[grid](dy, x, B, C, dt_c, acum, states, dC, rows, *dims, **meta)
     Dm = None if D is None else D.float().reshape(heads, -1).expand(heads, hdim).contiguous()
     dx, dB = torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty_like(dC)
-    ddt = torch.empty(bsz, heads, nc, chunk, **f32)
     dD = torch.empty(bsz, heads, nc, nrow, hdim, **f32) if D is not None else None
-    _chunk_scan_dx_kernel[grid](dy, x, B, C, Dm, dt_c, acum, dstates, dx, dB, ddt, dD,
-                                *dims, **meta)
+    _chunk_scan_dx_kernel[grid](dy, x, B, C, Dm, dt_c, acum, dstates, dx, dB, ddt, cols, e,
+                                dD, *dims, **meta)
     # step 5
     ddt_out = torch.empty(dt.shape, dtype=dt.dtype, device=dt.device)
     dA = torch.empty(bsz, heads, nc, **f32)
     dbias = torch.empty(bsz, heads, nc, **f32) if dt_bias is not None else None
     _dt_bwd_kernel[(nc, bsz * heads)](
-        dt, A.float().contiguous(), dt_bias, dt_c, ddt, da, dend.sum(1), ddt_out, dA, dbias,
+        dt, A.float().contiguous(), dt_bias, dt_c, ddt, rows, cols, e, passed.sum(1),
+        ddt_out, dA, dbias,
         length, heads, chunk, *dt.stride(), SOFTPLUS=bool(dt_softplus),
         BLOCK_T=triton.next_power_of_2(chunk))
     if D is not None:

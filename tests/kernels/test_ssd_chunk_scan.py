@@ -2,8 +2,9 @@
 
 On a CPU the kernels run under TRITON_INTERPRET=1 at small sizes (several chunks, a
 ragged last chunk, several row blocks per chunk); the `gpu` tests repeat the checks at
-real sizes (B=8, L=2048, H=24, P=64, N=64 and 128, chunk 256) in float32 and bfloat16.
-Float32 dot products run in full float32 on both (input_precision="ieee").
+real sizes (B=8, L=2048, H=24, P=64, N=64 and 128, chunk 256) in float32 and bfloat16, and
+the gradients at B=2, L=4096, H=8 in bfloat16. Float32 dot products run in full float32
+on both (input_precision="ieee").
 """
 
 import os
@@ -16,13 +17,13 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import compile_for_sm90, tol  # noqa: E402
+from conftest import TOL, compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mambabook.kernels import ssd_chunk_scan  # noqa: E402
 from mambabook.kernels.ssd import ssd_combined_ref  # noqa: E402
-from mambabook.ssd import ssd_recurrent, ssd_ref  # noqa: E402
+from mambabook.ssd import ssd_chunked, ssd_recurrent, ssd_ref  # noqa: E402
 
 
 def make_inputs(bsz, L, H, P, G, N, dtype=torch.float32, device=DEVICE, D_shape="H",
@@ -107,30 +108,106 @@ def test_bfloat16_forward():
     torch.testing.assert_close(last.double().cpu(), last_r, **tol(torch.bfloat16))
 
 
-def test_gradients_of_every_input():
-    """d/d(x, dt, A, B, C, D, z, dt_bias, initial_states) of a loss on out and the final
-    state, against the same loss through the recurrence."""
-    ins = make_inputs(2, 21, 4, 3, 2, 5)
-    h0 = torch.randn(2, 4, 3, 5, device=DEVICE)
-    w_o = torch.randn(2, 21, 4, 3, device=DEVICE)
-    w_h = torch.randn_like(h0)
+def chunked_reference(d, chunk, softplus, h0=None):
+    """out and the final state through `ssd_chunked` (in the inputs' dtype: float64 on
+    the CPU), with the kernel's dt bias, softplus and gate: the reference gradients."""
+    dt = d["dt"] + d["dt_bias"] if d.get("dt_bias") is not None else d["dt"]
+    dt = F.softplus(dt) if softplus else dt
+    y, last = ssd_chunked(d["x"], dt, d["A"], d["B"], d["C"], chunk, d.get("D"),
+                          initial_states=h0, return_final_states=True)
+    return (y * F.silu(d["z"]) if d.get("z") is not None else y), last
 
-    def grads(fn):
-        leaves = {k: v.detach().clone().requires_grad_() for k, v in ins.items()}
-        h = h0.clone().requires_grad_()
-        out, last = fn(leaves, h)
-        ((out * w_o).sum() + (last * w_h).sum()).backward()
-        return {**{k: v.grad for k, v in leaves.items()}, "initial_states": h.grad}
 
-    def by_recurrence(d, h):
-        dt = F.softplus(d["dt"] + d["dt_bias"])
-        y, last = ssd_recurrent(d["x"], dt, d["A"], d["B"], d["C"], d["D"],
-                                initial_states=h, return_final_states=True)
-        return y * F.silu(d["z"]), last
+def kernel(d, chunk, softplus, h0=None):
+    return ssd_chunk_scan(d["x"], d["dt"], d["A"], d["B"], d["C"], chunk, D=d.get("D"),
+                          z=d.get("z"), dt_bias=d.get("dt_bias"), dt_softplus=softplus,
+                          initial_states=h0, return_final_states=True)
 
-    g_k, g_r = grads(lambda d, h: run(d, 8, h)), grads(by_recurrence)
+
+def grads(fn, ins, h0=None, final=True, dtype=None):
+    """d/d(every input, initial_states), cast to dtype when given, of sum(out w)
+    (+ sum(final state w') when final): seeded weights rounded to bfloat16, so that a
+    bfloat16 output's gradient is exact."""
+    cast = lambda t: t.detach().to(dtype) if dtype is not None else t.detach()
+    leaves = {k: cast(v).requires_grad_() for k, v in ins.items() if v is not None}
+    if h0 is not None:
+        leaves["initial_states"] = cast(h0).requires_grad_()
+    out, last = fn(leaves, leaves.get("initial_states"))
+    g = torch.Generator().manual_seed(1)
+    w = lambda t: torch.randn(t.shape, generator=g).bfloat16().double().to(t.device)
+    loss = (out.double() * w(out)).sum() + ((last.double() * w(last)).sum() if final else 0)
+    loss.backward()
+    return {k: v.grad for k, v in leaves.items()}
+
+
+def assert_grads_close(g_k, g_r, dtype=torch.float32):
+    assert g_k.keys() == g_r.keys()
     for name in g_r:
-        torch.testing.assert_close(g_k[name], g_r[name], **tol(torch.float32), msg=name)
+        torch.testing.assert_close(g_k[name].double().cpu(), g_r[name], **tol(dtype),
+                                   msg=lambda m, name=name: f"d{name}: {m}")
+
+
+def relative_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("L,chunk,H,G,P,N,D_shape,softplus", [
+    (1, 16, 2, 1, 4, 3, "H", True),  # one step
+    (37, 16, 6, 2, 5, 7, "HP", True),  # ragged last chunk; 3 heads a group: a ragged split
+    (70, 64, 3, 3, 17, 20, "H", False),  # two row blocks a chunk, P > 16, dt as given + bias
+    (100, 32, 4, 1, 16, 16, "HP", True),  # four chunks, 4 heads a group: two splits
+])
+def test_gradients_of_every_input(L, chunk, H, G, P, N, D_shape, softplus):
+    """d/d(x, dt, A, B, C, D, z, dt_bias, initial_states) of a loss on out and the final
+    state, against autograd through ssd_chunked in float64."""
+    ins = make_inputs(2, L, H, P, G, N, D_shape=D_shape)
+    if not softplus:
+        ins["dt"] = F.softplus(ins["dt"])
+    h0 = torch.randn(2, H, P, N, device=DEVICE)
+    g_k = grads(lambda d, h: kernel(d, chunk, softplus, h), ins, h0)
+    g_r = grads(lambda d, h: chunked_reference(d, chunk, softplus, h), ins, h0, dtype=torch.float64)
+    assert_grads_close(g_k, g_r)
+
+
+@settings(max_examples=6, deadline=None)
+@given(L=st.integers(1, 40), chunk=st.sampled_from([8, 16]), G=st.sampled_from([1, 2]),
+       hpg=st.integers(1, 3), P=st.integers(1, 9), N=st.integers(1, 9),
+       softplus=st.booleans(), D_shape=st.sampled_from(["H", "HP"]))
+def test_gradients_hypothesis_shapes(L, chunk, G, hpg, P, N, softplus, D_shape):
+    ins = make_inputs(1, L, G * hpg, P, G, N, D_shape=D_shape)
+    h0 = torch.randn(1, G * hpg, P, N, device=DEVICE)
+    g_k = grads(lambda d, h: kernel(d, chunk, softplus, h), ins, h0)
+    g_r = grads(lambda d, h: chunked_reference(d, chunk, softplus, h), ins, h0, dtype=torch.float64)
+    assert_grads_close(g_k, g_r)
+
+
+def test_gradients_without_optional_inputs():
+    """No D, z, dt_bias, initial state, final state: against the quadratic form."""
+    ins = make_inputs(2, 30, 4, 6, 2, 5)
+    ins = {k: ins[k] for k in ("x", "dt", "A", "B", "C")}
+    ins["dt"] = F.softplus(ins["dt"])
+    only_out = lambda out: (out, out.new_zeros(()))
+    g_k = grads(lambda d, h: only_out(ssd_chunk_scan(d["x"], d["dt"], d["A"], d["B"],
+                                                     d["C"], 8)), ins, final=False)
+    g_r = grads(lambda d, h: only_out(ssd_ref(d["x"], d["dt"], d["A"], d["B"], d["C"])),
+                ins, final=False, dtype=torch.float64)
+    assert_grads_close(g_k, g_r)
+
+
+def test_bfloat16_gradients():
+    """bfloat16 x, dt, B, C, z against the reference on the same values, within bfloat16's
+    tolerance. dA and d dt_bias sum every step's term, each rounded as dy = dout silu(z)
+    is (to bfloat16): their error grows with the steps, so they are held to bfloat16's
+    rtol by the relative norm of the error (as the GPU test holds every gradient)."""
+    ins = make_inputs(1, 40, 4, 8, 2, 8, dtype=torch.bfloat16)
+    h0 = torch.randn(1, 4, 8, 8, device=DEVICE)
+    g_k = grads(lambda d, h: kernel(d, 16, True, h), ins, h0)
+    g_r = grads(lambda d, h: chunked_reference(d, 16, True, h), ins, h0, dtype=torch.float64)
+    sums = ("A", "dt_bias")
+    assert_grads_close({k: v for k, v in g_k.items() if k not in sums},
+                       {k: v for k, v in g_r.items() if k not in sums}, torch.bfloat16)
+    for name in sums:
+        assert relative_error(g_k[name].cpu(), g_r[name]) < TOL[torch.bfloat16][0], name
 
 
 def test_combined_ref_is_what_the_kernel_computes():
@@ -176,20 +253,53 @@ def test_ssd_chunk_scan_gpu(N, dtype):
     torch.testing.assert_close(last, last_r, **tol(dtype))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [64, 128])
+def test_ssd_chunk_scan_gradients_gpu(N):
+    """Real sizes in bfloat16 (B=2, L=4096, H=8, P=64, G=1, chunk 256): every gradient
+    against float32 autograd through ssd_chunked on the same values, by the relative norm
+    of the error (within bfloat16's rtol)."""
+    ins = make_inputs(2, 4096, 8, 64, 1, N, dtype=torch.bfloat16, device="cuda")
+    h0 = torch.randn(2, 8, 64, N, device="cuda")
+    g_k = grads(lambda d, h: kernel(d, 256, True, h), ins, h0)
+    g_r = grads(lambda d, h: chunked_reference(d, 256, True, h), ins, h0, dtype=torch.float32)
+    errors = {name: relative_error(g_k[name], g_r[name]) for name in g_r}
+    assert max(errors.values()) < TOL[torch.bfloat16][0], errors
+
+
 def test_ssd_kernels_compile_for_sm90():
-    """The four launches compile for an H100/H200 (sm_90) on this machine, GPU or not (the
-    interpreter does not see what only the compiler rejects): float32 (ieee dots) and
-    bfloat16 (tensor cores), chunks of 256, N = 64 and 128."""
-    half = ["x_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr"]
+    """The forward's four launches and the backward's six compile for an H100/H200 (sm_90)
+    on this machine, GPU or not (the interpreter does not see what only the compiler
+    rejects): float32 (ieee dots) and bfloat16 (tensor cores), chunks of 256, N = 64 and
+    128, at the block sizes the wrappers launch."""
+    half = ["x_ptr", "B_ptr", "C_ptr", "z_ptr", "out_ptr", "y_ptr"]
     ssd = dict(_module="mambabook.kernels.ssd", _num_warps=4)
+    bwd = dict(ssd, _module="mambabook.kernels.ssd_backward")
     state = dict(ssd, _kernel="_chunk_state_kernel", BLOCK_P=64, BLOCK_N=64, BLOCK_K=64)
     scan = dict(ssd, _kernel="_chunk_scan_kernel", HAS_D=True, HAS_Z=True, BLOCK_M=64,
                 BLOCK_P=64)
+    dstate = dict(bwd, _kernel="_state_grad_kernel", BLOCK_P=64, BLOCK_N=64, BLOCK_K=32)
+    rows = dict(bwd, BLOCK_M=32, BLOCK_P=64, _num_warps=8)
+    half_bwd = ["dy_ptr", "x_ptr", "B_ptr", "C_ptr", "dx_ptr"]
     compile_for_sm90([
         dict(ssd, _kernel="_dt_cumsum_kernel", HAS_BIAS=True, SOFTPLUS=True, BLOCK_T=256),
         dict(state, PRECISION="ieee"),
         dict(state, PRECISION="tf32", _bf16=half),
         dict(ssd, _kernel="_state_passing_kernel", HAS_H0=True, BLOCK=1024),
-        dict(scan, BLOCK_N=128, PRECISION="ieee"),
+        dict(scan, BLOCK_N=128, PRECISION="ieee", y_ptr=None),
         dict(scan, BLOCK_N=64, PRECISION="tf32", _bf16=half),
+        dict(bwd, _kernel="_gate_bwd_kernel", BLOCK=1024,
+             _bf16=["dout_ptr", "z_ptr", "y_ptr", "dy_ptr", "dz_ptr"]),
+        dict(dstate, PRECISION="ieee"),
+        dict(dstate, PRECISION="tf32", _bf16=["dy_ptr", "C_ptr"]),
+        dict(bwd, _kernel="_state_passing_bwd_kernel", BLOCK=1024),
+        *(dict(rows, _kernel=k, BLOCK_N=n, **p) for k in ("_chunk_scan_dC_kernel",
+          "_chunk_scan_dx_kernel") for n in (64, 128)
+          for p in (dict(PRECISION="ieee"), dict(PRECISION="tf32", _bf16=half_bwd))),
+        dict(rows, _kernel="_chunk_scan_dx_kernel", BLOCK_N=64, PRECISION="tf32",
+             D_ptr=None, dD_ptr=None, _bf16=half_bwd),
+        dict(bwd, _kernel="_dt_bwd_kernel", SOFTPLUS=True, BLOCK_T=256,
+             _bf16=["dt_ptr", "ddt_out_ptr"]),
+        dict(bwd, _kernel="_dt_bwd_kernel", SOFTPLUS=False, BLOCK_T=256, bias_ptr=None,
+             dbias_ptr=None),
     ])
