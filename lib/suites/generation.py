@@ -23,7 +23,6 @@ on the GPU, float32 on the CPU. The per-token functions are what the chapter's w
 from __future__ import annotations
 
 import gc
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -339,28 +338,11 @@ def copy_bandwidth(device, nbytes: int) -> float:
     return 2 * nbytes / (ms / 1e3)
 
 
-def time_calls(fn, device, reps: int, min_run_time: float) -> float:
-    """Median ms of fn(), already run once (the warm-up): on a GPU, `reps` calls between CUDA
-    events (do_bench's 8 or more calls cost too much for a prefill of seconds); on a CPU,
-    bench.time_fn."""
-    if device.type != "cuda":
-        return bench.time_fn(fn, device, min_run_time=min_run_time)
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def _measure_point(model, batch: int, context: int, plan: MapPlan, device, reps: int):
     """(prefill ms, ms per decoding step, cache bytes) of one model at one point."""
     graph = device.type == "cuda"
     gb = generation_fn(model, batch, context, plan.n_new, cuda_graph=graph)  # one prefill
-    prefill_ms = time_calls(gb.prefill, device, reps, plan.min_run_time)
+    prefill_ms = bench.time_calls(gb.prefill, device, reps, min_run_time=plan.min_run_time)
 
     def decode():  # steps at positions context .. context + decode_steps - 1
         if isinstance(model, TransformerLM):

@@ -20,6 +20,11 @@ def test_time_fn_measures_milliseconds():
     assert 0 < t_noop < t_sleep
 
 
+
+def test_time_calls_measures_milliseconds():
+    ms = bench.time_calls(lambda: time.sleep(0.01), "cpu", calls=2, min_run_time=0.05)
+    assert 9 < ms < 40
+
 def test_peak_memory_counts_live_tensors():
     n = 1 << 16
 
