@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_conv1d_args, check_conv1d_update_args
+from .dispatch import kernels_or_twins
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -68,11 +69,5 @@ def conv_functions(x: torch.Tensor, path: str = "auto"):
     """(causal_conv1d, causal_conv1d_update) for tensors like x, by the rule of
     `selective.scan_functions`: the kernels on CUDA ("auto") or anywhere ("kernel"; on a
     CPU under TRITON_INTERPRET=1), else the twins."""
-    if path == "kernel" or (path == "auto" and x.is_cuda):
-        try:
-            from mambabook.kernels import causal_conv1d, causal_conv1d_update
-            return causal_conv1d, causal_conv1d_update
-        except (ImportError, AttributeError):
-            if path == "kernel":
-                raise
-    return causal_conv1d_ref, causal_conv1d_update_ref
+    return kernels_or_twins(x, path, ("causal_conv1d", "causal_conv1d_update"),
+                            (causal_conv1d_ref, causal_conv1d_update_ref))

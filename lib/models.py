@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .checks import check_positive_int
 from .conv import conv_functions, conv_state_after
+from .dispatch import wants_kernels
 from .norm import add_norm_function
 from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule, fold_batch, unfold_batch
 from .ssd import ssd_chunked, ssd_step
@@ -428,9 +429,8 @@ class TransformerLayer(nn.Module):
 
     def decodes_with_kernel(self, x) -> bool:
         """path "kernel", or "auto" on CUDA in float32, float16 or bfloat16."""
-        path = self.cfg.path
-        return path == "kernel" or (path == "auto" and x.is_cuda and x.dtype in
-                                    (torch.float32, torch.float16, torch.bfloat16))
+        return self.cfg.path == "kernel" or (wants_kernels(x, self.cfg.path) and x.dtype in
+                                             (torch.float32, torch.float16, torch.bfloat16))
 
 
 class TransformerLM(nn.Module):
@@ -613,7 +613,7 @@ def ssd_function(x: torch.Tensor, path: str):
     """ssd(x, dt_raw, A, B, C, chunk, D, dt_bias, initial_states) -> (y, final state): the
     kernel `mambabook.kernels.ssd_chunk_scan` on CUDA ("auto") or anywhere ("kernel"),
     else `mambabook.ssd.ssd_chunked` with dt = softplus(dt_raw + dt_bias) in PyTorch."""
-    if path == "kernel" or (path == "auto" and x.is_cuda):
+    if wants_kernels(x, path):
         from mambabook.kernels import ssd_chunk_scan
 
         return lambda x, dt, A, B, C, T, D, bias, h0: ssd_chunk_scan(

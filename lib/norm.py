@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from .checks import check_add_rms_norm_args
+from .dispatch import kernels_or_twins
 
 
 def add_rms_norm_ref(x, y, weight, eps: float = 1e-5):
@@ -23,11 +24,4 @@ def add_rms_norm_ref(x, y, weight, eps: float = 1e-5):
 def add_norm_function(x, path: str = "auto"):
     """add_rms_norm for tensors like x, by the rule of `selective.scan_functions`: the
     kernel on CUDA ("auto") or anywhere ("kernel"), else the twin."""
-    if path == "kernel" or (path == "auto" and x.is_cuda):
-        try:
-            from mambabook.kernels import add_rms_norm
-            return add_rms_norm
-        except (ImportError, AttributeError):
-            if path == "kernel":
-                raise
-    return add_rms_norm_ref
+    return kernels_or_twins(x, path, ("add_rms_norm",), (add_rms_norm_ref,))[0]

@@ -20,6 +20,7 @@ from .checks import (  # noqa: F401 (re-exported: the checks of this module's fu
     check_state_update_args,
     check_tensor,
 )
+from .dispatch import PATHS, kernels_or_twins
 
 
 def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
@@ -120,24 +121,18 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 
 # ----------------------------------------------------------------------------- the S6 layer
-SCAN_PATHS = ("auto", "kernel", "ref")
+SCAN_PATHS = PATHS
 
 
 def scan_functions(x: torch.Tensor, path: str = "auto"):
-    """(selective_scan, selective_state_update) for tensors like x: the one kernel dispatch.
+    """(selective_scan, selective_state_update) for tensors like x, by `dispatch`'s rule.
 
     path "auto": mambabook.kernels on CUDA tensors (when Triton imports), the *_ref twins
     elsewhere; "kernel": the kernels on any device (on a CPU under TRITON_INTERPRET=1, for
     tests); "ref": the twins.
     """
-    if path == "kernel" or (path == "auto" and x.is_cuda):
-        try:
-            from mambabook.kernels import selective_scan, selective_state_update
-            return selective_scan, selective_state_update
-        except (ImportError, AttributeError):
-            if path == "kernel":
-                raise
-    return selective_scan_ref, selective_state_update_ref
+    return kernels_or_twins(x, path, ("selective_scan", "selective_state_update"),
+                            (selective_scan_ref, selective_state_update_ref))
 
 
 def time_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
