@@ -41,7 +41,7 @@ dump = lambda flag: subprocess.run([os.path.join(tools, "cuobjdump"), flag, f.na
                                    capture_output=True, text=True).stdout
 usage = re.search(r"REG:(\d+).*?STACK:(\d+)", dump("-res-usage"))
 ops = collections.Counter(m.group(1) for m in re.finditer(
-    r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", dump("-sass")))
+    r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", dump("-sass")))
 print(json.dumps(dict(seconds=seconds, ptx_lines=compiled.asm["ptx"].count("\n"),
                       registers=int(usage.group(1)), spill_bytes=int(usage.group(2)),
                       sass=sum(ops.values()), sass_ops=dict(ops))))
