@@ -110,3 +110,40 @@ def records_table(records: Sequence[Record], x: str, fields: Sequence[str] = ("m
                     row.append(f"{getattr(r, f) * UNITS[f][1]:.4g}")
         lines.append("| " + " | ".join(row) + " |")
     return Markdown("\n".join(lines))
+
+
+def plot_ratio_map(ax, ratio, batches: Sequence[int], contexts: Sequence[int], *,
+                   level: float = 5.0, hatched=None, vmax: float = 100.0):
+    """A heat map of a ratio over batch (rows) x context (columns), each cell labelled, on a
+    log colour scale from 1 to vmax, and the contour where the ratio crosses `level`.
+
+    ratio: (len(batches), len(contexts)) numbers; hatched: booleans of the same shape, the
+    cells to hatch (e.g. where a cache would not fit). Returns the contour set, or None when
+    no cell is on each side of `level`.
+    """
+    from matplotlib.colors import LogNorm
+
+    grid = [[float(v) for v in row] for row in ratio]
+    want = (len(batches), len(contexts))
+    if (len(grid), *{len(row) for row in grid}) != want:
+        got = (len(grid), *sorted({len(row) for row in grid}))
+        raise ValueError(f"ratio must have shape (batches, contexts) = {want}, got {got}")
+    ax.imshow(grid, origin="lower", cmap="viridis", norm=LogNorm(1.0, vmax), aspect="auto")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if v < math.sqrt(vmax) else "black")
+            if hatched is not None and hatched[i][j]:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                           hatch="//", edgecolor="#d1495b", lw=0))
+    flat = [v for row in grid for v in row]
+    lines = None
+    if min(flat) < level < max(flat):
+        lines = ax.contour(grid, levels=[level], colors="#d1495b", linewidths=2)
+        ax.clabel(lines, fmt=f"{level:g}x", fontsize=8)
+    ax.set_xticks(range(len(contexts)), [f"{c // 1024}K" if c >= 1024 else str(c)
+                                         for c in contexts])
+    ax.set_yticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("batch size B")
+    return lines

@@ -50,3 +50,20 @@ def test_records_table_has_a_row_per_size_and_a_column_per_provider_and_field():
     assert lines[3] == "| 4 | 3 |  | 4 |  |"
     with pytest.raises(ValueError, match="fields"):
         records_table(recs, "L", fields=("bytes",))
+
+
+def test_ratio_map_draws_the_level_contour_only_where_it_is_crossed():
+    from mambabook.plotting import plot_ratio_map
+
+    fig, ax = plt.subplots()
+    ratio = [[1.0, 2.0, 4.0], [2.0, 6.0, 12.0]]  # 5 lies between cells
+    lines = plot_ratio_map(ax, ratio, [1, 8], [512, 1024, 2048], level=5.0,
+                           hatched=[[False] * 3, [False, False, True]])
+    assert lines is not None and list(lines.levels) == [5.0]
+    assert [t.get_text() for t in ax.texts][:6] == ["1.0", "2.0", "4.0", "2.0", "6.0", "12.0"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["512", "1K", "2K"]
+    assert sum(p.get_hatch() == "//" for p in ax.patches) == 1
+    assert plot_ratio_map(ax, [[1.0, 2.0]], [1], [512, 1024], level=5.0) is None
+    with pytest.raises(ValueError, match=r"ratio must have shape .*\(2, 3\), got \(2, 2\)"):
+        plot_ratio_map(ax, [[1.0, 2.0], [3.0, 4.0]], [1, 8], [512, 1024, 2048])
+    plt.close(fig)
