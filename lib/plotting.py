@@ -135,12 +135,16 @@ def plot_ratio_map(ax, ratio, batches: Sequence[int], contexts: Sequence[int], *
                     color="white" if v < math.sqrt(vmax) else "black")
             if hatched is not None and hatched[i][j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
-                                           hatch="//", edgecolor="#d1495b", lw=0))
+                                           hatch="//", edgecolor="white", lw=0))
     flat = [v for row in grid for v in row]
     lines = None
     if min(flat) < level < max(flat):
         lines = ax.contour(grid, levels=[level], colors="#d1495b", linewidths=2)
-        ax.clabel(lines, fmt=f"{level:g}x", fontsize=8)
+        path = max(lines.allsegs[0], key=len)  # the label between two cells' numbers
+        k = max(1, len(path) // 2)
+        where = [tuple((path[k - 1] + path[k]) / 2)] if len(path) > 1 else None
+        for label in ax.clabel(lines, fmt=f"{level:g}x", fontsize=8, manual=where):
+            label.set_bbox({"fc": "white", "ec": "none", "pad": 1})
     ax.set_xticks(range(len(contexts)), [f"{c // 1024}K" if c >= 1024 else str(c)
                                          for c in contexts])
     ax.set_yticks(range(len(batches)), [str(b) for b in batches])
