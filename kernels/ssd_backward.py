@@ -336,7 +336,9 @@ def ssd_backward(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk
     bsz, length, heads, hdim = x.shape
     groups, dstate = B.shape[2], B.shape[3]
     nc = dt_c.shape[2]
+    # the kernels index these as contiguous; dt's gradient is written with dt's strides
     x, B, C, dout = x.contiguous(), B.contiguous(), C.contiguous(), dout.contiguous()
+    dt = dt.contiguous()
     f32 = dict(device=x.device, dtype=torch.float32)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"  # tf32: unused for 2-byte
     block_m, block_p, block_n = _blocks(chunk, hdim, dstate)

@@ -181,6 +181,35 @@ def test_gradients_hypothesis_shapes(L, chunk, G, hpg, P, N, softplus, D_shape):
     assert_grads_close(g_k, g_r)
 
 
+
+def test_gradients_of_strided_views():
+    """x, dt, B, C and z as column slices of one wide projection (as a Mamba-2 block passes
+    them): the same gradients as contiguous copies."""
+    bsz, L, H, P, G, N, chunk = 2, 10, 4, 3, 2, 5, 4
+    ins = make_inputs(bsz, L, H, P, G, N)
+    widths = [H * P, H * P, G * N, G * N, H]  # z, x, B, C, dt
+    g = torch.Generator().manual_seed(2)
+    wide = torch.randn(bsz, L, sum(widths), generator=g).to(DEVICE)
+
+    def views(t):
+        z, x, B, C, dt = torch.split(t, widths, dim=-1)
+        return dict(ins, z=z.view(bsz, L, H, P), x=x.view(bsz, L, H, P),
+                    B=B.view(bsz, L, G, N), C=C.view(bsz, L, G, N), dt=dt)
+
+    h0 = torch.randn(bsz, H, P, N, device=DEVICE)
+    kernel_fn = lambda d, h: kernel(d, chunk, True, h)
+    strided = wide.clone().requires_grad_()
+    out, last = kernel_fn(views(strided), h0)
+    assert not views(strided)["dt"].is_contiguous()
+    dense = wide.clone().requires_grad_()
+    out_d, last_d = kernel_fn({k: v.contiguous() if k in ("x", "dt", "B", "C", "z") else v
+                               for k, v in views(dense).items()}, h0)
+    torch.testing.assert_close(out, out_d)
+    w = torch.randn(out.shape, generator=g).to(DEVICE)
+    ((out * w).sum() + last.sum()).backward()
+    ((out_d * w).sum() + last_d.sum()).backward()
+    torch.testing.assert_close(strided.grad, dense.grad)
+
 def test_gradients_without_optional_inputs():
     """No D, z, dt_bias, initial state, final state: against the quadratic form."""
     ins = make_inputs(2, 30, 4, 6, 2, 5)
