@@ -44,10 +44,7 @@ def _selective_state_update_kernel(
     grp = offs_d // dpg  # group of each channel, (BLOCK_D,)
 
     # every load first and the stores last: ptxas moves no load past a store it cannot prove
-    # apart, and a load issued after softplus(dt) waits for dt first. Loading D and z after
-    # the state store, and A, B, C after softplus, cost three memory waits in a row per
-    # program: 29.7 us against 26.4 us like this (H200, B=128, D=5120, N=16, 2026-11-29,
-    # benchmarks/experiments/state_update_variants.py)
+    # apart (the other order measured 12% slower: benchmarks/selective_scan_notes.md)
     h_ptrs = state_ptr + pid_b * s_h_b + offs_d[:, None] * s_h_d + offs_n[None, :] * s_h_n
     h = tl.load(h_ptrs, mask=mask_dn, other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_N)
     A = tl.load(A_ptr + offs_d[:, None] * s_A_d + offs_n[None, :] * s_A_n, mask=mask_dn, other=0.0)
