@@ -47,14 +47,25 @@ class Control:
         return W.ToggleButtons(**common)
 
 
-def figure_to_png(fig, dpi: int = 90) -> bytes:
-    """A matplotlib Figure as PNG bytes; the figure is closed."""
+def figure_to_png(fig, dpi: int = 90, colors: int | None = None) -> bytes:
+    """A matplotlib Figure as PNG bytes; the figure is closed. colors: if given, the image
+    is reduced to a palette of that many colours (a heat map of a few hues then weighs
+    about a quarter as much: what matters for a widget that embeds many frames)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
-    return buf.getvalue()
+    if colors is None:
+        return buf.getvalue()
+    if isinstance(colors, bool) or not isinstance(colors, int) or not 2 <= colors <= 256:
+        raise ValueError(f"colors must be an int in [2, 256] or None, got {colors!r}")
+    from PIL import Image
+
+    image = Image.open(buf).convert("RGB").quantize(colors, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    image.save(out, format="png", optimize=True)
+    return out.getvalue()
 
 
 def _as_widget(view) -> W.Widget:

@@ -82,3 +82,34 @@ def test_bad_render_output_rejected():
         from mambabook.widgets import FramesWidget
 
         FramesWidget(lambda: "", [])
+
+
+def _heat_map():
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.imshow(np.random.default_rng(0).random((6, 6)), cmap="viridis")
+    for i in range(6):
+        ax.text(i, i, f"{i}.5", ha="center", va="center", fontsize=7)
+    return fig
+
+
+def test_figure_to_png_palette_is_lighter_and_close():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mambabook.widgets import figure_to_png
+
+    full = Image.open(io.BytesIO(raw := figure_to_png(_heat_map()))).convert("RGB")
+    small = figure_to_png(_heat_map(), colors=64)
+    reduced = Image.open(io.BytesIO(small))
+    assert reduced.size == full.size
+    assert len(reduced.getcolors(256)) <= 64
+    assert len(small) < len(raw)
+    diff = np.abs(np.asarray(reduced.convert("RGB"), float) - np.asarray(full, float))
+    assert diff.mean() < 2.0  # on a 0..255 scale: the same picture
+    for bad in (1, 300, 2.5, True):
+        with pytest.raises(ValueError, match="colors must be"):
+            figure_to_png(_heat_map(), colors=bad)
