@@ -83,6 +83,16 @@ def _visible_frame(widget) -> str:
         .join('|')""")
 
 
+def _shows_other_than(page, widget, before: str, timeout_ms: int = 5000) -> bool:
+    """Whether the widget's picture differs from `before` within timeout_ms (polled: a
+    loaded machine may take longer than one frame to swap the picture)."""
+    for _ in range(timeout_ms // 100):
+        if _visible_frame(widget) != before:
+            return True
+        page.wait_for_timeout(100)
+    return _visible_frame(widget) != before
+
+
 def _controls(widget):
     sliders = widget.locator(".noUi-handle")
     buttons = widget.locator(".widget-toggle-buttons button")
@@ -113,8 +123,7 @@ def test_widgets_respond(server, browser):
                     changed = False
                     for key in ("End", "Home"):  # one of the two ends differs from the start
                         handle.press(key)
-                        page.wait_for_timeout(200)
-                        if _visible_frame(w) != before:
+                        if _shows_other_than(page, w, before, 5000 if key == "Home" else 2500):
                             changed = True
                             break
                     assert changed, f"{path}: slider {j} of frames widget {i} did not change the picture"
@@ -123,8 +132,7 @@ def test_widgets_respond(server, browser):
                 if unselected.count():
                     before = _visible_frame(w)
                     unselected.first.click()
-                    page.wait_for_timeout(200)
-                    assert _visible_frame(w) != before, f"{path}: toggle buttons of frames widget {i} did not change the picture"
+                    assert _shows_other_than(page, w, before), f"{path}: toggle buttons of frames widget {i} did not change the picture"
                     checked += 1
             assert not problems, f"{path}: " + "\n".join(problems)
     assert checked > 0, "no frames widget control was exercised on any page"
