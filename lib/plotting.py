@@ -113,14 +113,16 @@ def records_table(records: Sequence[Record], x: str, fields: Sequence[str] = ("m
 
 
 def plot_ratio_map(ax, ratio, batches: Sequence[int], contexts: Sequence[int], *,
-                   level: float = 5.0, hatched=None, vmax: float = 100.0):
+                   level: float = 5.0, hatched=None, vmax: float = 100.0, labels=None):
     """A heat map of a ratio over batch (rows) x context (columns), each cell labelled, on a
     log colour scale from 1 to vmax, and the contour where the ratio crosses `level`.
 
-    ratio: (len(batches), len(contexts)) numbers; hatched: booleans of the same shape, the
-    cells to hatch (e.g. where a cache would not fit). Returns the contour set, or None when
-    no cell is on each side of `level`.
+    ratio: (len(batches), len(contexts)) numbers, NaN for a cell with no value (left blank,
+    labelled by `labels`[i][j] when given, e.g. "oom"); hatched: booleans of the same shape,
+    the cells to hatch (e.g. where a cache would not fit). Returns the contour set, or None
+    when no cell is on each side of `level`.
     """
+    import numpy as np
     from matplotlib.colors import LogNorm
 
     grid = [[float(v) for v in row] for row in ratio]
@@ -128,18 +130,20 @@ def plot_ratio_map(ax, ratio, batches: Sequence[int], contexts: Sequence[int], *
     if (len(grid), *{len(row) for row in grid}) != want:
         got = (len(grid), *sorted({len(row) for row in grid}))
         raise ValueError(f"ratio must have shape (batches, contexts) = {want}, got {got}")
-    ax.imshow(grid, origin="lower", cmap="viridis", norm=LogNorm(1.0, vmax), aspect="auto")
+    values = np.ma.masked_invalid(np.array(grid))
+    ax.imshow(values, origin="lower", cmap="viridis", norm=LogNorm(1.0, vmax), aspect="auto")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7,
-                    color="white" if v < math.sqrt(vmax) else "black")
+            text = (labels[i][j] if labels is not None else "") if math.isnan(v) else f"{v:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if math.isnan(v) or v >= math.sqrt(vmax) else "white")
             if hatched is not None and hatched[i][j]:
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                            hatch="//", edgecolor="white", lw=0))
-    flat = [v for row in grid for v in row]
+    flat = [v for row in grid for v in row if not math.isnan(v)]
     lines = None
-    if min(flat) < level < max(flat):
-        lines = ax.contour(grid, levels=[level], colors="#d1495b", linewidths=2)
+    if flat and min(flat) < level < max(flat):
+        lines = ax.contour(values, levels=[level], colors="#d1495b", linewidths=2)
         path = max(lines.allsegs[0], key=len)  # the label between two cells' numbers
         k = max(1, len(path) // 2)
         where = [tuple((path[k - 1] + path[k]) / 2)] if len(path) > 1 else None

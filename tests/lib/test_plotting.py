@@ -67,3 +67,17 @@ def test_ratio_map_draws_the_level_contour_only_where_it_is_crossed():
     with pytest.raises(ValueError, match=r"ratio must have shape .*\(2, 3\), got \(2, 2\)"):
         plot_ratio_map(ax, [[1.0, 2.0], [3.0, 4.0]], [1, 8], [512, 1024, 2048])
     plt.close(fig)
+
+
+def test_ratio_map_leaves_missing_cells_blank_with_their_labels():
+    from mambabook.plotting import plot_ratio_map
+
+    fig, ax = plt.subplots()
+    nan = float("nan")
+    ratio = [[2.0, 7.0], [3.0, nan]]  # the last cell: no measurement
+    lines = plot_ratio_map(ax, ratio, [1, 8], [512, 1024], level=5.0,
+                           labels=[["", ""], ["", "oom"]])
+    assert lines is not None
+    assert [t.get_text() for t in ax.texts][:4] == ["2.0", "7.0", "3.0", "oom"]
+    assert plot_ratio_map(ax, [[nan, nan]], [1], [512, 1024]) is None  # nothing to contour
+    plt.close(fig)

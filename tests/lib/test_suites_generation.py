@@ -14,6 +14,7 @@ from mambabook.suites.generation import (
     estimate_plan,
     estimate_point,
     generation_map,
+    ratio_grid,
 )
 
 APPROX = dict(rel=1e-9)
@@ -97,6 +98,15 @@ def test_generation_map_records(monkeypatch):
     m, t = cell[("mamba (eager)", 1, 16)], cell[("transformer (eager)", 1, 16)]
     assert m.extra["mamba_over_transformer_decode_tokens_per_s"] == pytest.approx(
         m.extra["decode_tokens_per_s"] / t.extra["decode_tokens_per_s"], **APPROX)
+    # the map a chapter draws: ratios where both ran, the statuses elsewhere
+    batches, contexts, ratio, labels = ratio_grid(recs, "tokens_per_s")
+    assert (batches, contexts) == ([1, 2], [8, 12, 16])
+    for j, c in enumerate(contexts):
+        m, t = cell[("mamba", 1, c)], cell[("transformer", 1, c)]
+        assert ratio[0][j] == pytest.approx(m.extra["tokens_per_s"] / t.extra["tokens_per_s"])
+        assert labels[0][j] == ""
+    assert all(v != v for v in ratio[1])  # NaN: the Transformer has no measurement there
+    assert labels[1] == ["ok / oom", "ok / skipped", "skipped"]
 
 
 def test_generation_map_time_budget():
