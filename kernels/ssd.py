@@ -17,12 +17,11 @@ gate.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from ..checks import check_positive_int, check_same_device, check_tensor
-from ..ssd import check_ssd_args, check_state, ssd_chunked
+from ..ssd import check_ssd_args, check_state
 from .common import ASM, FLOAT_DTYPES, _softplus, check_runnable
 
 MAX_DSTATE = 256  # largest N: the output kernel holds a whole (rows, N) block of C
@@ -272,19 +271,6 @@ def ssd_forward(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, h0, keep_y=Fa
         HAS_D=D is not None, HAS_Z=z is not None, BLOCK_M=block_m, BLOCK_P=block_p,
         BLOCK_N=block_n, PRECISION=precision)
     return out, final, (dt_c, acum, states, y)
-
-
-def ssd_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
-                     dt_softplus=False, initial_states=None):
-    """The kernel's computation in PyTorch: dt's bias and softplus, `ssd_chunked`, the gate.
-    Returns (out, final state): the twin the tests and the benchmark suite compare with."""
-    dtf = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
-    dtf = F.softplus(dtf) if dt_softplus else dtf
-    y, final = ssd_chunked(x, dtf, A, B, C, chunk_size, D, initial_states=initial_states,
-                           return_final_states=True)
-    if z is not None:
-        y = (y.float() * F.silu(z.float())).to(x.dtype)
-    return y, final
 
 
 class SSDChunkScanFn(torch.autograd.Function):

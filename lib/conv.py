@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_conv1d_args, check_conv1d_update_args
-from .dispatch import kernels_or_twins
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -63,11 +62,3 @@ def causal_conv1d_update_ref(x, conv_state, weight, bias=None, silu=True):
         out = out + bias.to(ct)
     conv_state.copy_(window[..., 1:])
     return (F.silu(out) if silu else out).to(x.dtype)
-
-
-def conv_functions(x: torch.Tensor, path: str = "auto"):
-    """(causal_conv1d, causal_conv1d_update) for tensors like x, by the rule of
-    `selective.scan_functions`: the kernels on CUDA ("auto") or anywhere ("kernel"; on a
-    CPU under TRITON_INTERPRET=1), else the twins."""
-    return kernels_or_twins(x, path, ("causal_conv1d", "causal_conv1d_update"),
-                            (causal_conv1d_ref, causal_conv1d_update_ref))

@@ -2,7 +2,8 @@
 
 One rule for every layer (scan, convolution, norm, SSD): path "auto" runs the kernels on CUDA
 tensors when Triton imports, "kernel" runs them on any device (a CPU under
-TRITON_INTERPRET=1, for tests), "ref" runs the twins.
+TRITON_INTERPRET=1, for tests), "ref" runs the twins. The kernels are imported when asked
+for, never by this module's import: kernels/ imports no module that imports it back.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import importlib
 
 import torch
+
+from .conv import causal_conv1d_ref, causal_conv1d_update_ref
+from .norm import add_rms_norm_ref
 
 PATHS = ("auto", "kernel", "ref")
 
@@ -30,3 +34,14 @@ def kernels_or_twins(x: torch.Tensor, path: str, names: tuple[str, ...], twins: 
             if path == "kernel":
                 raise
     return twins
+
+
+def conv_functions(x: torch.Tensor, path: str = "auto"):
+    """(causal_conv1d, causal_conv1d_update) for tensors like x, by the rule above."""
+    return kernels_or_twins(x, path, ("causal_conv1d", "causal_conv1d_update"),
+                            (causal_conv1d_ref, causal_conv1d_update_ref))
+
+
+def add_norm_function(x, path: str = "auto"):
+    """add_rms_norm for tensors like x, by the rule above."""
+    return kernels_or_twins(x, path, ("add_rms_norm",), (add_rms_norm_ref,))[0]

@@ -26,9 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_positive_int
-from .conv import conv_functions, conv_state_after
-from .dispatch import wants_kernels
-from .norm import add_norm_function
+from .conv import conv_state_after
+from .dispatch import add_norm_function, conv_functions, wants_kernels
 from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule, fold_batch, unfold_batch
 from .ssd import ssd_chunked, ssd_step
 from .ssm import S4D

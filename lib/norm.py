@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from .checks import check_add_rms_norm_args
-from .dispatch import kernels_or_twins
 
 
 def add_rms_norm_ref(x, y, weight, eps: float = 1e-5):
@@ -19,9 +18,3 @@ def add_rms_norm_ref(x, y, weight, eps: float = 1e-5):
     check_add_rms_norm_args(x, y, weight)
     r = x + y
     return r, F.rms_norm(r, (r.shape[-1],), weight, eps)
-
-
-def add_norm_function(x, path: str = "auto"):
-    """add_rms_norm for tensors like x, by the rule of `selective.scan_functions`: the
-    kernel on CUDA ("auto") or anywhere ("kernel"), else the twin."""
-    return kernels_or_twins(x, path, ("add_rms_norm",), (add_rms_norm_ref,))[0]

@@ -202,3 +202,16 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, D=None, initial_states=None,
     y = (y_diag + y_off).reshape(bsz, nc * T, heads, hdim)[:, :length]
     y = _skip(y, x.to(wd), D).to(x.dtype)
     return (y, final) if return_final_states else y
+
+
+def ssd_combined_ref(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
+                     dt_softplus=False, initial_states=None):
+    """`mambabook.kernels.ssd_chunk_scan`'s computation in PyTorch (its twin): dt's bias and
+    softplus, `ssd_chunked`, the gate silu(z). Returns (out, final state)."""
+    dtf = dt.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+    dtf = F.softplus(dtf) if dt_softplus else dtf
+    y, final = ssd_chunked(x, dtf, A, B, C, chunk_size, D, initial_states=initial_states,
+                           return_final_states=True)
+    if z is not None:
+        y = (y.float() * F.silu(z.float())).to(x.dtype)
+    return y, final

@@ -89,7 +89,7 @@ def _sdpa_call(shape, device):
 def ssd_providers(shape, chunk, device) -> list[tuple[str, object, bool]]:
     """[(name, make(L, N, mode, dtype), runs at every N of the SSD?)]."""
     from ..kernels import ssd_chunk_scan
-    from ..kernels.ssd import ssd_combined_ref
+    from ..ssd import ssd_combined_ref
 
     def torch_form(**kw):
         return ssd_combined_ref(**kw)[0]  # (out, final state) -> out

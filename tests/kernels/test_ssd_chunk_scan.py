@@ -22,8 +22,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mambabook.kernels import ssd_chunk_scan  # noqa: E402
-from mambabook.kernels.ssd import ssd_combined_ref  # noqa: E402
-from mambabook.ssd import ssd_chunked, ssd_recurrent, ssd_ref  # noqa: E402
+from mambabook.ssd import ssd_chunked, ssd_combined_ref, ssd_recurrent, ssd_ref  # noqa: E402
 
 
 def make_inputs(bsz, L, H, P, G, N, dtype=torch.float32, device=DEVICE, D_shape="H",
@@ -175,6 +174,8 @@ def test_gradients_of_every_input(L, chunk, H, G, P, N, D_shape, softplus):
        softplus=st.booleans(), D_shape=st.sampled_from(["H", "HP"]))
 def test_gradients_hypothesis_shapes(L, chunk, G, hpg, P, N, softplus, D_shape):
     ins = make_inputs(1, L, G * hpg, P, G, N, D_shape=D_shape)
+    if not softplus:  # dt as given must be positive (raw dt < 0 makes the state grow)
+        ins["dt"] = F.softplus(ins["dt"])
     h0 = torch.randn(1, G * hpg, P, N, device=DEVICE)
     g_k = grads(lambda d, h: kernel(d, chunk, softplus, h), ins, h0)
     g_r = grads(lambda d, h: chunked_reference(d, chunk, softplus, h), ins, h0, dtype=torch.float64)
