@@ -11,6 +11,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI stays reproducible); a run with
+# HYPOTHESIS_PROFILE=explore draws new ones.
+settings.register_profile("book", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "book"))
 
 # Tolerances (rtol, atol) per dtype, as in mamba_ssm's own selective-scan tests.
 TOL = {
