@@ -31,6 +31,7 @@ import torch
 
 from .. import bench
 from ..bench import Record, one_cpu_thread, suite
+from ..floors import prefill_flops
 from ..models import (
     MambaConfig,
     MambaLM,
@@ -304,15 +305,6 @@ class MapPlan:
 CPU_MAP_PLAN = MapPlan(d_model=64, n_layer=4, batches=(1, 4), contexts=(32, 128), n_new=8,
                        decode_steps=4, eager=((1, 128),), flops_per_s=2e10, budget_s=120.0,
                        copy_bytes=2**24, min_run_time=0.02)
-
-
-def prefill_flops(model, batch: int, context: int) -> float:
-    """2 FLOPs per parameter per token (the matmuls, the tied head included); for the
-    Transformer also causal attention's q k^T and p v: 2 n_layer B L^2 d_model."""
-    flops = 2.0 * count_parameters(model) * batch * context
-    if isinstance(model, TransformerLM):
-        flops += 2.0 * model.cfg.n_layer * batch * context**2 * model.cfg.d_model
-    return flops
 
 
 def _prefill_reps(prefill_s: float, plan: MapPlan) -> int:
