@@ -18,6 +18,12 @@ from .norm import add_rms_norm_ref
 PATHS = ("auto", "kernel", "ref")
 
 
+def check_path(path) -> None:
+    """ValueError unless path is one of PATHS."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+
+
 def wants_kernels(x: torch.Tensor, path: str) -> bool:
     """Whether `path` asks for the kernels for tensors like x."""
     return path == "kernel" or (path == "auto" and x.is_cuda)

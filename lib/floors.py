@@ -13,14 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import (
-    MambaConfig,
-    MambaLM,
-    TransformerLM,
-    count_parameters,
-    decode_step_bytes,
-    matched_transformer_config,
-)
+from .models import TransformerLM, count_parameters, decode_step_bytes, equal_size_pair
 
 
 @dataclass(frozen=True)
@@ -51,10 +44,7 @@ PAPER_SIZES = {  # the Mamba paper's released models: d_model, Mamba blocks
 def paper_pair(d_model: int, n_layer: int) -> dict:
     """{"mamba", "transformer"}: a Mamba of that shape (byte vocabulary) and its matched
     Transformer, bfloat16, on the meta device (shapes only, nothing allocated)."""
-    with torch.device("meta"):
-        m = MambaLM(MambaConfig(d_model=d_model, n_layer=n_layer))
-        t = TransformerLM(matched_transformer_config(m.cfg))
-    return {"mamba": m.to(torch.bfloat16), "transformer": t.to(torch.bfloat16)}
+    return equal_size_pair(d_model, n_layer, "meta", torch.bfloat16)
 
 
 def prefill_flops(model, batch: int, context: int) -> float:

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from .checks import check_positive_int
 from .conv import conv_state_after
-from .dispatch import add_norm_function, conv_functions, wants_kernels
-from .selective import S6, SCAN_PATHS, dt_bias_init, dt_rank_rule, fold_batch, unfold_batch
+from .dispatch import add_norm_function, check_path, conv_functions, wants_kernels
+from .selective import S6, dt_bias_init, dt_rank_rule, fold_batch, unfold_batch
 from .ssd import ssd_chunked, ssd_step
 from .ssm import S4D
 
@@ -63,8 +63,7 @@ class MambaConfig:
                              f"{self.dt_min}, {self.dt_max}")
         if self.ssm not in SSMS:
             raise ValueError(f"ssm must be one of {SSMS}, got {self.ssm!r}")
-        if self.path not in SCAN_PATHS:
-            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
+        check_path(self.path)
 
     @property
     def d_inner(self) -> int:
@@ -92,8 +91,7 @@ class TransformerConfig:
                              f"{self.d_model}, n_head = {self.n_head}")
         if self.positions not in ("rotary", "learned"):
             raise ValueError(f"positions must be 'rotary' or 'learned', got {self.positions!r}")
-        if self.path not in SCAN_PATHS:
-            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
+        check_path(self.path)
 
 
 def paper_scale_mamba_config(**overrides) -> MambaConfig:
@@ -119,6 +117,17 @@ def matched_transformer_config(cfg: MambaConfig, n_head: int | None = None,
     d_ff = max(8, int(round(d_ff / 8)) * 8)
     return TransformerConfig(vocab_size=cfg.vocab_size, d_model=d, n_layer=n_layer,
                              n_head=n_head, d_ff=d_ff, positions=positions)
+
+
+def equal_size_pair(d_model: int, n_layer: int, device, dtype, d_state: int = 16) -> dict:
+    """{"mamba": MambaLM, "transformer": TransformerLM} of equal parameter count, built on
+    `device` (a GPU initialises 1.3B parameters fast; "meta" allocates nothing) in `dtype`,
+    eval mode; the Transformer has n_layer / 2 layers (matched_transformer_config)."""
+    cfg = MambaConfig(d_model=d_model, n_layer=n_layer, d_state=d_state)
+    with torch.device(device):
+        models = {"mamba": MambaLM(cfg),
+                  "transformer": TransformerLM(matched_transformer_config(cfg))}
+    return {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -596,8 +605,7 @@ class Mamba2Config:
         if self.d_inner % self.headdim or self.nheads % self.ngroups:
             raise ValueError(f"headdim must divide d_inner = {self.d_inner} and ngroups the "
                              f"heads, got headdim={self.headdim}, ngroups={self.ngroups}")
-        if self.path not in SCAN_PATHS:
-            raise ValueError(f"path must be one of {SCAN_PATHS}, got {self.path!r}")
+        check_path(self.path)
 
     @property
     def d_inner(self) -> int:

@@ -20,7 +20,7 @@ from .checks import (  # noqa: F401 (re-exported: the checks of this module's fu
     check_state_update_args,
     check_tensor,
 )
-from .dispatch import PATHS, kernels_or_twins
+from .dispatch import check_path, kernels_or_twins
 
 
 def _expand_groups(M: torch.Tensor, dim: int) -> torch.Tensor:
@@ -121,9 +121,6 @@ def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
 
 # ----------------------------------------------------------------------------- the S6 layer
-SCAN_PATHS = PATHS
-
-
 def scan_functions(x: torch.Tensor, path: str = "auto"):
     """(selective_scan, selective_state_update) for tensors like x, by `dispatch`'s rule.
 
@@ -184,8 +181,7 @@ class S6(nn.Module):
     def __init__(self, d_inner: int, d_state: int, dt_rank: int, dt_min: float = 1e-3,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, path: str = "auto"):
         super().__init__()
-        if path not in SCAN_PATHS:
-            raise ValueError(f"path must be one of {SCAN_PATHS}, got {path!r}")
+        check_path(path)
         self.d_inner, self.d_state, self.dt_rank, self.path = d_inner, d_state, dt_rank, path
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)  # -> dt, B, C
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)

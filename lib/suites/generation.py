@@ -33,13 +33,12 @@ from .. import bench
 from ..bench import Record, one_cpu_thread, suite
 from ..floors import prefill_flops
 from ..models import (
-    MambaConfig,
     MambaLM,
     TransformerLM,
     cache_bytes,
     count_parameters,
     decode_step_bytes,
-    matched_transformer_config,
+    equal_size_pair,
 )
 from ..selective import scan_functions, selective_scan_ref
 
@@ -49,16 +48,11 @@ def _dtype(device: torch.device) -> torch.dtype:
 
 
 def equal_size_models(d_model: int, n_layer: int, device, dtype=None, d_state: int = 16):
-    """{"mamba": MambaLM, "transformer": TransformerLM} of equal parameter count (eval mode);
-    the Transformer has n_layer / 2 layers (one attention + one MLP per two Mamba blocks)."""
+    """models.equal_size_pair seeded with 0, in bfloat16 on a GPU and float32 on a CPU
+    unless dtype is given."""
     device = torch.device(device)
-    dtype = dtype or _dtype(device)
     torch.manual_seed(0)
-    mcfg = MambaConfig(d_model=d_model, n_layer=n_layer, d_state=d_state)
-    with torch.device(device):  # initialised where they run: 1.3B parameters init fast on a GPU
-        models = {"mamba": MambaLM(mcfg),
-                  "transformer": TransformerLM(matched_transformer_config(mcfg))}
-    return {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
+    return equal_size_pair(d_model, n_layer, device, dtype or _dtype(device), d_state)
 
 
 def _capture(fn, device: torch.device, cuda_graph: bool):
