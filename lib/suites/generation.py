@@ -242,32 +242,6 @@ def _add_ratios(records: list[Record]) -> None:
                 t.extra[f"mamba_over_transformer_{key}"] = ratio
 
 
-
-def ratio_grid(records: list[Record], key: str = "decode_tokens_per_s"):
-    """generation_map's graphed records as the map `plotting.plot_ratio_map` draws: batches,
-    contexts, ratio[i][j] = Mamba / Transformer of extra[key] ("decode_tokens_per_s" or
-    "tokens_per_s") at (batches[i], contexts[j]), NaN where either model has no measurement,
-    and labels[i][j]: "" where both ran, else the statuses ("oom", "skipped", "oom / ok")."""
-    cells = {(r.provider, r.size["batch"], r.size["context"]): r for r in records
-             if r.provider in ("mamba", "transformer")}
-    batches = sorted({b for _, b, _ in cells})
-    contexts = sorted({c for _, _, c in cells})
-    ratio, labels = [], []
-    for b in batches:
-        ratio.append([])
-        labels.append([])
-        for c in contexts:
-            m, t = cells.get(("mamba", b, c)), cells.get(("transformer", b, c))
-            ran = [r is not None and r.status == "ok" and key in r.extra for r in (m, t)]
-            if all(ran):
-                ratio[-1].append(m.extra[key] / t.extra[key])
-                labels[-1].append("")
-            else:
-                ratio[-1].append(float("nan"))
-                status = [r.status if r is not None else "none" for r in (m, t)]
-                labels[-1].append(status[0] if status[0] == status[1] else " / ".join(status))
-    return batches, contexts, ratio, labels
-
 # ----------------------------------------------------------------------------- generation_map
 ESTIMATE_BYTES_PER_S = 3.0e12  # the cost model's decoding rate: ~70% of a copy's 4.2 TB/s
 STEP_OVERHEAD_S = 5e-4  # ... plus this per step (48 small layers at batch 1)
@@ -478,6 +452,32 @@ def _eager_records(models, plan, device, bandwidth, graphed, suite_name) -> list
         records += point
         _free(device)
     return records
+
+
+def ratio_grid(records: list[Record], key: str = "decode_tokens_per_s"):
+    """generation_map's graphed records as the map `plotting.plot_ratio_map` draws: batches,
+    contexts, ratio[i][j] = Mamba / Transformer of extra[key] ("decode_tokens_per_s" or
+    "tokens_per_s") at (batches[i], contexts[j]), NaN where either model has no measurement,
+    and labels[i][j]: "" where both ran, else the statuses ("oom", "skipped", "oom / ok")."""
+    cells = {(r.provider, r.size["batch"], r.size["context"]): r for r in records
+             if r.provider in ("mamba", "transformer")}
+    batches = sorted({b for _, b, _ in cells})
+    contexts = sorted({c for _, _, c in cells})
+    ratio, labels = [], []
+    for b in batches:
+        ratio.append([])
+        labels.append([])
+        for c in contexts:
+            m, t = cells.get(("mamba", b, c)), cells.get(("transformer", b, c))
+            ran = [r is not None and r.status == "ok" and key in r.extra for r in (m, t)]
+            if all(ran):
+                ratio[-1].append(m.extra[key] / t.extra[key])
+                labels[-1].append("")
+            else:
+                ratio[-1].append(float("nan"))
+                status = [r.status if r is not None else "none" for r in (m, t)]
+                labels[-1].append(status[0] if status[0] == status[1] else " / ".join(status))
+    return batches, contexts, ratio, labels
 
 
 # ----------------------------------------------------------------------------- suites
