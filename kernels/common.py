@@ -18,7 +18,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Inline PTX (shuffles, ex2.approx, ...) on a GPU; the interpreter runs no assembly, so
 # there the same functions take a plain-Triton path.
 ASM = tl.constexpr(not INTERPRET)
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 MAX_DSTATE = 64  # largest N the selective-scan kernels support
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_state_update_args
-from .common import check_runnable
+from .common import FLOAT_DTYPES, LOG2E, _softplus, check_runnable
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
@@ -30,9 +30,8 @@ def _selective_state_update_kernel(
     # strides
     s_h_b, s_h_d, s_h_n, s_x_b, s_x_d, s_dt_b, s_dt_d, s_A_d, s_A_n,
     s_B_b, s_B_g, s_B_n, s_C_b, s_C_g, s_C_n, s_z_b, s_z_d, s_o_b, s_o_d,
-    # meta-parameters
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    A_LOG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    # meta-parameters (D_ptr, z_ptr and bias_ptr are None when absent)
+    SOFTPLUS: tl.constexpr, A_LOG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_d = tl.program_id(0)  # block of channels
     pid_b = tl.program_id(1).to(tl.int64)  # batch row
@@ -54,23 +53,22 @@ def _selective_state_update_kernel(
                  mask=mask_dn, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + pid_b * s_x_b + offs_d * s_x_d, mask=mask_d, other=0.0).to(tl.float32)
     dt = tl.load(dt_ptr + pid_b * s_dt_b + offs_d * s_dt_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_BIAS:
+    if bias_ptr is not None:
         dt += tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_D:
+    if D_ptr is not None:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    if HAS_Z:
+    if z_ptr is not None:
         z = tl.load(z_ptr + pid_b * s_z_b + offs_d * s_z_d, mask=mask_d, other=0.0).to(tl.float32)
     if SOFTPLUS:
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+        dt = _softplus(dt)
     A = A.to(tl.float32)
     if A_LOG:  # A given as A_log: A = -exp(A_log)
         A = -tl.exp(A)
-    dA = tl.exp2(dt[:, None] * A * 1.4426950408889634)
-    h = dA * h + (dt * x)[:, None] * Bv
+    h = tl.exp2(dt[:, None] * A * LOG2E) * h + (dt * x)[:, None] * Bv
     out = tl.sum(h * Cv, axis=1)  # (BLOCK_D,)
-    if HAS_D:
+    if D_ptr is not None:
         out += x * Dv
-    if HAS_Z:
+    if z_ptr is not None:
         out *= z * tl.sigmoid(z)
     tl.store(h_ptrs, h.to(state_ptr.dtype.element_ty), mask=mask_dn)
     tl.store(out_ptr + pid_b * s_o_b + offs_d * s_o_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
@@ -82,7 +80,7 @@ def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
     check_runnable("state", state)
     for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
                     ("D", D), ("z", z), ("dt_bias", dt_bias)):
-        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        if t is not None and t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if dstate > MAX_DSTATE:
         raise ValueError(f"state must have shape (B, D, N) with N <= {MAX_DSTATE} for this "
@@ -111,17 +109,13 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     block_d = max(1, min(64, 1024 // block_n))
     sB = (B.stride(0), B.stride(1), B.stride(2)) if B.dim() == 3 else (B.stride(0), 0, B.stride(1))
     sC = (C.stride(0), C.stride(1), C.stride(2)) if C.dim() == 3 else (C.stride(0), 0, C.stride(1))
-    zz = z if z is not None else x
-    grid = (triton.cdiv(dim, block_d), bsz)
-    _selective_state_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else A, zz, dt_bias if dt_bias is not None else A, out,
-        dim, dstate, dim // groups,
+    sz = z.stride() if z is not None else (0, 0)
+    _selective_state_update_kernel[(triton.cdiv(dim, block_d), bsz)](
+        state, x, dt, A, B, C, D, z, dt_bias, out, dim, dstate, dim // groups,
         state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1),
-        dt.stride(0), dt.stride(1), A.stride(0), A.stride(1), *sB, *sC,
-        zz.stride(0), zz.stride(1), out.stride(0), out.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None,
-        SOFTPLUS=bool(dt_softplus), A_LOG=bool(A_is_log), BLOCK_D=block_d, BLOCK_N=block_n,
-        num_warps=2,
+        dt.stride(0), dt.stride(1), A.stride(0), A.stride(1), *sB, *sC, *sz,
+        out.stride(0), out.stride(1), SOFTPLUS=bool(dt_softplus), A_LOG=bool(A_is_log),
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=2,
     )
     return out
 

@@ -179,12 +179,13 @@ def test_cpu_without_interpreter_is_a_clear_error():
 
 def test_state_update_compiles_for_sm90():
     """The step's launches compile for an H100/H200 (sm_90) on this machine, GPU or not:
-    float32 with every option and A given, bfloat16 with A_log (the Mamba block's step)."""
+    float32 with every option and A given, float32 with none, bfloat16 with A_log (the Mamba block's step)."""
     kern = dict(_module="mambabook.kernels.state_update",
                 _kernel="_selective_state_update_kernel", BLOCK_D=64, BLOCK_N=16, _num_warps=2)
     compile_for_sm90([
-        dict(kern, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=False),
-        dict(kern, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, A_LOG=True,
+        dict(kern, SOFTPLUS=True, A_LOG=False),
+        dict(kern, D_ptr=None, z_ptr=None, bias_ptr=None, SOFTPLUS=False, A_LOG=False),
+        dict(kern, SOFTPLUS=True, A_LOG=True,
              _bf16=["x_ptr", "dt_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "z_ptr",
                     "bias_ptr", "out_ptr"]),
     ])
