@@ -611,8 +611,6 @@ def _scan_bwd_kernel(
             tl.store(dbias_ptr + part, dbias_acc, mask=mask_c)
 
 
-
-
 def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, ckpt,
                   chunk: int, dlast=None, want_dh0: bool = False, launch: dict | None = None,
                   n_seg: int | None = None, split: int | None = None):
