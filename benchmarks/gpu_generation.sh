@@ -3,12 +3,23 @@
 # of the decoding attention and the models, then the generation_map suite (its cost model:
 # about 4 minutes on an H200, 6 at most). STEP=suites: generation_throughput,
 # generation_latency and generation_memory re-recorded. Logs in $OUT, JSON in
-# $OUT/results/<device>/. From the repository root (the copied tree has no .git: the commit
-# for the records' provenance comes from MAMBABOOK_COMMIT):
+# $OUT/results/<device>/. STEP=all: both in one call, the suites in what is left of
+# DEADLINE seconds (default 585). From the repository root (the copied tree has no .git: the
+# commit for the records' provenance comes from MAMBABOOK_COMMIT):
 #   MAMBABOOK_COMMIT=<commit> STEP=map bash benchmarks/gpu_generation.sh
 #   MAMBABOOK_COMMIT=<commit> STEP=suites bash benchmarks/gpu_generation.sh
 source "$(dirname "$0")/gpu_common.sh"
 export PYTHONPATH=$PKG_PATH
+if [ "${STEP:-map}" = all ]; then
+  end=$((SECONDS + ${DEADLINE:-585}))
+  STEP=map TEST_TIMEOUT=${TEST_TIMEOUT:-90} SUITE_TIMEOUT=400 bash "$0"
+  for suite in generation_throughput generation_latency generation_memory; do
+    left=$((end - SECONDS)); [ $left -gt 20 ] || { echo "no time left for $suite"; continue; }
+    timeout $left python3 -m mambabook.bench --suite "$suite" 2>&1 \
+      | tee -a "$OUT/bench_generation_suites.log" | tail -n 12
+  done
+  exit
+fi
 case "${STEP:-map}" in
   map)
     timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -m gpu tests/kernels/test_decode_attention.py \
