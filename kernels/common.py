@@ -196,6 +196,13 @@ def bf16_pairs_ok(x: torch.Tensor) -> bool:
             and all(s % 2 == 0 for s in x.stride()[:-1]))
 
 
+def scan_dims(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
+    """(batch, D, L, N, groups, channels per group) of checked selective-scan inputs."""
+    bsz, dim, length = u.shape
+    groups = B.shape[1] if B.dim() == 4 else 1
+    return bsz, dim, length, A.shape[1], groups, dim // groups
+
+
 def ckpt_chunk(dstate: int, element_size: int) -> int:
     """Steps between the forward's checkpoints for the backward: 16 for 2-byte inputs on a
     GPU (measured on the H200: the backward's chunk is then one tile, no sweep), else

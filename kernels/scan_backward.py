@@ -29,6 +29,7 @@ from .common import (
     cut,
     row_strides,
     rows_one_per_lane,
+    scan_dims,
 )
 
 # The launch by the element size of u: one channel per lane, one warp, tiles of R pieces of
@@ -621,11 +622,8 @@ def scan_backward(dout, u, delta, A, B, C, D, z, delta_bias, softplus: bool, ckp
     (BLOCK_D, T, R[, maxnreg]) defaults to LAUNCH[u.element_size()]
     (INTERPRET_LAUNCH under the interpreter); `n_seg` segments of L and PASS 1's `split`
     default to about THREADS threads and SPLIT."""
-    bsz, dim, length = u.shape
-    dstate = A.shape[1]
+    bsz, dim, length, dstate, groups, dpg = scan_dims(u, A, B)
     varying = B.dim() > 2
-    groups = B.shape[1] if B.dim() == 4 else 1
-    dpg = dim // groups
     launch = dict(launch or (INTERPRET_LAUNCH if INTERPRET else LAUNCH[u.element_size()]))
     maxnreg = None if INTERPRET else launch.pop("maxnreg", None)
     while chunk % (launch["R"] * launch["T"]):  # tiles must tile a chunk

@@ -20,6 +20,7 @@ from .common import (
     bf16_pairs_ok,
     forward_buffers,
     row_strides,
+    scan_dims,
 )
 
 # (channels per warp, steps per lane, register cap): H200, B=8, D=1536, N=16, float32,
@@ -258,10 +259,7 @@ def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
     ((B, D, N) float32, None: zeros). `cpw` channels per warp, `t` steps per
     lane and the register cap default to LAUNCH (INTERPRET_LAUNCH under the interpreter).
     Returns out, the last state, the checkpoints."""
-    bsz, dim, length = u.shape
-    dstate = A.shape[1]
-    groups = B.shape[1] if B.dim() == 4 else 1
-    dpg = dim // groups
+    bsz, dim, length, dstate, groups, dpg = scan_dims(u, A, B)
     launch = dict(INTERPRET_LAUNCH if INTERPRET else LAUNCH)
     cpw = cpw or launch["CPW"]
     t = t or launch["T"]

@@ -19,6 +19,7 @@ from .common import (
     cut,
     forward_buffers,
     row_strides,
+    scan_dims,
 )
 
 SEGMENT_TARGET = 2_000_000  # independent recurrences (B x D x N x segments) to aim for
@@ -119,10 +120,7 @@ def scan_forward_loop(u, delta, A, B, C, D, z, delta_bias, softplus: bool, chunk
     about 128 state values a program, 4 under the interpreter) and `n_seg` segments of L
     (default: about SEGMENT_TARGET recurrences side by side). Returns out, the last state
     and the checkpoints (or None)."""
-    bsz, dim, length = u.shape
-    dstate = A.shape[1]
-    groups = B.shape[1] if B.dim() == 4 else 1
-    dpg = dim // groups
+    bsz, dim, length, dstate, groups, dpg = scan_dims(u, A, B)
     block_n = triton.next_power_of_2(dstate)
     if block_d is None:
         block_d = 4 if INTERPRET else max(1, min(16, 128 // block_n))

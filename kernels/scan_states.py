@@ -29,6 +29,7 @@ from .common import (
     forward_buffers,
     row_strides,
     rows_one_per_lane,
+    scan_dims,
 )
 
 # (rows per channel, steps per chunk): H200, B=8, D=1536, N=16, L=4096, bf16 (recorded in
@@ -297,10 +298,7 @@ def scan_forward_states(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
     state entering the sequence ((B, D, N) float32, None: zeros). `nl`
     rows per channel (at most N's power of 2) and `t` steps per chunk default to LAUNCH
     (INTERPRET_LAUNCH under the interpreter). Returns out, the last state, the checkpoints."""
-    bsz, dim, length = u.shape
-    dstate = A.shape[1]
-    groups = B.shape[1] if B.dim() == 4 else 1
-    dpg = dim // groups
+    bsz, dim, length, dstate, groups, dpg = scan_dims(u, A, B)
     launch = INTERPRET_LAUNCH if INTERPRET else LAUNCH
     nl = min(nl or launch["NL"], triton.next_power_of_2(dstate))
     t = t or launch["T"]
