@@ -13,12 +13,11 @@ tests compare against. Without a GPU the kernels run under Triton's interpreter
 """
 
 from .add_norm import add_rms_norm
-from .common import check_runnable
 from .conv1d import causal_conv1d, causal_conv1d_update
 from .decode_attention import decode_attention
 from .selective_scan import selective_scan
 from .ssd import ssd_chunk_scan
 from .state_update import selective_state_update
 
-__all__ = ["add_rms_norm", "causal_conv1d", "causal_conv1d_update", "check_runnable",
-           "decode_attention", "selective_scan", "selective_state_update", "ssd_chunk_scan"]
+__all__ = ["add_rms_norm", "causal_conv1d", "causal_conv1d_update", "decode_attention",
+           "selective_scan", "selective_state_update", "ssd_chunk_scan"]

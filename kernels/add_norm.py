@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_add_rms_norm_args
-from .common import FLOAT_DTYPES, check_runnable
+from .common import check_kernel_inputs
 
 MAX_D = 16384  # widest row one program holds
 
@@ -49,10 +49,7 @@ def add_rms_norm(x, y, weight, eps: float = 1e-5):
     contiguous in x's dtype. Read at their strides; d <= MAX_D. No gradient (a decoding
     step). Same semantics as mambabook.norm.add_rms_norm_ref."""
     rows, d = check_add_rms_norm_args(x, y, weight)
-    check_runnable("x", x)
-    for name, t in (("x", x), ("y", y), ("weight", weight)):
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_kernel_inputs(x=x, y=y, weight=weight)
     if d > MAX_D:
         raise ValueError(f"x must have shape (B, d) with d <= {MAX_D} for this kernel, got "
                          f"d = {d}")

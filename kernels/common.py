@@ -23,12 +23,18 @@ MAX_DSTATE = 64  # largest N the selective-scan kernels support
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_runnable(name: str, t: torch.Tensor) -> None:
-    """A Triton kernel needs its tensors on a GPU, or Triton's interpreter on the CPU."""
-    if t.device.type == "cpu" and not INTERPRET:
+def check_kernel_inputs(**tensors) -> None:
+    """What every kernel wrapper checks besides shapes: the first tensor on a device the
+    kernels run on (a GPU, or the CPU under Triton's interpreter), and each one given (not
+    None) float32, float16 or bfloat16."""
+    name, first = next(iter(tensors.items()))
+    if first.device.type == "cpu" and not INTERPRET:
         raise ValueError(
             f"{name} is on the CPU: Triton kernels need a CUDA device, or TRITON_INTERPRET=1 "
             "set before triton is imported (then they run, slowly, in Triton's interpreter)")
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
 
 
 # ----------------------------------------------------------------------------- device

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ..checks import check_conv1d_args, check_conv1d_update_args
 from ..conv import conv_state_after
-from .common import FLOAT_DTYPES, check_runnable
+from .common import check_kernel_inputs
 
 MAX_WIDTH = 8  # largest K the kernels unroll
 
@@ -185,10 +185,7 @@ def _check_kernel_args(x, weight, bias, initial):
     """`check_conv1d_args` and what the kernels add: float dtypes, time stride 1, K up to
     MAX_WIDTH, a device the kernels run on. Returns (B, D, L, K)."""
     bsz, dim, length, width = check_conv1d_args(x, weight, bias, initial)
-    check_runnable("x", x)
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("initial", initial)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_kernel_inputs(x=x, weight=weight, bias=bias, initial=initial)
     if x.stride(-1) != 1 and length > 1:
         raise ValueError(f"x must have a contiguous last dimension (stride 1), got strides "
                          f"{tuple(x.stride())} for shape {tuple(x.shape)}")
@@ -276,10 +273,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, silu=True):
     operand is read at its strides. No gradient (a decoding step). Same semantics as
     mambabook.conv.causal_conv1d_update_ref."""
     bsz, dim, width = check_conv1d_update_args(x, conv_state, weight, bias)
-    check_runnable("x", x)
-    for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_kernel_inputs(x=x, conv_state=conv_state, weight=weight, bias=bias)
     if width > MAX_WIDTH:
         raise ValueError(f"weight must have shape (D, K) with K <= {MAX_WIDTH} for this "
                          f"kernel, got K = {width}")

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ..attention import check_decode_attention_args
-from .common import check_runnable
+from .common import check_kernel_inputs
 
 MAX_HEAD_DIM = 256  # largest P the kernel supports
 TARGET_PROGRAMS = 1024  # split the cache until B x H x splits reaches this (~8 per SM)
@@ -125,9 +125,7 @@ def decode_attention(q, k_cache, v_cache, length, scale: float | None = None):
     q's dtype, as `mambabook.attention.decode_attention_ref`. Capturable in a CUDA graph.
     """
     bsz, heads, max_len, dim = check_decode_attention_args(q, k_cache, v_cache, length)
-    check_runnable("q", q)
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"q must be float32, float16 or bfloat16, got {q.dtype}")
+    check_kernel_inputs(q=q)
     if dim > MAX_HEAD_DIM:
         raise ValueError(f"q must have shape (B, H, P) with P <= {MAX_HEAD_DIM} for this "
                          f"kernel, got P = {dim}")

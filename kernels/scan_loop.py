@@ -122,13 +122,9 @@ def scan_forward_loop(u, delta, A, B, C, D, z, delta_bias, softplus: bool, chunk
     and the checkpoints (or None)."""
     bsz, dim, length, dstate, groups, dpg = scan_dims(u, A, B)
     block_n = triton.next_power_of_2(dstate)
-    if block_d is None:
-        block_d = 4 if INTERPRET else max(1, min(16, 128 // block_n))
+    block_d = block_d or (4 if INTERPRET else max(1, min(16, 128 // block_n)))
     every = chunk or 16  # segment boundaries fall on checkpoints
-    if n_seg is None:
-        want = max(1, min(SEGMENT_TARGET // (bsz * dim * dstate), triton.cdiv(length, 256)))
-    else:
-        want = n_seg
+    want = n_seg or max(1, min(SEGMENT_TARGET // (bsz * dim * dstate), triton.cdiv(length, 256)))
     seg_len, n_seg = cut(length, want, every)
     Af, Df, bias, out, last, ckpt = forward_buffers(u, A, D, delta_bias, chunk)
     if B.dim() > 2:  # (B, [G,] N, L) -> (B, [G,] L, N): one contiguous row of N per step

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_same_device, check_selective_scan_args, check_tensor
-from .common import FLOAT_DTYPES, INTERPRET, MAX_DSTATE, check_runnable, ckpt_chunk
+from .common import INTERPRET, MAX_DSTATE, check_kernel_inputs, ckpt_chunk
 from .scan_backward import scan_backward
 from .scan_lanes import scan_forward_lanes
 from .scan_loop import scan_forward_loop
@@ -39,13 +39,9 @@ def check_kernel_args(u, delta, A, B, C, D, z, delta_bias):
     axis, N <= MAX_DSTATE, a device the kernels run on. Returns (B, D, L, N, groups)."""
     bsz, dim, length, dstate, groups = check_selective_scan_args(u, delta, A, B, C, D, z,
                                                                  delta_bias)
-    check_runnable("u", u)
+    check_kernel_inputs(u=u, delta=delta, B=B, C=C, z=z)
     for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C), ("z", z)):
-        if t is None:
-            continue
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-        if t.stride(-1) != 1 and t.shape[-1] > 1:
+        if t is not None and t.stride(-1) != 1 and t.shape[-1] > 1:
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got "
                              f"strides {tuple(t.stride())} for shape {tuple(t.shape)}")
     if dstate > MAX_DSTATE:

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..checks import check_positive_int, check_same_device, check_tensor
 from ..ssd import check_ssd_args, check_state
-from .common import ASM, FLOAT_DTYPES, _softplus, check_runnable
+from .common import ASM, _softplus, check_kernel_inputs
 
 MAX_DSTATE = 256  # largest N: the output kernel holds a whole (rows, N) block of C
 
@@ -315,10 +315,7 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
     if initial_states is not None:
         check_state("initial_states", initial_states, bsz, heads, hdim, dstate, x)
     check_same_device(x=x, z=z, dt_bias=dt_bias)
-    check_runnable("x", x)
-    for name, t in (("x", x), ("dt", dt), ("B", B), ("C", C), ("z", z)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_kernel_inputs(x=x, dt=dt, B=B, C=C, z=z)
     if dstate > MAX_DSTATE:
         raise ValueError(f"B must have shape (B, L, G, N) with N <= {MAX_DSTATE} for this "
                          f"kernel, got N = {dstate}")

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_state_update_args
-from .common import FLOAT_DTYPES, LOG2E, _softplus, check_runnable
+from .common import LOG2E, _softplus, check_kernel_inputs
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
@@ -77,11 +77,7 @@ def _selective_state_update_kernel(
 def _check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias):
     """Validate the step's inputs; returns (batch, dim, N, groups) with groups 1 for (B, N)."""
     bsz, dim, dstate = check_state_update_args(state, x, dt, A, B, C, D, z, dt_bias)
-    check_runnable("state", state)
-    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
-                    ("D", D), ("z", z), ("dt_bias", dt_bias)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    check_kernel_inputs(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     if dstate > MAX_DSTATE:
         raise ValueError(f"state must have shape (B, D, N) with N <= {MAX_DSTATE} for this "
                          f"kernel, got N = {dstate}")
