@@ -156,3 +156,39 @@ def ssd_table(records, mode: str) -> str:
         lines.append(f"triton / mamba_ssm N={N}".ljust(32)
                      + "".join(f"{a / b:9.2f}" if a and b else f"{'-':>9}" for a, b in ratio))
     return "\n".join(lines)
+
+
+def ssd_comparisons(records, mode: str) -> list[str]:
+    """The measurements of one mode as the chapter's three answers, one line each: the
+    book's kernel against `mamba_chunk_scan_combined` per N (time ratio, range over L), the
+    SSD's time per token against the Mamba-1 scan's at equal width (range over L), and the
+    shortest L from which the SSD stays faster than causal SDPA."""
+    recs = [r for r in records if r.size["mode"] == mode and r.status == "ok"]
+    cell = {(r.provider, r.size["L"]): {} for r in recs}
+    for r in recs:
+        cell[r.provider, r.size["L"]][r.size["N"]] = r.extra["ns_per_token"]
+    Ls = sorted({r.size["L"] for r in recs})
+    one = lambda p, L: next(iter(cell.get((p, L), {}).values()), None)  # the one N it ran
+
+    def span(pairs):
+        ratios = [a / b for a, b in pairs if a and b]
+        return f"{min(ratios):.2f}x to {max(ratios):.2f}x" if ratios else None
+
+    lines = []
+    for N in sorted({r.size["N"] for r in recs if r.provider == "triton"}):
+        ours = [cell.get(("triton", L), {}).get(N) for L in Ls]
+        theirs = span((a, cell.get(("mamba_chunk_scan_combined", L), {}).get(N))
+                      for a, L in zip(ours, Ls))
+        if theirs:
+            lines.append(f"{mode}, N={N}: triton / mamba_chunk_scan_combined, time: {theirs}")
+        mamba1 = span((one("mamba1_selective_scan", L), a) for a, L in zip(ours, Ls))
+        if mamba1:
+            lines.append(f"{mode}, N={N}: Mamba-1 scan / SSD, time per token: {mamba1}")
+        faster = [a is not None and (s := one("sdpa_causal", L)) is not None and a < s
+                  for a, L in zip(ours, Ls)]
+        if any(one("sdpa_causal", L) for L in Ls):
+            start = next((i for i in range(len(Ls)) if all(faster[i:])), None)
+            lines.append(f"{mode}, N={N}: " + (
+                f"faster than causal SDPA from L = {Ls[start]}" if start is not None
+                else "slower than causal SDPA at the longest L measured"))
+    return lines
