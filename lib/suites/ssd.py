@@ -136,13 +136,18 @@ def ssd_suite(quick: bool, device, progress: bool = False) -> list[Record]:
     return records
 
 
+def _ns_per_token(records, mode: str):
+    """(the lengths, {(provider, N, L): ns per token}) of one mode's ok records."""
+    recs = [r for r in records if r.size["mode"] == mode and r.status == "ok"]
+    cell = {(r.provider, r.size["N"], r.size["L"]): r.extra["ns_per_token"] for r in recs}
+    return sorted({L for _, _, L in cell}), cell
+
+
 def ssd_table(records, mode: str) -> str:
     """Nanoseconds per token for one mode: a row per (provider, N), a column per L; then
     triton / mamba_chunk_scan_combined per N where both ran (below 1: the book's is faster)."""
-    recs = [r for r in records if r.size["mode"] == mode and r.status == "ok"]
-    Ls = sorted({r.size["L"] for r in recs})
-    cell = {(r.provider, r.size["N"], r.size["L"]): r.extra["ns_per_token"] for r in recs}
-    rows = list(dict.fromkeys((r.provider, r.size["N"]) for r in recs))
+    Ls, cell = _ns_per_token(records, mode)
+    rows = list(dict.fromkeys((p, N) for p, N, _ in cell))
     lines = [f"{mode}, ns per token".ljust(32) + "".join(f"{L:>9}" for L in Ls)]
     for p, N in rows:
         vals = [cell.get((p, N, L)) for L in Ls]
@@ -163,30 +168,26 @@ def ssd_comparisons(records, mode: str) -> list[str]:
     book's kernel against `mamba_chunk_scan_combined` per N (time ratio, range over L), the
     SSD's time per token against the Mamba-1 scan's at equal width (range over L), and the
     shortest L from which the SSD stays faster than causal SDPA."""
-    recs = [r for r in records if r.size["mode"] == mode and r.status == "ok"]
-    cell = {(r.provider, r.size["L"]): {} for r in recs}
-    for r in recs:
-        cell[r.provider, r.size["L"]][r.size["N"]] = r.extra["ns_per_token"]
-    Ls = sorted({r.size["L"] for r in recs})
-    one = lambda p, L: next(iter(cell.get((p, L), {}).values()), None)  # the one N it ran
+    Ls, cell = _ns_per_token(records, mode)
+    one = {(p, L): v for (p, _, L), v in cell.items()}  # the providers that ran at one N
 
     def span(pairs):
         ratios = [a / b for a, b in pairs if a and b]
         return f"{min(ratios):.2f}x to {max(ratios):.2f}x" if ratios else None
 
     lines = []
-    for N in sorted({r.size["N"] for r in recs if r.provider == "triton"}):
-        ours = [cell.get(("triton", L), {}).get(N) for L in Ls]
-        theirs = span((a, cell.get(("mamba_chunk_scan_combined", L), {}).get(N))
+    for N in sorted({N for p, N, _ in cell if p == "triton"}):
+        ours = [cell.get(("triton", N, L)) for L in Ls]
+        theirs = span((a, cell.get(("mamba_chunk_scan_combined", N, L)))
                       for a, L in zip(ours, Ls))
         if theirs:
             lines.append(f"{mode}, N={N}: triton / mamba_chunk_scan_combined, time: {theirs}")
-        mamba1 = span((one("mamba1_selective_scan", L), a) for a, L in zip(ours, Ls))
+        mamba1 = span((one.get(("mamba1_selective_scan", L)), a) for a, L in zip(ours, Ls))
         if mamba1:
             lines.append(f"{mode}, N={N}: Mamba-1 scan / SSD, time per token: {mamba1}")
-        faster = [a is not None and (s := one("sdpa_causal", L)) is not None and a < s
-                  for a, L in zip(ours, Ls)]
-        if any(one("sdpa_causal", L) for L in Ls):
+        sdpa = [one.get(("sdpa_causal", L)) for L in Ls]
+        faster = [a is not None and s is not None and a < s for a, s in zip(ours, sdpa)]
+        if any(sdpa):
             start = next((i for i in range(len(Ls)) if all(faster[i:])), None)
             lines.append(f"{mode}, N={N}: " + (
                 f"faster than causal SDPA from L = {Ls[start]}" if start is not None
