@@ -10,26 +10,27 @@
 #   MAMBABOOK_COMMIT=<commit> STEP=suites bash benchmarks/gpu_generation.sh
 source "$(dirname "$0")/gpu_common.sh"
 export PYTHONPATH=$PKG_PATH
-if [ "${STEP:-map}" = all ]; then
-  end=$((SECONDS + ${DEADLINE:-585}))
-  STEP=map TEST_TIMEOUT=${TEST_TIMEOUT:-90} SUITE_TIMEOUT=400 bash "$0"
+map_step() {  # the GPU tests of decoding attention and the models, then the map
+  timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -m gpu tests/kernels/test_decode_attention.py \
+    tests/lib/test_models.py -p no:cacheprovider -n "${WORKERS:-4}" -q --durations=8 2>&1 \
+    | tee "$OUT/pytest_gpu_generation.log" | tail -n 15
+  timeout "${SUITE_TIMEOUT:-420}" python3 -m mambabook.bench --suite generation_map 2>&1 \
+    | tee "$OUT/bench_generation_map.log" | tail -n 20
+}
+suites_step() {  # each suite gets SUITE_TIMEOUT seconds, or what is left before $end
   for suite in generation_throughput generation_latency generation_memory; do
-    left=$((end - SECONDS)); [ $left -gt 20 ] || { echo "no time left for $suite"; continue; }
-    timeout $left python3 -m mambabook.bench --suite "$suite" 2>&1 \
-      | tee -a "$OUT/bench_generation_suites.log" | tail -n 12
+    limit=${SUITE_TIMEOUT:-240}
+    [ -z "${end:-}" ] || limit=$((end - SECONDS))
+    [ "$limit" -gt 20 ] || { echo "no time left for $suite"; continue; }
+    timeout "$limit" python3 -m mambabook.bench --suite "$suite" 2>&1 \
+      | tee -a "$OUT/bench_generation_suites.log" | tail -n 20
   done
-  exit
-fi
+}
 case "${STEP:-map}" in
-  map)
-    timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -m gpu tests/kernels/test_decode_attention.py \
-      tests/lib/test_models.py -p no:cacheprovider -n "${WORKERS:-4}" -q --durations=8 2>&1 \
-      | tee "$OUT/pytest_gpu_generation.log" | tail -n 15
-    timeout "${SUITE_TIMEOUT:-420}" python3 -m mambabook.bench --suite generation_map 2>&1 \
-      | tee "$OUT/bench_generation_map.log" | tail -n 20 ;;
-  suites)
-    for suite in generation_throughput generation_latency generation_memory; do
-      timeout "${SUITE_TIMEOUT:-240}" python3 -m mambabook.bench --suite "$suite" 2>&1 \
-        | tee -a "$OUT/bench_generation_suites.log" | tail -n 20
-    done ;;
+  map) map_step ;;
+  suites) suites_step ;;
+  all)
+    end=$((SECONDS + ${DEADLINE:-585}))
+    TEST_TIMEOUT=${TEST_TIMEOUT:-90} SUITE_TIMEOUT=400 map_step
+    suites_step ;;
 esac
