@@ -180,9 +180,11 @@ def row_strides(*tensors) -> tuple[int, ...]:
     return tuple(st for t in tensors for st in (t.stride(0), t.stride(1)))
 
 
-def bc_strides(M: torch.Tensor) -> tuple[int, int, int]:
-    """(batch, group, state) strides of a time-varying B or C; (B, N, L) is one group."""
-    if M.dim() == 3:
+def bc_strides(M: torch.Tensor, grouped: bool | None = None) -> tuple[int, int, int]:
+    """(batch, group, state) strides of a time-varying B or C, whose axes are batch, then
+    group if `grouped` (default: M has 4 dims, the scan's (B, G, N, L)), then state; without
+    a group axis ((B, N, L), or a step's (B, N)) it is one group."""
+    if not (M.dim() == 4 if grouped is None else grouped):
         return M.stride(0), 0, M.stride(1)
     return M.stride(0), M.stride(1), M.stride(2)
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..checks import check_state_update_args
-from .common import LOG2E, _softplus, check_kernel_inputs
+from .common import LOG2E, _softplus, bc_strides, check_kernel_inputs
 
 MAX_DSTATE = 256  # largest N the kernel supports
 
@@ -103,8 +103,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
     # 1024 state values per program, 2 warps: 26.4 us (85% of the HBM floor) at B=128,
     # D=5120, N=16 on the H200; 512 values and 4 warps (the first launch) took 28.5 us
     block_d = max(1, min(64, 1024 // block_n))
-    sB = (B.stride(0), B.stride(1), B.stride(2)) if B.dim() == 3 else (B.stride(0), 0, B.stride(1))
-    sC = (C.stride(0), C.stride(1), C.stride(2)) if C.dim() == 3 else (C.stride(0), 0, C.stride(1))
+    sB, sC = (bc_strides(M, grouped=M.dim() == 3) for M in (B, C))  # (B, [G,] N)
     sz = z.stride() if z is not None else (0, 0)
     _selective_state_update_kernel[(triton.cdiv(dim, block_d), bsz)](
         state, x, dt, A, B, C, D, z, dt_bias, out, dim, dstate, dim // groups,
