@@ -480,6 +480,60 @@ def ratio_grid(records: list[Record], key: str = "decode_tokens_per_s"):
     return batches, contexts, ratio, labels
 
 
+def map_answers(records: list[Record], context: int = 2048, prefill_batch: int = 64,
+                target: float = 5.0) -> list[str]:
+    """generation_map's records as the chapter's answers, one line each: at one context,
+    the decoding-only and end-to-end ratios (Mamba / Transformer tokens/s) per batch; both
+    prefills at prefill_batch; each model's step against its floor at the largest batch
+    measured there; the points where decoding alone reaches `target`; the eager steps."""
+    ok = {(r.provider, r.size["batch"], r.size["context"]): r.extra for r in records
+          if r.status == "ok"}
+    pairs = {b: (ok[("mamba", b, c)], ok[("transformer", b, c)])
+             for _, b, c in ok if c == context
+             and ("mamba", b, c) in ok and ("transformer", b, c) in ok}
+    lines = []
+    if pairs:
+        n_new = next(iter(pairs.values()))[0]["new_tokens"]
+        for key, what in (("decode_tokens_per_s", "decoding only"),
+                          ("tokens_per_s", f"prompt + {n_new} new tokens")):
+            cells = [f"{m[key] / t[key]:.2f}x at B={b}" for b, (m, t) in sorted(pairs.items())]
+            lines.append(f"{what}, context {context}, Mamba / Transformer tokens/s: "
+                         + ", ".join(cells))
+    if prefill_batch in pairs:
+        m, t = pairs[prefill_batch]
+        lines.append(f"prefill at B={prefill_batch}, prompt {context}: Mamba "
+                     f"{m['prefill_ms']:.0f} ms, Transformer {t['prefill_ms']:.0f} ms "
+                     f"({m['prefill_ms'] / t['prefill_ms']:.2f}x)")
+    if pairs:
+        b = max(pairs)
+        m, t = pairs[b]
+        lines.append(f"decoding step at B={b}, context {context}: Mamba "
+                     f"{m['decode_ms_per_token']:.2f} ms ({m['floor_ratio']:.2f}x its floor), "
+                     f"Transformer {t['decode_ms_per_token']:.2f} ms "
+                     f"({t['floor_ratio']:.2f}x its floor)")
+    batches, contexts, ratio, _ = ratio_grid(records, "decode_tokens_per_s")
+    measured = [(b, c, ratio[i][j]) for i, b in enumerate(batches)
+                for j, c in enumerate(contexts) if ratio[i][j] == ratio[i][j]]
+    if measured:
+        hits = [f"B={b} ctx={c}" for b, c, v in measured if v >= target]
+        best = max(measured, key=lambda p: p[2])
+        lines.append(f"decoding only at least {target:g}x at {len(hits)} of {len(measured)} "
+                     f"points measured" + (f" ({', '.join(hits)})" if hits else "")
+                     + f"; the largest, {best[2]:.2f}x at B={best[0]} ctx={best[1]}")
+    for b, c in sorted({(r.size["batch"], r.size["context"]) for r in records
+                        if r.provider.endswith("(eager)")}):
+        m, t = ok.get(("mamba (eager)", b, c)), ok.get(("transformer (eager)", b, c))
+        if m and t:
+            lines.append(
+                f"eager (no CUDA graph) at B={b}, context {c}: Mamba's step "
+                f"{m['decode_ms_per_token']:.2f} ms, Transformer's "
+                f"{t['decode_ms_per_token']:.2f} ms, decoding ratio "
+                f"{m['mamba_over_transformer_decode_tokens_per_s']:.2f}x"
+                + (f" (the graph speeds Mamba's step up {m['graph_speedup']:.1f}x)"
+                   if ok.get(("mamba", b, c), {}).get("cuda_graph") else ""))
+    return lines
+
+
 # ----------------------------------------------------------------------------- suites
 MIXER = {"mamba": "s6", "transformer": "attention"}  # the records' names -> TrainConfig.model
 GPU_SIZE = {"d_model": 768, "n_layer": 24}  # ~90M parameters each: Mamba 24 blocks, Transformer 12 layers

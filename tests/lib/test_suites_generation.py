@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mambabook import bench
+from mambabook.bench import Record
 from mambabook.models import decode_step_bytes
 from mambabook.suites.generation import (
     START_S,
@@ -14,6 +15,7 @@ from mambabook.suites.generation import (
     estimate_plan,
     estimate_point,
     generation_map,
+    map_answers,
     ratio_grid,
 )
 
@@ -107,6 +109,54 @@ def test_generation_map_records(monkeypatch):
         assert labels[0][j] == ""
     assert all(v != v for v in ratio[1])  # NaN: the Transformer has no measurement there
     assert labels[1] == ["ok / oom", "ok / skipped", "skipped"]
+
+
+def _map_record(provider, batch, context, step_ms, prefill_ms=None, floor_ms=1.0, **extra):
+    """A generation_map record with the fields map_answers reads (tokens/s from the times)."""
+    e = {"new_tokens": 128, "decode_ms_per_token": step_ms, "floor_ratio": step_ms / floor_ms,
+         "decode_tokens_per_s": batch / step_ms * 1e3, **extra}
+    if prefill_ms is not None:
+        e.update(prefill_ms=prefill_ms, e2e_ms=prefill_ms + 127 * step_ms,
+                 tokens_per_s=batch * 128 / (prefill_ms + 127 * step_ms) * 1e3)
+    return Record("generation_map", provider, {"batch": batch, "context": context},
+                  e.get("e2e_ms", step_ms), None, extra=e)
+
+
+def test_map_answers():
+    """The chapter's answers from records with known ratios: per batch at the context, the
+    prefills, the steps against their floors, the points at 5x, the eager steps."""
+    recs = [
+        _map_record("mamba", 1, 2048, 2.0, 100.0), _map_record("transformer", 1, 2048, 2.0, 80.0),
+        _map_record("mamba", 64, 2048, 2.0, 3000.0, cuda_graph=True),
+        _map_record("transformer", 64, 2048, 12.0, 2000.0, floor_ms=8.0),
+        _map_record("mamba", 128, 2048, 4.0, 6000.0, floor_ms=2.0),
+        _map_record("transformer", 128, 2048, 30.0, 4000.0, floor_ms=15.0),
+        _map_record("mamba", 128, 4096, 4.0, 12000.0),
+        Record("generation_map", "transformer", {"batch": 128, "context": 4096}, None, None,
+               "oom", {}),
+        _map_record("mamba (eager)", 64, 2048, 8.0, graph_speedup=4.0,
+                    mamba_over_transformer_decode_tokens_per_s=1.5),
+        _map_record("transformer (eager)", 64, 2048, 12.0,
+                    mamba_over_transformer_decode_tokens_per_s=1.5),
+    ]
+    lines = map_answers(recs)
+    assert lines == [
+        "decoding only, context 2048, Mamba / Transformer tokens/s: 1.00x at B=1, 6.00x at "
+        "B=64, 7.50x at B=128",
+        "prompt + 128 new tokens, context 2048, Mamba / Transformer tokens/s: "
+        f"{(80 + 254) / (100 + 254):.2f}x at B=1, {(2000 + 127 * 12) / (3000 + 254):.2f}x at "
+        f"B=64, {(4000 + 127 * 30) / (6000 + 127 * 4):.2f}x at B=128",
+        "prefill at B=64, prompt 2048: Mamba 3000 ms, Transformer 2000 ms (1.50x)",
+        "decoding step at B=128, context 2048: Mamba 4.00 ms (2.00x its floor), Transformer "
+        "30.00 ms (2.00x its floor)",
+        "decoding only at least 5x at 2 of 3 points measured (B=64 ctx=2048, B=128 "
+        "ctx=2048); the largest, 7.50x at B=128 ctx=2048",
+        "eager (no CUDA graph) at B=64, context 2048: Mamba's step 8.00 ms, Transformer's "
+        "12.00 ms, decoding ratio 1.50x (the graph speeds Mamba's step up 4.0x)",
+    ]
+    assert map_answers([]) == []
+    recs[2].extra["cuda_graph"] = False  # no graph: no graph speed-up to state
+    assert map_answers(recs)[-1].endswith("decoding ratio 1.50x")
 
 
 def test_generation_map_time_budget():
