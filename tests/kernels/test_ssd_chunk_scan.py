@@ -23,6 +23,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from mambabook.kernels import ssd_chunk_scan  # noqa: E402
 from mambabook.ssd import ssd_chunked, ssd_combined_ref, ssd_recurrent, ssd_ref  # noqa: E402
+from mambabook.suites.ssd import mamba_chunk_scan_combined  # noqa: E402
 
 
 def make_inputs(bsz, L, H, P, G, N, dtype=torch.float32, device=DEVICE, D_shape="H",
@@ -267,20 +268,43 @@ def test_bad_inputs_name_the_argument():
         ssd_chunk_scan(x, dt, A, B[:, :5], C, 4)
 
 
+def scale_errors(out, ref) -> tuple[float, float]:
+    """(the error's norm over the reference's, its largest element over the reference's)."""
+    err = (out.double() - ref.double()).abs()
+    return relative_error(out, ref), (err.max() / ref.double().abs().max()).item()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("N", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ssd_chunk_scan_gpu(N, dtype):
     """Real sizes: B=8, L=2048, H=24, P=64, G=1, chunk 256; against ssd_chunked in float32
-    (the float64 recurrence at this size takes minutes)."""
+    (the float64 recurrence at this size takes minutes). float32: element by element.
+    bfloat16: each product rounds its operands (C Bᵀ times the decay, the state) to 8 bits,
+    as mamba_ssm's kernels do, so an output near zero can be off by a few hundredths of the
+    output's scale: the error is judged against that scale, and, where mamba_ssm imports,
+    against `mamba_chunk_scan_combined`'s error on the same inputs (at most twice it)."""
     ins = make_inputs(8, 2048, 24, 64, 1, N, dtype=dtype, device="cuda")
     h0 = torch.randn(8, 24, 64, N, device="cuda")
     out, last = run(ins, 256, h0)
     f = {k: v.float() for k, v in ins.items()}
     out_r, last_r = ssd_combined_ref(f["x"], f["dt"], f["A"], f["B"], f["C"], 256, f["D"],
                                      f["z"], f["dt_bias"], True, h0)
-    torch.testing.assert_close(out.float(), out_r.to(dtype).float(), **tol(dtype))
     torch.testing.assert_close(last, last_r, **tol(dtype))
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, out_r, **tol(dtype))
+        return
+    ours = scale_errors(out, out_r)
+    assert ours[0] < TOL[dtype][0] and ours[1] < TOL[dtype][0], ours
+    theirs_fn = mamba_chunk_scan_combined()
+    if theirs_fn is not None:
+        theirs_out = theirs_fn(ins["x"], ins["dt"], ins["A"], ins["B"], ins["C"], 256,
+                               D=ins["D"], z=ins["z"], dt_bias=ins["dt_bias"],
+                               dt_softplus=True, initial_states=h0)
+        theirs = scale_errors(theirs_out, out_r)
+        print(f"N={N}: error norm / output norm {ours[0]:.2e} (mamba_ssm {theirs[0]:.2e}), "
+              f"largest error / largest output {ours[1]:.2e} (mamba_ssm {theirs[1]:.2e})")
+        assert ours[0] <= 2 * theirs[0] and ours[1] <= 2 * theirs[1], (ours, theirs)
 
 
 @pytest.mark.gpu
