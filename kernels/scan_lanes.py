@@ -61,7 +61,7 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
-def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
+def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, R: tl.constexpr,
                   VARYING_BC: tl.constexpr):
     """One state's h over a chunk: each lane's run from a zero state (P = product of a,
     H = partial state), the runs' summaries scanned across a channel's lanes, then h = H +
@@ -71,8 +71,7 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
     bs = ()
     Ps = ()
     Hs = ()
-    p_run = tl.full(h0.shape, 1.0, tl.float32)  # the run's summary so far
-    h_run = tl.zeros(h0.shape, dtype=tl.float32)
+    last_step = tl.full((h0.shape[0], h0.shape[1], 1), dts[0].shape[2] - 1, tl.int32)
     for r in tl.static_range(R):
         a = tl.exp2(dts[r] * A2n)
         if VARYING_BC:
@@ -80,9 +79,14 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
         else:
             b = dtus[r] * Bx
         P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
-        p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
-        h_run = p * h_run + tl.sum(tl.where(is_last, H, 0.0), axis=2)
-        p_run = p_run * p
+        p = tl.reshape(tl.gather(P, last_step, axis=2), h0.shape)  # the piece's last step
+        h_last = tl.reshape(tl.gather(H, last_step, axis=2), h0.shape)
+        if r == 0:  # the run's summary so far
+            p_run = p
+            h_run = h_last
+        else:
+            p_run = p_run * p
+            h_run = p * h_run + h_last
         As = As + (a,)
         bs = bs + (b,)
         Ps = Ps + (P,)
@@ -97,7 +101,7 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.con
         h = Hs[r] + Ps[r] * h_in[:, :, None]
         hs = hs + (h,)
         h_ins = h_ins + (h_in,)
-        h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
+        h_in = tl.reshape(tl.gather(h, last_step, axis=2), h0.shape)
     return As, bs, hs, h_ins, tl.gather(h_end, last_lane, axis=1)
 
 
@@ -155,7 +159,6 @@ def _scan_fwd_lanes_kernel(
     zero2 = tl.zeros((CPW, LT), dtype=tl.int32)
     prev = tl.maximum(j - 1, 0) + zero2
     last_lane = (LT - 1) + zero2
-    is_last = (tl.arange(0, V) == V - 1)[None, None, :]
     steps = tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]  # (1, LT, V)
     bias = None
     if bias_ptr is not None:
@@ -200,7 +203,7 @@ def _scan_fwd_lanes_kernel(
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
             _, _, hs, h_ins, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
-                                                    last_lane, is_last, R, VARYING_BC)
+                                                    last_lane, R, VARYING_BC)
             hc_new = hc_new + (h_next,)
             if ckpt_ptr is not None:  # the states entering the run's CPR checkpointed pieces
                 for q in tl.static_range(CPR):
