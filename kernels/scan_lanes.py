@@ -171,12 +171,21 @@ def _scan_fwd_lanes_kernel(
     if ckpt_ptr is not None:
         ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
-    for n in tl.static_range(N):
-        h0 = tl.zeros((CPW, LT), dtype=tl.float32)
-        if h0_ptr is not None:  # the state entering the sequence, in each of a channel's lanes
-            h0 += tl.load(h0_ptr + (pid_b * dim + offs_d[:, None]) * dstate + n,
-                          mask=mask_d[:, None], other=0.0)
-        hc = hc + (h0,)
+    zero = tl.zeros((CPW, LT), dtype=tl.float32)
+    for n in tl.static_range(0, N, G):
+        if h0_ptr is None:
+            for _ in tl.static_range(G):
+                hc = hc + (zero,)
+        else:  # the state entering the sequence, G states a load: (CPW, 1, G)
+            h0 = tl.load(h0_ptr + (pid_b * dim + offs_d[:, None, None]) * dstate + n
+                         + tl.arange(0, G)[None, None, :], mask=m3, other=0.0)
+            if G == 4:  # [.., 2 k1 + k2] -> (k2, k1) halves: 0, 2 and 1, 3
+                h02, h13 = tl.split(h0.reshape(CPW, 1, 2, 2))
+                h0_, h2_ = tl.split(h02)
+                h1_, h3_ = tl.split(h13)
+                hc = hc + (zero + h0_, zero + h1_, zero + h2_, zero + h3_)
+            else:
+                hc = hc + (zero + h0.reshape(CPW, 1),)
     for c in range(0, tl.cdiv(L, LT * T)):
         t0 = c * (LT * T)
         us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
@@ -250,8 +259,13 @@ def _scan_fwd_lanes_kernel(
             tr = tl.max_contiguous(tl.multiple_of(tr, [1, V, V]), [1, 1, V])
             tl.store(o_row + tr, _runs_in_rows(outs, CPW, LT, R, V))
     last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
-    for n in tl.static_range(N):
-        tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
+    for n in tl.static_range(0, N, G):  # G states a store, from the first lane of a channel
+        if G == 4:
+            v = tl.join(tl.join(hc[n], hc[n + 2]), tl.join(hc[n + 1], hc[n + 3]))
+            tl.store(last_row[:, :, None] + n + tl.arange(0, 4)[None, None, :],
+                     v.reshape(CPW, LT, 4), mask=(mask_d[:, None] & (j == 0))[:, :, None])
+        else:
+            tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
 
 
 def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
