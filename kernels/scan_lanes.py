@@ -174,7 +174,7 @@ def _scan_fwd_lanes_kernel(
     zero = tl.zeros((CPW, LT), dtype=tl.float32)
     for n in tl.static_range(0, N, G):
         if h0_ptr is None:
-            for _ in tl.static_range(G):
+            for _g in tl.static_range(G):  # G states, zero
                 hc = hc + (zero,)
         else:  # the state entering the sequence, G states a load: (CPW, 1, G)
             h0 = tl.load(h0_ptr + (pid_b * dim + offs_d[:, None, None]) * dstate + n
