@@ -61,7 +61,7 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
-def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, R: tl.constexpr,
+def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
                   VARYING_BC: tl.constexpr):
     """One state's h over a chunk: each lane's run from a zero state (P = product of a,
     H = partial state), the runs' summaries scanned across a channel's lanes, then h = H +
@@ -71,7 +71,8 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, R: tl.constexpr,
     bs = ()
     Ps = ()
     Hs = ()
-    last_step = tl.full((h0.shape[0], h0.shape[1], 1), dts[0].shape[2] - 1, tl.int32)
+    p_run = tl.full(h0.shape, 1.0, tl.float32)  # the run's summary so far
+    h_run = tl.zeros(h0.shape, dtype=tl.float32)
     for r in tl.static_range(R):
         a = tl.exp2(dts[r] * A2n)
         if VARYING_BC:
@@ -79,14 +80,9 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, R: tl.constexpr,
         else:
             b = dtus[r] * Bx
         P, H = tl.associative_scan((a, b), axis=2, combine_fn=_combine_fwd)
-        p = tl.reshape(tl.gather(P, last_step, axis=2), h0.shape)  # the piece's last step
-        h_last = tl.reshape(tl.gather(H, last_step, axis=2), h0.shape)
-        if r == 0:  # the run's summary so far
-            p_run = p
-            h_run = h_last
-        else:
-            p_run = p_run * p
-            h_run = p * h_run + h_last
+        p = tl.sum(tl.where(is_last, P, 0.0), axis=2)
+        h_run = p * h_run + tl.sum(tl.where(is_last, H, 0.0), axis=2)
+        p_run = p_run * p
         As = As + (a,)
         bs = bs + (b,)
         Ps = Ps + (P,)
@@ -101,7 +97,7 @@ def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, R: tl.constexpr,
         h = Hs[r] + Ps[r] * h_in[:, :, None]
         hs = hs + (h,)
         h_ins = h_ins + (h_in,)
-        h_in = tl.reshape(tl.gather(h, last_step, axis=2), h0.shape)
+        h_in = tl.sum(tl.where(is_last, h, 0.0), axis=2)
     return As, bs, hs, h_ins, tl.gather(h_end, last_lane, axis=1)
 
 
@@ -159,6 +155,7 @@ def _scan_fwd_lanes_kernel(
     zero2 = tl.zeros((CPW, LT), dtype=tl.int32)
     prev = tl.maximum(j - 1, 0) + zero2
     last_lane = (LT - 1) + zero2
+    is_last = (tl.arange(0, V) == V - 1)[None, None, :]
     steps = tl.arange(0, LT)[None, :, None] * T + tl.arange(0, V)[None, None, :]  # (1, LT, V)
     bias = None
     if bias_ptr is not None:
@@ -171,21 +168,12 @@ def _scan_fwd_lanes_kernel(
     if ckpt_ptr is not None:
         ck_row = ckpt_ptr + (pid_b * dim + offs_d[:, None]) * tl.cdiv(L, CHUNK) * N  # (CPW, 1)
     hc = ()  # per state: the state entering the chunk, in each of a channel's lanes
-    zero = tl.zeros((CPW, LT), dtype=tl.float32)
-    for n in tl.static_range(0, N, G):
-        if h0_ptr is None:
-            for _g in tl.static_range(G):  # G states, zero
-                hc = hc + (zero,)
-        else:  # the state entering the sequence, G states a load: (CPW, 1, G)
-            h0 = tl.load(h0_ptr + (pid_b * dim + offs_d[:, None, None]) * dstate + n
-                         + tl.arange(0, G)[None, None, :], mask=m3, other=0.0)
-            if G == 4:  # [.., 2 k1 + k2] -> (k2, k1) halves: 0, 2 and 1, 3
-                h02, h13 = tl.split(h0.reshape(CPW, 1, 2, 2))
-                h0_, h2_ = tl.split(h02)
-                h1_, h3_ = tl.split(h13)
-                hc = hc + (zero + h0_, zero + h1_, zero + h2_, zero + h3_)
-            else:
-                hc = hc + (zero + h0.reshape(CPW, 1),)
+    for n in tl.static_range(N):
+        h0 = tl.zeros((CPW, LT), dtype=tl.float32)
+        if h0_ptr is not None:  # the state entering the sequence, in each of a channel's lanes
+            h0 += tl.load(h0_ptr + (pid_b * dim + offs_d[:, None]) * dstate + n,
+                          mask=mask_d[:, None], other=0.0)
+        hc = hc + (h0,)
     for c in range(0, tl.cdiv(L, LT * T)):
         t0 = c * (LT * T)
         us = _lanes_load(u_row, t0, m3, L, LT, R, V, EVEN, PAIRS)
@@ -212,7 +200,7 @@ def _scan_fwd_lanes_kernel(
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
             _, _, hs, h_ins, h_next = _lanes_states(dts_, dtus, Bx, A2n, hc[n], j, prev,
-                                                    last_lane, R, VARYING_BC)
+                                                    last_lane, is_last, R, VARYING_BC)
             hc_new = hc_new + (h_next,)
             if ckpt_ptr is not None:  # the states entering the run's CPR checkpointed pieces
                 for q in tl.static_range(CPR):
@@ -259,13 +247,8 @@ def _scan_fwd_lanes_kernel(
             tr = tl.max_contiguous(tl.multiple_of(tr, [1, V, V]), [1, 1, V])
             tl.store(o_row + tr, _runs_in_rows(outs, CPW, LT, R, V))
     last_row = last_ptr + (pid_b * dim + offs_d[:, None]) * dstate + 0 * j  # (CPW, LT)
-    for n in tl.static_range(0, N, G):  # G states a store, from the first lane of a channel
-        if G == 4:
-            v = tl.join(tl.join(hc[n], hc[n + 2]), tl.join(hc[n + 1], hc[n + 3]))
-            tl.store(last_row[:, :, None] + n + tl.arange(0, 4)[None, None, :],
-                     v.reshape(CPW, LT, 4), mask=(mask_d[:, None] & (j == 0))[:, :, None])
-        else:
-            tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
+    for n in tl.static_range(N):
+        tl.store(last_row + n, hc[n], mask=mask_d[:, None] & (j == 0))
 
 
 def scan_forward_lanes(u, delta, A, B, C, D, z, delta_bias, softplus: bool,
