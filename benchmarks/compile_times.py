@@ -60,6 +60,8 @@ BWD = dict(_module=KERN + "scan_backward", _kernel="_scan_bwd_kernel", SOFTPLUS=
 # L=3000, which is not a multiple of the tiles: the unmasked EVEN case is off)
 LAUNCHES = {
     "lanes fp32": dict(LANES, EVEN=True),
+    # a first forward without autograd: no checkpoints, no initial state (None pointers)
+    "lanes fp32, inference": dict(LANES, EVEN=True, CHUNK=16, ckpt_ptr=None, h0_ptr=None),
     "lanes fp32, masked": dict(LANES, EVEN=False),
     "states bf16": dict(STATES, EVEN=True, PAIRS=True),
     "states bf16, masked": dict(STATES, EVEN=False, PAIRS=False),

@@ -284,8 +284,9 @@ def test_shipped_launches_compile_for_sm90():
     """The shipped GPU launches compile for an H100/H200 (sm_90) on this machine, GPU or
     not (in a process without the interpreter, which does not see what only the compiler
     rejects): the states forward in bfloat16 (pairs, checkpoints) and masked with absent
-    D, z, bias; the lanes forward in float32 with and without checkpoints; the loop forward
-    at N = 64; the backward's two passes in float32 and its bfloat16 pass 2 (packed B, C)."""
+    D, z, bias; the lanes forward in float32 with checkpoints and an initial state, and
+    masked without either; the loop forward at N = 64; the backward's two passes in
+    float32 and its bfloat16 pass 2 (packed B, C)."""
     kern = "mambabook.kernels."
     states = dict(_module=kern + "scan_states", _kernel="_scan_fwd_states_kernel",
                   SOFTPLUS=True, VARYING_BC=True, NL=4, T=16, PTX=True)
@@ -298,7 +299,7 @@ def test_shipped_launches_compile_for_sm90():
         dict(states, N=5, CHUNK=16, EVEN=False, PAIRS=False, D_ptr=None, z_ptr=None,
              bias_ptr=None, ckpt_ptr=None),
         dict(lanes, CHUNK=32, EVEN=True),
-        dict(lanes, CHUNK=16, EVEN=False, ckpt_ptr=None, z_ptr=None),
+        dict(lanes, CHUNK=16, EVEN=False, ckpt_ptr=None, z_ptr=None, h0_ptr=None),
         dict(_module=kern + "scan_loop", _kernel="_scan_fwd_loop_kernel", SOFTPLUS=True,
              VARYING_BC=True, CHUNK=16, PASS=2, BLOCK_D=2, BLOCK_N=64, ckpt_ptr=None,
              h0_ptr=None),
