@@ -352,8 +352,13 @@ def _point_extra(model, batch: int, context: int, plan: MapPlan, bandwidth: tupl
             "bandwidth_bytes_per_s": bandwidth[0], "bandwidth_source": bandwidth[1]}
 
 
+def _e2e_ms(prefill_ms: float, step_ms: float, n_new: int) -> float:
+    """A prompt then n_new tokens: the prefill yields the first, n_new - 1 steps the rest."""
+    return prefill_ms + (n_new - 1) * step_ms
+
+
 def _ok_extra(extra: dict, batch: int, plan: MapPlan, prefill_ms, step_ms, graph) -> dict:
-    e2e_ms = prefill_ms + (plan.n_new - 1) * step_ms  # the first new token: the prefill's
+    e2e_ms = _e2e_ms(prefill_ms, step_ms, plan.n_new)
     return {**extra, "prefill_ms": prefill_ms, "decode_ms_per_token": step_ms,
             "e2e_ms": e2e_ms, "tokens_per_s": batch * plan.n_new / (e2e_ms / 1e3),
             "decode_tokens_per_s": batch / (step_ms / 1e3),
@@ -535,8 +540,7 @@ def map_answers(records: list[Record], context: int = 2048, prefill_batch: int =
             + (f" (graphs speed the steps up {m['graph_speedup']:.1f}x and "
                f"{t['graph_speedup']:.1f}x)" if graphs else ""))
         if graphs:  # the paper's setup: Mamba graphed, its Transformer baseline eager
-            n = mg["new_tokens"] - 1
-            e2e_t = tg["prefill_ms"] + n * t["decode_ms_per_token"]
+            e2e_t = _e2e_ms(tg["prefill_ms"], t["decode_ms_per_token"], mg["new_tokens"])
             lines.append(
                 f"Mamba with CUDA graphs against the Transformer without, at B={b}, "
                 f"context {c}: {e2e_t / mg['e2e_ms']:.2f}x end to end, "
