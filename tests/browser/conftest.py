@@ -7,12 +7,7 @@ import http.server
 import threading
 
 import pytest
-from test_site import ARGS, CHROMIUM, SITE
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):  # one line per request would bury the test report
-        pass
+from test_site import ARGS, CHROMIUM, SITE, QuietHandler
 
 
 @pytest.fixture(scope="module")

@@ -181,9 +181,8 @@ def main() -> None:
     import http.server
     import threading
 
-    from conftest import QuietHandler
     from playwright.sync_api import sync_playwright
-    from test_site import ARGS, CHROMIUM, SITE
+    from test_site import ARGS, CHROMIUM, SITE, QuietHandler
 
     handler = functools.partial(QuietHandler, directory=str(SITE))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)

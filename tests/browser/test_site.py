@@ -9,6 +9,7 @@ Run after `make book`; skipped with a message when Chromium or the site is missi
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,12 @@ SITE = Path(os.environ.get("MAMBABOOK_SITE") or Path(__file__).resolve().parents
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # one line per request would bury the test report
+        pass
+
 
 pytestmark = pytest.mark.browser
 

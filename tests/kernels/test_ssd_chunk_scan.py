@@ -17,7 +17,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import TOL, compile_for_sm90, tol  # noqa: E402
+from helpers import TOL, compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

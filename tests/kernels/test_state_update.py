@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 import pytest  # noqa: E402
-from conftest import compile_for_sm90, tol  # noqa: E402
+from helpers import compile_for_sm90, tol  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -4,7 +4,7 @@ recurrent; RWKV stable at long L; associative recall; bad inputs name the argume
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tol
+from helpers import tol
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 

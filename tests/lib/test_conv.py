@@ -4,7 +4,7 @@ cut to L), initial inputs continue a sequence, the step twin equals the sequence
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tol
+from helpers import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -7,7 +7,7 @@ Each test spawns its processes once and runs several cases inside (a spawn costs
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import needs_kernels, tol
+from helpers import needs_kernels, tol
 
 from mambabook.distributed import (
     ScanCase,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_kernels, tol
+from helpers import needs_kernels, tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import tol
+from helpers import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

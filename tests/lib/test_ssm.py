@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tol
+from helpers import tol
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import tol
+from helpers import tol
 
 from mambabook import tasks, train
 from mambabook.corpus import load_corpus, sample_batch
