@@ -61,39 +61,6 @@ def _lanes_load(row, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr, V: tl.con
 
 
 @triton.jit
-def _unstack(x, G: tl.constexpr):
-    """(G, a, b, c) -> the G (a, b, c) tensors x[0], ..., x[G - 1], G a power of 2. The G
-    values of a thread sit in its registers, so the splits move no data."""
-    parts = (tl.permute(x, (1, 2, 3, 0)),)  # (a, b, c, G)
-    for _i in tl.static_range(G.bit_length() - 1):
-        halves = ()
-        for q in tl.static_range(len(parts)):
-            p = parts[q]
-            p = tl.reshape(p, (p.shape[0], p.shape[1], p.shape[2], 2, p.shape[3] // 2))
-            lo, hi = tl.split(tl.permute(p, (0, 1, 2, 4, 3)))  # first half, second half
-            halves = halves + (lo, hi)
-        parts = halves
-    out = ()
-    for q in tl.static_range(G):  # (a, b, c, 1) -> (a, b, c)
-        out = out + (tl.reshape(parts[q], (x.shape[1], x.shape[2], x.shape[3])),)
-    return out
-
-
-@triton.jit
-def _lanes_load_states(row, s_n, t0, mask_d, L, LT: tl.constexpr, R: tl.constexpr,
-                       V: tl.constexpr, EVEN: tl.constexpr, G: tl.constexpr):
-    """`_lanes_load` of G consecutive states' rows (row + n s_n) in one load per piece:
-    R tuples of G (CPW, LT, V) float32 pieces."""
-    rows = row[None] + tl.arange(0, G)[:, None, None, None] * s_n  # (G, CPW, 1, 1)
-    t = t0 + tl.arange(0, LT)[None, :, None] * (R * V) + tl.arange(0, V)[None, None, :]
-    out = ()
-    for r in tl.static_range(R):
-        x = _load_even(rows + t + r * V, mask_d & (t + r * V < L), EVEN)
-        out = out + (_unstack(x.to(tl.float32), G),)
-    return out
-
-
-@triton.jit
 def _lanes_states(dts, dtus, Bx, A2n, h0, j, prev, last_lane, is_last, R: tl.constexpr,
                   VARYING_BC: tl.constexpr):
     """One state's h over a chunk: each lane's run from a zero state (P = product of a,
@@ -226,20 +193,9 @@ def _scan_fwd_lanes_kernel(
         ck_group = ()  # the states entering the runs' checkpointed pieces, G states
         for n in tl.static_range(N):
             A2n = tl.load(A_ptr + d3 * dstate + n, mask=m3, other=0.0) * 1.4426950408889634
-            if VARYING_BC and PAIRS:
+            if VARYING_BC:
                 Bx = _lanes_load(B_row + n * s_B_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
                 Cx = _lanes_load(C_row + n * s_C_n, t0, m3, L, LT, R, V, EVEN, PAIRS)
-            elif VARYING_BC:
-                if n % G == 0:
-                    Bg = _lanes_load_states(B_row + n * s_B_n, s_B_n, t0, m3, L, LT, R, V,
-                                            EVEN, G)
-                    Cg = _lanes_load_states(C_row + n * s_C_n, s_C_n, t0, m3, L, LT, R, V,
-                                            EVEN, G)
-                Bx = ()
-                Cx = ()
-                for r in tl.static_range(R):
-                    Bx = Bx + (Bg[r][n % G],)
-                    Cx = Cx + (Cg[r][n % G],)
             else:
                 Bx = tl.load(B_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
                 Cx = tl.load(C_ptr + d3 * dstate + n, mask=m3, other=0.0).to(tl.float32)
